@@ -1,0 +1,177 @@
+//! One node's connection: lazily connected, reused, re-established after failure, and skipped
+//! for a back-off period after the node could not be reached.
+
+use std::time::{Duration, Instant};
+
+use super::{ClientConfig, NodeError};
+use crate::committee::NodeInfo;
+use crate::identity::CERT_SUBJECT;
+use crate::wire::{self, RequestFrame, Response, PROTOCOL_VERSION};
+
+pub(crate) struct NodeConn {
+    pub(crate) info: NodeInfo,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    state: tokio::sync::Mutex<ConnState>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    conn: Option<quinn::Connection>,
+    down_until: Option<Instant>,
+}
+
+impl NodeConn {
+    pub(crate) fn new(
+        endpoint: quinn::Endpoint,
+        config: quinn::ClientConfig,
+        info: NodeInfo,
+    ) -> Self {
+        NodeConn {
+            info,
+            endpoint,
+            config,
+            state: Default::default(),
+        }
+    }
+
+    /// Whether the node is currently being skipped after a failed connect.
+    pub(crate) async fn backing_off(&self) -> bool {
+        let st = self.state.lock().await;
+        st.down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn connection(&self, cfg: &ClientConfig) -> Result<quinn::Connection, NodeError> {
+        // Holding the lock across the connect makes concurrent requests share one attempt.
+        let mut st = self.state.lock().await;
+        if let Some(c) = &st.conn {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        if st.down_until.is_some_and(|t| Instant::now() < t) {
+            return Err(NodeError::BackingOff);
+        }
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.config.clone(), self.info.address, CERT_SUBJECT)
+                .map_err(|e| NodeError::Connect(e.to_string()))?;
+            connecting
+                .await
+                .map_err(|e| NodeError::Connect(e.to_string()))
+        };
+        let result = match tokio::time::timeout(cfg.connect_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeError::Connect(format!(
+                "no handshake within {:?}",
+                cfg.connect_timeout
+            ))),
+        };
+        match result {
+            Ok(c) => {
+                st.conn = Some(c.clone());
+                st.down_until = None;
+                Ok(c)
+            }
+            Err(e) => {
+                st.conn = None;
+                st.down_until = Some(Instant::now() + cfg.backoff);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets the connection after a transport failure so the next request reconnects.
+    async fn reset(&self, failed: &quinn::Connection) {
+        let mut st = self.state.lock().await;
+        if st
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == failed.stable_id())
+        {
+            st.conn = None;
+        }
+    }
+
+    /// Sends one request (with an optional raw body) and reads the response; a `Sliver`
+    /// response's body is read too, if it is exactly `expect_body` bytes long (the caller knows
+    /// the sliver length from verified metadata, so a node cannot make it allocate more).
+    pub(crate) async fn request(
+        &self,
+        cfg: &ClientConfig,
+        request: wire::Request,
+        body: Option<&[u8]>,
+        deadline: Duration,
+    ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
+        self.request_expecting(cfg, request, body, None, deadline)
+            .await
+    }
+
+    pub(crate) async fn request_expecting(
+        &self,
+        cfg: &ClientConfig,
+        request: wire::Request,
+        body: Option<&[u8]>,
+        expect_body: Option<u64>,
+        deadline: Duration,
+    ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
+        let conn = self.connection(cfg).await?;
+        let exchange = async {
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| NodeError::Transport(e.to_string()))?;
+            let frame = RequestFrame {
+                version: PROTOCOL_VERSION,
+                request,
+            };
+            wire::write_frame(&mut send, &frame).await?;
+            if let Some(body) = body {
+                // A node refusing the request stops the stream; its error frame still arrives,
+                // so a failed body write is not the final word: read the response below.
+                let _ = send.write_all(body).await;
+            }
+            let _ = send.finish();
+            let resp: Response = wire::read_frame(&mut recv).await?;
+            let data = match (&resp, expect_body) {
+                (Response::Sliver { len }, Some(expected)) if *len == expected => {
+                    Some(wire::read_body(&mut recv, expected as usize).await?)
+                }
+                (Response::Sliver { len }, Some(expected)) => {
+                    return Err(NodeError::Verification(
+                        crate::codec::CodecError::SliverLength {
+                            index: self.info.index,
+                            expected: expected as usize,
+                            got: *len as usize,
+                        },
+                    ))
+                }
+                (Response::Sliver { .. }, None) => {
+                    return Err(NodeError::Unexpected("unrequested sliver body".into()))
+                }
+                _ => None,
+            };
+            Ok((resp, data))
+        };
+        match tokio::time::timeout(deadline, exchange).await {
+            Ok(Ok((Response::Error(e), _))) => Err(NodeError::Remote(e)),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                if matches!(e, NodeError::Transport(_) | NodeError::Frame(_)) {
+                    self.reset(&conn).await;
+                }
+                Err(e)
+            }
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+}
+
+/// Maps a node's refusal to an error, for callers matching on one expected response.
+pub(crate) fn unexpected(resp: Response) -> NodeError {
+    match resp {
+        Response::Error(e) => NodeError::Remote(e),
+        other => NodeError::Unexpected(format!("{other:?}").chars().take(200).collect()),
+    }
+}

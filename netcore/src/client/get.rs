@@ -1,0 +1,188 @@
+//! Verified read: metadata checked against the blob id, slivers checked against the metadata,
+//! hedged requests, decode from `k`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::put::cpu_bound;
+use super::{Client, ClientError, Failures, NodeError, NodeFailure};
+use crate::codec::{self, BlobId, BlobMetadata, SliverIndex, VerifiedSliver};
+use crate::wire::{Request, Response};
+
+type Attempt<'a, T> =
+    Pin<Box<dyn Future<Output = (SliverIndex, Result<T, NodeError>)> + Send + 'a>>;
+
+impl Client {
+    /// Reads a blob. Every returned byte was verified: the metadata against `blob_id`, each
+    /// sliver against the metadata.
+    pub async fn get(&self, blob_id: &BlobId) -> Result<Vec<u8>, ClientError> {
+        let span = info_span!("get", blob = %blob_id);
+        async {
+            let metadata = self.get_metadata(blob_id).await?;
+            self.get_with_metadata(blob_id, &metadata).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reads a blob whose metadata the caller already holds (e.g. from [`PutOutcome`]
+    /// or its own index); the metadata is checked against `blob_id` first.
+    ///
+    /// [`PutOutcome`]: super::PutOutcome
+    pub async fn get_with_metadata(
+        &self,
+        blob_id: &BlobId,
+        metadata: &BlobMetadata,
+    ) -> Result<Vec<u8>, ClientError> {
+        metadata.check_id(blob_id)?;
+        let slivers = self.gather_slivers(blob_id, metadata).await?;
+        // INV: decode sees only VerifiedSliver values, which exist only after verification.
+        Ok(cpu_bound(|| codec::decode(metadata, blob_id, slivers))?)
+    }
+
+    /// Fetches a blob's metadata from the first node whose answer matches `blob_id`.
+    pub async fn get_metadata(&self, blob_id: &BlobId) -> Result<BlobMetadata, ClientError> {
+        let order = self.read_order(false).await;
+        let cfg = &self.inner.config;
+        let deadline = cfg.request_deadline(0);
+        let hedge = cfg.hedge_after(0);
+        let (mut got, failures) = hedged(order, 1, hedge, |index| {
+            let node = &self.inner.nodes[usize::from(index)];
+            Box::pin(async move {
+                let r = async {
+                    let (resp, _) = node
+                        .request(
+                            cfg,
+                            Request::GetMetadata { blob_id: *blob_id },
+                            None,
+                            deadline,
+                        )
+                        .await?;
+                    match resp {
+                        Response::Metadata(m) => {
+                            m.check_id(blob_id)?;
+                            Ok(m)
+                        }
+                        other => Err(super::conn::unexpected(other)),
+                    }
+                }
+                .await;
+                (index, r)
+            })
+        })
+        .await;
+        got.pop().ok_or(ClientError::MetadataUnavailable {
+            blob_id: *blob_id,
+            failures,
+        })
+    }
+
+    async fn gather_slivers(
+        &self,
+        blob_id: &BlobId,
+        metadata: &BlobMetadata,
+    ) -> Result<Vec<VerifiedSliver>, ClientError> {
+        let k = metadata.params.k;
+        let sliver_len = metadata.sliver_len()? as u64;
+        let cfg = &self.inner.config;
+        let deadline = cfg.request_deadline(sliver_len);
+        let hedge = cfg.hedge_after(sliver_len);
+        let order = self.read_order(true).await;
+        let (slivers, failures) = hedged(order, usize::from(k), hedge, |index| {
+            let node = &self.inner.nodes[usize::from(index)];
+            Box::pin(async move {
+                let r = async {
+                    let req = Request::GetSliver {
+                        blob_id: *blob_id,
+                        index,
+                    };
+                    let (resp, body) = node
+                        .request_expecting(cfg, req, None, Some(sliver_len), deadline)
+                        .await?;
+                    match (resp, body) {
+                        (Response::Sliver { .. }, Some(data)) => {
+                            // INV: a sliver is kept only if it matches its commitment.
+                            let v = cpu_bound(|| metadata.verify_sliver(*blob_id, index, data));
+                            v.map_err(|e| {
+                                warn!(node = index, "sliver failed verification: {e}");
+                                NodeError::Verification(e)
+                            })
+                        }
+                        (other, _) => Err(super::conn::unexpected(other)),
+                    }
+                }
+                .await;
+                (index, r)
+            })
+        })
+        .await;
+        if slivers.len() < usize::from(k) {
+            return Err(ClientError::NotEnoughSlivers {
+                blob_id: *blob_id,
+                needed: k,
+                verified: slivers.len() as u16,
+                failures,
+            });
+        }
+        Ok(slivers)
+    }
+
+    /// Nodes in the order to ask them: reachable before backing-off, and with `systematic`,
+    /// the `k` systematic slivers first (they decode without Reed-Solomon work).
+    async fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
+        let k = self.inner.committee.k;
+        let mut order = Vec::with_capacity(self.inner.nodes.len());
+        for node in &self.inner.nodes {
+            let down = node.backing_off().await;
+            let rank = (down, systematic && node.info.index >= k);
+            order.push((rank, node.info.index));
+        }
+        order.sort();
+        order.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// Asks nodes in `order` until `want` answers succeed: `want` requests start at once; each
+/// failure starts the next node, and so does each `hedge` period without an answer, so one
+/// slow node costs at most a hedge delay. Returns the successes and every failure.
+async fn hedged<'a, T>(
+    order: Vec<SliverIndex>,
+    want: usize,
+    hedge: std::time::Duration,
+    launch: impl Fn(SliverIndex) -> Attempt<'a, T>,
+) -> (Vec<T>, Failures) {
+    let mut pending = order.into_iter();
+    let mut running = FuturesUnordered::new();
+    for index in pending.by_ref().take(want) {
+        running.push(launch(index));
+    }
+    let mut done = Vec::with_capacity(want);
+    let mut failures = Vec::new();
+    let timer = tokio::time::sleep(hedge);
+    tokio::pin!(timer);
+    while done.len() < want && !running.is_empty() {
+        tokio::select! {
+            Some((node, result)) = running.next() => match result {
+                Ok(v) => done.push(v),
+                Err(error) => {
+                    debug!(node, "request failed: {error}");
+                    failures.push(NodeFailure { node, error });
+                    if let Some(next) = pending.next() {
+                        running.push(launch(next));
+                    }
+                }
+            },
+            () = &mut timer => {
+                if let Some(next) = pending.next() {
+                    debug!(node = next, "hedging a slow request");
+                    running.push(launch(next));
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + hedge);
+            }
+        }
+    }
+    (done, Failures(failures))
+}

@@ -1,0 +1,224 @@
+//! The client: disperses blobs to the committee and gathers them back, trusting no node.
+//!
+//! - [`Client::put`] encodes a blob, sends sliver `i` to node `i` in parallel and returns once
+//!   `n - f` nodes have returned valid signed confirmations (the blob's certificate); the
+//!   remaining sends finish in the background ([`Client::finish_background`]).
+//! - [`Client::get`] fetches metadata from any node and checks it against the blob id, then
+//!   gathers slivers (systematic first), verifies each against the metadata, asks another node
+//!   when one is slow, fails or lies, and decodes from `k` verified slivers.
+//!
+//! One QUIC connection per node is kept and reused; a node that could not be reached is skipped
+//! for a short back-off so a dead node does not cost every request a connect timeout.
+
+mod conn;
+mod error;
+mod get;
+mod put;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ClientError, Failures, NodeError, NodeFailure};
+pub use put::PutOutcome;
+
+use crate::codec::{BlobId, SliverIndex};
+use crate::committee::Committee;
+use crate::identity::Identity;
+use crate::wire::{BlobStatus, HealthInfo, Request, Response};
+
+/// How long [`Client::close`] waits for nodes to acknowledge the close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Client tuning. Defaults suit a LAN or loopback committee.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Time allowed to establish a connection to a node.
+    pub connect_timeout: Duration,
+    /// Time allowed for one request to one node, beyond the transfer allowance below.
+    pub request_timeout: Duration,
+    /// Slowest transfer rate tolerated before a request times out: a request carrying `b`
+    /// bytes may take `request_timeout + b / min_throughput`.
+    pub min_throughput_bytes_per_sec: u64,
+    /// A sliver or metadata fetch not answered within this delay (plus the transfer time at
+    /// [`ClientConfig::hedge_throughput_bytes_per_sec`]) makes the client ask one more node.
+    pub hedge_delay: Duration,
+    /// Expected transfer rate used to scale the hedge delay with sliver size.
+    pub hedge_throughput_bytes_per_sec: u64,
+    /// How long a node that could not be reached is skipped.
+    pub backoff: Duration,
+    /// Concurrent requests per node connection.
+    pub max_streams_per_node: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            min_throughput_bytes_per_sec: 1 << 20,
+            hedge_delay: Duration::from_millis(300),
+            hedge_throughput_bytes_per_sec: 50 << 20,
+            backoff: Duration::from_secs(2),
+            max_streams_per_node: 64,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Deadline for a request moving `bytes` bytes.
+    pub(crate) fn request_deadline(&self, bytes: u64) -> Duration {
+        self.request_timeout
+            + Duration::from_secs_f64(
+                bytes as f64 / self.min_throughput_bytes_per_sec.max(1) as f64,
+            )
+    }
+
+    /// Hedge delay for a request moving `bytes` bytes.
+    pub(crate) fn hedge_after(&self, bytes: u64) -> Duration {
+        self.hedge_delay
+            + Duration::from_secs_f64(
+                bytes as f64 / self.hedge_throughput_bytes_per_sec.max(1) as f64,
+            )
+    }
+}
+
+/// A handle on the storage network. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    endpoint: quinn::Endpoint,
+    committee: Committee,
+    config: ClientConfig,
+    nodes: Vec<conn::NodeConn>,
+    background: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Client {
+    /// Creates a client for `committee`, authenticating as `identity`. Connections are made
+    /// lazily. Must be called inside a tokio runtime.
+    pub fn new(
+        committee: Committee,
+        identity: &Identity,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            .map_err(ClientError::Endpoint)?;
+        let transport = crate::transport::transport_config(config.max_streams_per_node);
+        let nodes = committee
+            .nodes
+            .iter()
+            .map(|node| {
+                let tls = identity
+                    .client_tls(node.public_key)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
+                qc.transport_config(transport.clone());
+                Ok(conn::NodeConn::new(endpoint.clone(), qc, node.clone()))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                committee,
+                config,
+                nodes,
+                background: Default::default(),
+            }),
+        })
+    }
+
+    /// The committee this client talks to.
+    pub fn committee(&self) -> &Committee {
+        &self.inner.committee
+    }
+
+    /// Each node's health, in index order.
+    pub async fn health(&self) -> Vec<(SliverIndex, Result<HealthInfo, NodeError>)> {
+        self.each_node(
+            || Request::Health,
+            |r| match r {
+                Response::Health(h) => Ok(h),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// What each node holds of `blob_id`, in index order.
+    pub async fn status(
+        &self,
+        blob_id: &BlobId,
+    ) -> Vec<(SliverIndex, Result<BlobStatus, NodeError>)> {
+        let blob_id = *blob_id;
+        self.each_node(
+            move || Request::Status { blob_id },
+            |r| match r {
+                Response::Status(s) => Ok(s),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// Asks every node to delete `blob_id`; returns each node's answer (whether it held any
+    /// of the blob). Deletion is best effort per node: the caller retries failed nodes.
+    pub async fn delete(&self, blob_id: &BlobId) -> Vec<(SliverIndex, Result<bool, NodeError>)> {
+        let blob_id = *blob_id;
+        self.each_node(
+            move || Request::Delete { blob_id },
+            |r| match r {
+                Response::Deleted { existed } => Ok(existed),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// Waits (at most `limit`) for sliver sends still running after `put` reached its quorum,
+    /// so the remaining nodes get their slivers before the process exits.
+    pub async fn finish_background(&self, limit: Duration) {
+        let mut set = self.inner.background.lock().await;
+        let drain = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, drain).await.is_err() {
+            tracing::warn!("background sliver sends still running after {limit:?}; abandoning");
+            set.abort_all();
+        }
+    }
+
+    /// Finishes background sends (at most `limit`), then closes every connection gracefully
+    /// so nodes release their per-connection state at once instead of at idle timeout.
+    pub async fn close(&self, limit: Duration) {
+        self.finish_background(limit).await;
+        self.inner.endpoint.close(0u32.into(), b"client done");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle()).await;
+    }
+
+    async fn each_node<T, M, P>(&self, make: M, pick: P) -> Vec<(SliverIndex, Result<T, NodeError>)>
+    where
+        M: Fn() -> Request,
+        P: Fn(Response) -> Result<T, Response> + Copy,
+    {
+        let deadline = self.inner.config.request_deadline(0);
+        let futs = self.inner.nodes.iter().map(|node| {
+            let req = make();
+            async move {
+                let r = async {
+                    let (resp, _) = node
+                        .request(&self.inner.config, req, None, deadline)
+                        .await?;
+                    pick(resp).map_err(|other| {
+                        NodeError::Unexpected(format!("{other:?}").chars().take(200).collect())
+                    })
+                }
+                .await;
+                (node.info.index, r)
+            }
+        });
+        futures::future::join_all(futs).await
+    }
+}

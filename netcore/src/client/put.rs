@@ -1,0 +1,136 @@
+//! Quorum write: encode, send sliver `i` to node `i` in parallel, return at `n - f` valid
+//! confirmations.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::{Client, ClientError, Failures, Inner, NodeError, NodeFailure};
+use crate::codec::{self, BlobId, BlobMetadata, SliverIndex};
+use crate::wire::{Request, Response, StorageConfirmation};
+
+/// A successful write: the blob id, its metadata, and the storage certificate (at least
+/// `n - f` confirmations, each verified against the committee's key for that node).
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    /// The blob's id.
+    pub blob_id: BlobId,
+    /// The blob's metadata (keep it to read the blob back without asking a node for it).
+    pub metadata: BlobMetadata,
+    /// Verified confirmations, one per confirming node.
+    pub confirmations: Vec<StorageConfirmation>,
+}
+
+impl Client {
+    /// Stores `data` as one blob. Returns once `n - f` nodes have durably stored their sliver
+    /// and signed for it; slivers for slower nodes keep going in the background.
+    pub async fn put(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
+        let params = self.inner.committee.params();
+        let encoded = cpu_bound(|| codec::encode(params, data))?;
+        let blob_id = encoded.blob_id;
+        let span = info_span!("put", blob = %blob_id, len = data.len());
+        self.disperse(blob_id, encoded.metadata, encoded.slivers)
+            .instrument(span)
+            .await
+    }
+
+    async fn disperse(
+        &self,
+        blob_id: BlobId,
+        metadata: BlobMetadata,
+        slivers: Vec<Vec<u8>>,
+    ) -> Result<PutOutcome, ClientError> {
+        let metadata = Arc::new(metadata);
+        let mut tasks = JoinSet::new();
+        for (index, sliver) in slivers.into_iter().enumerate() {
+            let inner = self.inner.clone();
+            let metadata = metadata.clone();
+            let index = index as SliverIndex;
+            tasks.spawn(
+                async move {
+                    let r = store_one(&inner, blob_id, &metadata, index, sliver).await;
+                    (index, r)
+                }
+                .in_current_span(),
+            );
+        }
+
+        let needed = self.inner.committee.write_quorum();
+        let tolerable = self.inner.committee.n - needed;
+        let mut confirmations = Vec::with_capacity(usize::from(needed));
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (node, result) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("sliver send task failed: {e}");
+                    continue;
+                }
+            };
+            match result {
+                Ok(c) => confirmations.push(c),
+                Err(error) => {
+                    debug!(node, "store failed: {error}");
+                    failures.push(NodeFailure { node, error });
+                }
+            }
+            if confirmations.len() >= usize::from(needed) {
+                // INV: success only with n - f verified confirmations from distinct nodes.
+                let mut bg = self.inner.background.lock().await;
+                if !tasks.is_empty() {
+                    bg.spawn(async move { while tasks.join_next().await.is_some() {} });
+                }
+                return Ok(PutOutcome {
+                    blob_id,
+                    metadata: Arc::unwrap_or_clone(metadata),
+                    confirmations,
+                });
+            }
+            if failures.len() > usize::from(tolerable) {
+                break;
+            }
+        }
+        Err(ClientError::NotEnoughConfirmations {
+            blob_id,
+            needed,
+            confirmed: confirmations.len() as u16,
+            failures: Failures(failures),
+        })
+    }
+}
+
+async fn store_one(
+    inner: &Inner,
+    blob_id: BlobId,
+    metadata: &BlobMetadata,
+    index: SliverIndex,
+    sliver: Vec<u8>,
+) -> Result<StorageConfirmation, NodeError> {
+    let node = &inner.nodes[usize::from(index)];
+    let len = sliver.len() as u64;
+    let request = Request::StoreSliver {
+        blob_id,
+        metadata: metadata.clone(),
+        index,
+        len,
+    };
+    let deadline = inner.config.request_deadline(len);
+    let (resp, _) = node
+        .request(&inner.config, request, Some(&sliver), deadline)
+        .await?;
+    match resp {
+        Response::Stored(c) if c.verify(&blob_id, index, &node.info.public_key) => Ok(c),
+        Response::Stored(_) => Err(NodeError::BadConfirmation),
+        other => Err(super::conn::unexpected(other)),
+    }
+}
+
+/// Runs CPU-heavy codec work without stalling the runtime's other tasks: on a multi-threaded
+/// runtime the worker hands its queue to another thread meanwhile.
+pub(crate) fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -1,0 +1,17 @@
+//! The walrusfs network layer: everything that crosses the network.
+//!
+//! Read it top-down, one module per step of a blob's life:
+//! - [`codec`]: Reed-Solomon `k`-of-`n` encoding, blake3 sliver commitments, blob ids (no I/O);
+//! - [`committee`]: who the storage nodes are (addresses, pinned keys, `n`, `k`);
+//! - [`identity`]: ed25519 keys, self-signed TLS certificates and pinned-key verification;
+//! - [`wire`]: the framed request/response protocol spoken on each QUIC stream;
+//! - [`client`]: quorum `put` and verified, hedged `get` across the committee;
+//! - [`node`]: the storage node daemon and its durable on-disk sliver store.
+
+pub mod client;
+pub mod codec;
+pub mod committee;
+pub mod identity;
+pub mod node;
+mod transport;
+pub mod wire;

@@ -1,0 +1,146 @@
+//! Storage node configuration: the `node.toml` in a node's directory, and the directory layout.
+//!
+//! ```text
+//! D/node.toml   this configuration            D/node.key   the node's ed25519 key (0600)
+//! D/node.pid    pid while the node runs       D/store/     the sliver store (see `store`)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicKey;
+
+/// Name of the configuration file inside a node directory.
+pub const CONFIG_FILE: &str = "node.toml";
+/// Name of the key file inside a node directory.
+pub const KEY_FILE: &str = "node.key";
+/// Name of the pid file a running node keeps in its directory.
+pub const PID_FILE: &str = "node.pid";
+/// Name of the sliver store directory inside a node directory.
+pub const STORE_DIR: &str = "store";
+
+/// Errors loading a node configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("node config {path}: {source}")]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("node config {path}: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// Parse error with position.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("node config: {0}")]
+    Invalid(String),
+}
+
+/// Configuration of one storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Client keys allowed to store and delete. Anyone with a key may read: slivers are
+    /// ciphertext fragments and reads are how a blob is recovered.
+    #[serde(default)]
+    pub trusted_clients: Vec<PublicKey>,
+    /// Largest sliver accepted. A 256 MiB blob at k = 3 has ~86 MiB slivers.
+    #[serde(default = "default_max_sliver_bytes")]
+    pub max_sliver_bytes: u64,
+    /// Sliver bytes the node holds in memory at once across all requests (stores being
+    /// received plus slivers being served); requests beyond it wait, then fail as busy.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
+    /// Concurrent client connections; further ones are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Concurrent requests (streams) per connection; QUIC flow control holds back the rest.
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: u32,
+    /// Time a single request may take end to end before the node drops it.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_max_sliver_bytes() -> u64 {
+    1 << 30
+}
+fn default_max_inflight_bytes() -> u64 {
+    1 << 30
+}
+fn default_max_connections() -> u32 {
+    1024
+}
+fn default_max_streams() -> u32 {
+    64
+}
+fn default_request_timeout_secs() -> u64 {
+    300
+}
+
+impl NodeConfig {
+    /// A configuration with default limits.
+    pub fn new(listen: SocketAddr, trusted_clients: Vec<PublicKey>) -> Self {
+        NodeConfig {
+            listen,
+            trusted_clients,
+            max_sliver_bytes: default_max_sliver_bytes(),
+            max_inflight_bytes: default_max_inflight_bytes(),
+            max_connections: default_max_connections(),
+            max_streams_per_connection: default_max_streams(),
+            request_timeout_secs: default_request_timeout_secs(),
+        }
+    }
+
+    /// Loads `D/node.toml`.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Writes `D/node.toml`.
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|source| ConfigError::Io { path, source })
+    }
+
+    /// Checks the limits are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_sliver_bytes == 0 || self.max_inflight_bytes < self.max_sliver_bytes {
+            return Err(ConfigError::Invalid(
+                "need 0 < max_sliver_bytes <= max_inflight_bytes".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections and max_streams_per_connection must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`NodeConfig::request_timeout_secs`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+}

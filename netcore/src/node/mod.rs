@@ -1,0 +1,9 @@
+//! The storage node: holds one sliver of each blob (plus the blob's metadata) for the committee,
+//! stores it durably on local disk and serves it back to clients, who verify everything.
+
+pub mod config;
+pub mod server;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use server::{Node, NodeError};

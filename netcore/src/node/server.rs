@@ -1,0 +1,451 @@
+//! The storage node daemon: a QUIC endpoint serving the [`crate::wire`] protocol over a
+//! [`SliverStore`].
+//!
+//! Each connection is a client that proved its key in the TLS handshake; each bidirectional
+//! stream is one request. Stores and deletes are accepted only from trusted keys. Memory is
+//! bounded by a byte budget for sliver bodies, a cap on connections and a cap on streams per
+//! connection; every request has a deadline. A malformed or oversize request gets an error on
+//! its own stream and never disturbs others.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::config::{NodeConfig, KEY_FILE, PID_FILE, STORE_DIR};
+use super::store::{SliverStore, StoreError};
+use crate::codec::{BlobId, SliverIndex};
+use crate::identity::{peer_key, Identity, PublicKey};
+use crate::wire::{
+    self, FrameError, HealthInfo, Request, RequestFrame, Response, StorageConfirmation, WireError,
+    PROTOCOL_VERSION,
+};
+
+/// Granularity of the in-flight byte budget (semaphore permits are KiB).
+const BUDGET_UNIT: u64 = 1024;
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad or missing configuration.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    /// Bad or missing key.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The sliver store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The QUIC endpoint could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Writing the pid file failed.
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+struct State {
+    identity: Identity,
+    store: SliverStore,
+    trusted: HashSet<PublicKey>,
+    config: NodeConfig,
+    budget: Semaphore,
+    started: Instant,
+}
+
+/// A storage node ready to serve.
+pub struct Node {
+    dir: PathBuf,
+    state: Arc<State>,
+}
+
+impl Node {
+    /// Opens the node in `dir`: reads `node.toml`, the key (created if missing) and the store.
+    pub fn open(dir: &Path) -> Result<Self, NodeError> {
+        let config = NodeConfig::load(dir)?;
+        let identity = Identity::load_or_generate(&dir.join(KEY_FILE))?;
+        let store = SliverStore::open(&dir.join(STORE_DIR))?;
+        let budget_units = usize::try_from(config.max_inflight_bytes / BUDGET_UNIT)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Ok(Node {
+            dir: dir.to_owned(),
+            state: Arc::new(State {
+                trusted: config.trusted_clients.iter().copied().collect(),
+                budget: Semaphore::new(budget_units),
+                identity,
+                store,
+                config,
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.state.identity.public_key()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets running requests finish
+    /// (bounded by the request timeout) and closes the endpoint. Writes `node.pid` while
+    /// serving and removes it on the way out.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let state = self.state;
+        let tls = state
+            .identity
+            .server_tls()
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(crate::transport::transport_config(
+            state.config.max_streams_per_connection,
+        ));
+        let addr = state.config.listen;
+        let endpoint = quinn::Endpoint::server(server_config, addr)
+            .map_err(|source| NodeError::Listen { addr, source })?;
+
+        let pid_path = self.dir.join(PID_FILE);
+        std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| {
+            NodeError::PidFile {
+                path: pid_path.clone(),
+                source,
+            }
+        })?;
+        let stats = state.store.stats();
+        info!(%addr, key = %state.identity.public_key(), blobs = stats.blobs,
+              bytes = stats.sliver_bytes, "storage node serving");
+
+        let connections = Arc::new(Semaphore::new(state.config.max_connections as usize));
+        // Tells connections to stop taking new requests; the ones they hold run to completion.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        warn!("connection limit reached; refusing a connection");
+                        incoming.refuse();
+                        continue;
+                    };
+                    let state = state.clone();
+                    let stop = stop_rx.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        match incoming.await {
+                            Ok(conn) => serve_connection(state, conn, stop).await,
+                            Err(e) => debug!("handshake failed: {e}"),
+                        }
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+
+        info!("shutting down: refusing new connections, draining requests");
+        endpoint.set_server_config(None);
+        let _ = stop_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(state.config.request_timeout(), drain)
+            .await
+            .is_err()
+        {
+            warn!("requests still running at shutdown deadline; aborting them");
+        }
+        endpoint.close(0u32.into(), b"node shutting down");
+        endpoint.wait_idle().await;
+        let _ = std::fs::remove_file(&pid_path);
+        info!("storage node stopped");
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    state: Arc<State>,
+    conn: quinn::Connection,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = peer_key(&conn);
+    let remote = conn.remote_address();
+    let span = info_span!("conn", %remote, peer = ?peer);
+    async move {
+        debug!("connected");
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        let state = state.clone();
+                        streams.spawn(
+                            async move {
+                                let deadline = state.config.request_timeout();
+                                if tokio::time::timeout(deadline, serve_stream(&state, peer, send, recv))
+                                    .await
+                                    .is_err()
+                                {
+                                    warn!("request exceeded {deadline:?}; dropped");
+                                }
+                            }
+                            .in_current_span(),
+                        );
+                    }
+                    Err(e) => {
+                        debug!("connection ended: {e}");
+                        break;
+                    }
+                },
+                Some(_) = streams.join_next(), if !streams.is_empty() => {}
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            }
+        }
+        // Let requests already received finish (the shutdown path bounds this).
+        while streams.join_next().await.is_some() {}
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve_stream(
+    state: &State,
+    peer: Option<PublicKey>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (response, body) = match wire::read_frame::<_, RequestFrame>(&mut recv).await {
+        Ok(frame) if frame.version != PROTOCOL_VERSION => (
+            Response::Error(WireError::VersionMismatch {
+                supported: PROTOCOL_VERSION,
+            }),
+            None,
+        ),
+        Ok(frame) => handle(state, peer, frame.request, &mut recv).await,
+        Err(FrameError::TooLarge { max, .. }) => {
+            warn!("oversize request frame");
+            (Response::Error(WireError::TooLarge { limit: max }), None)
+        }
+        Err(e) => {
+            warn!("bad request frame: {e}");
+            (
+                Response::Error(WireError::InvalidRequest(e.to_string())),
+                None,
+            )
+        }
+    };
+    if let Response::Error(e) = &response {
+        debug!("request failed: {e}");
+        // Whatever the client still sends on this stream is unwanted; tell it to stop.
+        let _ = recv.stop(0u32.into());
+    }
+    let sent = async {
+        wire::write_frame(&mut send, &response).await?;
+        if let Some(body) = body {
+            tokio::io::AsyncWriteExt::write_all(&mut send, &body).await?;
+        }
+        send.finish()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Wait until the peer has the response before dropping the stream.
+        let _ = send.stopped().await;
+        Ok::<_, FrameError>(())
+    };
+    if let Err(e) = sent.await {
+        debug!("could not send response: {e}");
+    }
+}
+
+/// Handles one decoded request; returns the response and, for a sliver read, its body.
+async fn handle(
+    state: &State,
+    peer: Option<PublicKey>,
+    request: Request,
+    recv: &mut quinn::RecvStream,
+) -> (Response, Option<Vec<u8>>) {
+    let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
+    let result = match request {
+        Request::Health => {
+            let stats = state.store.stats();
+            Ok((
+                Response::Health(HealthInfo {
+                    version: PROTOCOL_VERSION,
+                    public_key: state.identity.public_key(),
+                    blobs: stats.blobs,
+                    sliver_bytes: stats.sliver_bytes,
+                    uptime_secs: state.started.elapsed().as_secs(),
+                    client_trusted: trusted,
+                }),
+                None,
+            ))
+        }
+        Request::StoreSliver {
+            blob_id,
+            metadata,
+            index,
+            len,
+        } => {
+            let span = info_span!("store", blob = %blob_id, index);
+            store_sliver(state, trusted, blob_id, metadata, index, len, recv)
+                .instrument(span)
+                .await
+                .map(|c| (Response::Stored(c), None))
+        }
+        Request::GetSliver { blob_id, index } => {
+            let span = info_span!("get_sliver", blob = %blob_id, index);
+            get_sliver(state, blob_id, index)
+                .instrument(span)
+                .await
+                .map(|data| {
+                    (
+                        Response::Sliver {
+                            len: data.len() as u64,
+                        },
+                        Some(data),
+                    )
+                })
+        }
+        Request::GetMetadata { blob_id } => blocking(state, |s| s.get_metadata(&blob_id))
+            .await
+            .map(|m| (Response::Metadata(m), None)),
+        Request::Status { blob_id } => blocking(state, |s| s.status(&blob_id)).await.map(|st| {
+            (
+                Response::Status(wire::BlobStatus {
+                    has_metadata: st.has_metadata,
+                    slivers: st.slivers,
+                }),
+                None,
+            )
+        }),
+        Request::Delete { blob_id } => {
+            if !trusted {
+                warn!(blob = %blob_id, "delete from untrusted client refused");
+                Err(WireError::Unauthorized)
+            } else {
+                info!(blob = %blob_id, "delete");
+                blocking(state, |s| s.delete(&blob_id))
+                    .await
+                    .map(|existed| (Response::Deleted { existed }, None))
+            }
+        }
+    };
+    result.unwrap_or_else(|e| (Response::Error(e), None))
+}
+
+async fn store_sliver(
+    state: &State,
+    trusted: bool,
+    blob_id: BlobId,
+    metadata: crate::codec::BlobMetadata,
+    index: SliverIndex,
+    len: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<StorageConfirmation, WireError> {
+    if !trusted {
+        warn!("store from untrusted client refused");
+        return Err(WireError::Unauthorized);
+    }
+    // Check everything that can be checked before accepting a single body byte.
+    metadata
+        .check_id(&blob_id)
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    let expected = metadata
+        .sliver_len()
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))? as u64;
+    if len != expected {
+        return Err(WireError::InvalidRequest(format!(
+            "sliver length {len} does not match the metadata's {expected}"
+        )));
+    }
+    if index >= metadata.params.n {
+        return Err(WireError::InvalidRequest(format!(
+            "sliver index {index} out of range"
+        )));
+    }
+    if len > state.config.max_sliver_bytes {
+        return Err(WireError::TooLarge {
+            limit: state.config.max_sliver_bytes,
+        });
+    }
+    // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
+    let _permit = acquire_budget(state, len).await?;
+    let body = wire::read_body(recv, len as usize)
+        .await
+        .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
+    blocking(state, |s| s.put_sliver(&blob_id, &metadata, index, &body)).await?;
+    // INV: the confirmation is signed only after put_sliver returned, i.e. after fsync.
+    debug!("stored");
+    Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
+}
+
+async fn get_sliver(
+    state: &State,
+    blob_id: BlobId,
+    index: SliverIndex,
+) -> Result<Vec<u8>, WireError> {
+    let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
+    let len = metadata
+        .sliver_len()
+        .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
+    let permit = acquire_budget(state, len).await?;
+    let data = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+    drop(permit);
+    Ok(data)
+}
+
+async fn acquire_budget(
+    state: &State,
+    len: u64,
+) -> Result<tokio::sync::SemaphorePermit<'_>, WireError> {
+    let units = u32::try_from(len.div_ceil(BUDGET_UNIT)).map_err(|_| WireError::TooLarge {
+        limit: state.config.max_sliver_bytes,
+    })?;
+    match tokio::time::timeout(
+        state.config.request_timeout() / 2,
+        state.budget.acquire_many(units),
+    )
+    .await
+    {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(WireError::Busy),
+    }
+}
+
+/// Runs a (disk-bound, fsyncing) store operation and maps its error to the wire.
+/// `block_in_place` hands this worker's other tasks to another thread meanwhile, so a slow
+/// disk delays only this request. Needs the multi-threaded runtime the node runs on.
+async fn blocking<T, F>(state: &State, f: F) -> Result<T, WireError>
+where
+    F: FnOnce(&SliverStore) -> Result<T, StoreError>,
+{
+    let r = tokio::task::block_in_place(|| f(&state.store));
+    r.map_err(|e| match e {
+        StoreError::NotFound { .. } => WireError::NotFound,
+        StoreError::Invalid(e) => WireError::InvalidRequest(e.to_string()),
+        StoreError::Corrupt { path, reason } => {
+            warn!(path = %path.display(), "damaged data on disk: {reason}");
+            WireError::Corrupt(reason)
+        }
+        StoreError::Io { path, source } => {
+            warn!(path = %path.display(), "disk error: {source}");
+            WireError::Internal(format!("disk error: {source}"))
+        }
+    })
+}

@@ -1,0 +1,29 @@
+//! QUIC transport settings shared by clients and nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-stream flow-control window. One stream carries one sliver; a window of a few MiB keeps
+/// a loopback or LAN link busy without letting one stream hog the connection.
+const STREAM_WINDOW: u32 = 8 << 20;
+/// Per-connection flow-control window across all streams.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+/// A connection silent this long is closed; keep-alives keep healthy idle connections open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keep-alive interval, well under [`IDLE_TIMEOUT`].
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Transport configuration allowing `max_streams` concurrent requests per connection.
+pub fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_uni_streams(0u8.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}

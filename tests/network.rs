@@ -1,0 +1,226 @@
+//! End-to-end tests of the storage network: real `walrusfs node` processes on loopback, real
+//! QUIC, real disks, driven through the `walrusfs` CLI the way an operator would.
+
+mod common;
+
+use std::path::Path;
+
+use common::{random_bytes, Testnet};
+
+const SIZES: &[usize] = &[0, 1, 1000, 1 << 20, (17 << 20) + 1];
+
+#[test]
+fn blobs_round_trip_and_survive_f_failures_and_restarts() {
+    let net = Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let mut blobs = Vec::new();
+    for (i, &size) in SIZES.iter().enumerate() {
+        let data = random_bytes(size, i as u64);
+        let id = net.put_bytes(work.path(), &data);
+        assert_eq!(id.len(), 64, "blob id is 64 hex digits: {id:?}");
+        assert_eq!(
+            net.get_bytes(work.path(), &id),
+            data,
+            "round trip of {size} bytes"
+        );
+        blobs.push((id, data));
+    }
+
+    // Kill f = 2 nodes holding systematic slivers, so reads must decode from recovery slivers.
+    net.kill(0);
+    net.kill(1);
+    for (id, data) in &blobs {
+        assert_eq!(
+            &net.get_bytes(work.path(), id),
+            data,
+            "read with nodes 0,1 down"
+        );
+    }
+    // Writes also still succeed with f nodes down.
+    let late = random_bytes(300_000, 99);
+    let late_id = net.put_bytes(work.path(), &late);
+
+    // Restart them: their data is still on disk and served.
+    net.up_again();
+    let status = net.cli_ok(&["blob", "status", "--testnet", net.dir_str(), &blobs[3].0]);
+    for node in ["0", "1"] {
+        let line = status
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(node))
+            .unwrap();
+        assert!(
+            line.contains("yes"),
+            "restarted node {node} lost its data: {status}"
+        );
+    }
+    net.kill(4);
+    net.kill(5);
+    for (id, data) in &blobs {
+        assert_eq!(
+            &net.get_bytes(work.path(), id),
+            data,
+            "read with nodes 4,5 down"
+        );
+    }
+    assert_eq!(net.get_bytes(work.path(), &late_id), late);
+
+    // A third failure is more than f: reads still succeed (4 slivers left, k = 3 needed), but a
+    // write can no longer reach n - f = 5 confirmations and must fail loudly.
+    net.kill(6);
+    assert_eq!(
+        net.get_bytes(work.path(), &blobs[4].0),
+        blobs[4].1,
+        "read with 3 nodes down"
+    );
+    let file = work.path().join("unstorable");
+    std::fs::write(&file, random_bytes(1000, 5)).unwrap();
+    let r = net.cli(&[
+        "blob",
+        "put",
+        "--testnet",
+        net.dir_str(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        !r.status.success(),
+        "a write with 3 of 7 nodes down must fail"
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("required confirmations"),
+        "unclear error: {err}"
+    );
+    assert!(r.stdout.is_empty(), "a failed put must not print a blob id");
+
+    // With fewer than k nodes left, a read fails cleanly and writes nothing.
+    net.kill(2);
+    net.kill(3);
+    let out = work.path().join("should-not-exist");
+    let r = net.cli(&[
+        "blob",
+        "get",
+        "--testnet",
+        net.dir_str(),
+        &blobs[3].0,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success(), "read with 5 nodes down must fail");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("slivers verified"), "unclear error: {err}");
+    assert!(!out.exists(), "a failed read must not leave an output file");
+}
+
+#[test]
+fn corrupted_slivers_are_detected_and_the_read_is_still_correct() {
+    let net = Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 << 20, 7);
+    let id = net.put_bytes(work.path(), &data);
+    net.wait_all_slivers(&id);
+    // Flip bytes in the stored slivers of two systematic nodes, which a reader asks first:
+    // f = 2 lying nodes must not change what is read.
+    assert_eq!(net.get_bytes(work.path(), &id), data);
+    // Truncate a third node's sliver too: 4 honest slivers remain, k = 3 suffice.
+    let path = net.sliver_path(1, &id);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_eq!(
+        net.get_bytes(work.path(), &id),
+        data,
+        "3 damaged, 4 honest slivers"
+    );
+}
+
+#[test]
+fn untrusted_clients_cannot_store_or_delete() {
+    let net = Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes(50_000, 3);
+    let id = net.put_bytes(work.path(), &data);
+
+    let key = work.path().join("stranger.key");
+    net.cli_ok(&["keygen", "--out", key.to_str().unwrap()]);
+    let committee = net.dir.path().join("committee.toml");
+    let file = work.path().join("payload");
+    std::fs::write(&file, b"not yours to store").unwrap();
+    let stranger = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend([
+            "--committee",
+            committee.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        net.cli(&full)
+    };
+    let r = stranger(&["blob", "put", file.to_str().unwrap()]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not authorized"),
+        "{r:?}"
+    );
+    let r = stranger(&["blob", "delete", &id]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("not authorized"),
+        "{r:?}"
+    );
+    // Reads are open to any key (slivers are ciphertext fragments), and the blob is intact.
+    let out = work.path().join("out");
+    let r = stranger(&["blob", "get", &id, "-o", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{r:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // The trusted client can delete.
+    net.cli_ok(&["blob", "delete", "--testnet", net.dir_str(), &id]);
+    let r = net.cli(&[
+        "blob",
+        "get",
+        "--testnet",
+        net.dir_str(),
+        &id,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+}
+
+#[test]
+fn testnet_status_and_clean_shutdown() {
+    let net = Testnet::up(4);
+    let work = tempfile::tempdir().unwrap();
+    net.put_bytes(work.path(), &random_bytes(10_000, 1));
+    net.wait_all_nodes_hold(1);
+    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
+    assert_eq!(
+        status.lines().filter(|l| l.contains(" up ")).count(),
+        4,
+        "{status}"
+    );
+    net.kill(3);
+    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
+    assert!(status.contains("3 of 4 nodes up"), "{status}");
+    net.cli_ok(&["testnet", "down", "--dir", net.dir_str()]);
+    for i in 0..3 {
+        let ndir = net.dir.path().join(format!("node-{i}"));
+        assert!(
+            !ndir.join("node.pid").exists(),
+            "node {i} left its pid file"
+        );
+        let log = std::fs::read_to_string(ndir.join("node.log")).unwrap();
+        assert!(
+            log.contains("storage node stopped"),
+            "node {i} did not stop cleanly: {log}"
+        );
+    }
+    // Up again restarts all nodes with their data.
+    net.up_again();
+    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
+    assert!(status.contains("4 of 4 nodes up"), "{status}");
+    assert!(Path::new(&net.dir.path().join("node-0/node.pid")).exists());
+}

@@ -1,0 +1,149 @@
+//! `walrusfs blob`: store and fetch raw blobs (no filesystem, no encryption: what goes in is
+//! what the nodes' slivers encode).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use netcore::codec::BlobId;
+
+use netcore::client::Client;
+
+use crate::network::{runtime, NetworkArgs};
+
+/// How long `blob put` keeps sending slivers to slow nodes after the write quorum is reached
+/// before the process exits.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(30);
+
+/// `walrusfs blob` subcommands.
+#[derive(clap::Subcommand)]
+pub enum BlobCommand {
+    /// Store FILE as a blob; prints the blob id on stdout.
+    Put {
+        #[command(flatten)]
+        net: NetworkArgs,
+        /// The file to store.
+        file: PathBuf,
+    },
+    /// Fetch a blob, verify it and write it to OUT.
+    Get {
+        #[command(flatten)]
+        net: NetworkArgs,
+        /// The blob id (64 hex digits).
+        blob_id: BlobId,
+        /// Output file (written atomically; `-` for stdout).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Show which slivers each node holds of a blob.
+    Status {
+        #[command(flatten)]
+        net: NetworkArgs,
+        /// The blob id.
+        blob_id: BlobId,
+    },
+    /// Delete a blob from every reachable node.
+    Delete {
+        #[command(flatten)]
+        net: NetworkArgs,
+        /// The blob id.
+        blob_id: BlobId,
+    },
+}
+
+/// Runs the command.
+pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (BlobCommand::Put { net, .. }
+        | BlobCommand::Get { net, .. }
+        | BlobCommand::Status { net, .. }
+        | BlobCommand::Delete { net, .. }) = &cmd;
+        let client = net.client()?;
+        let result = match &cmd {
+            BlobCommand::Put { file, .. } => put(&client, file).await,
+            BlobCommand::Get { blob_id, out, .. } => get(&client, blob_id, out).await,
+            BlobCommand::Status { blob_id, .. } => status(&client, blob_id).await,
+            BlobCommand::Delete { blob_id, .. } => delete(&client, blob_id).await,
+        };
+        client.close(BACKGROUND_GRACE).await;
+        result
+    })
+}
+
+async fn put(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let outcome = client.put(&data).await?;
+    println!("{}", outcome.blob_id);
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "stored {} bytes; certified by {} of {} nodes",
+        data.len(),
+        outcome.confirmations.len(),
+        client.committee().n
+    );
+    Ok(())
+}
+
+async fn get(client: &Client, blob_id: &BlobId, out: &std::path::Path) -> anyhow::Result<()> {
+    let data = client.get(blob_id).await?;
+    if out.as_os_str() == "-" {
+        std::io::stdout().write_all(&data)?;
+        return Ok(());
+    }
+    // Write to a temporary file beside OUT and rename, so OUT is never left half-written.
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1
+        .write_all(&data)
+        .with_context(|| format!("cannot write {}", tmp.0.display()))?;
+    tmp.1.sync_all()?;
+    std::fs::rename(&tmp.0, out).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    let path = dir.join(format!(".walrusfs-get-{}.tmp", std::process::id()));
+    let f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok((path, f))
+}
+
+async fn status(client: &Client, blob_id: &BlobId) -> anyhow::Result<()> {
+    println!("{:<6} {:<10} slivers", "node", "metadata");
+    for (node, r) in client.status(blob_id).await {
+        match r {
+            Ok(s) => println!(
+                "{node:<6} {:<10} {:?}",
+                if s.has_metadata { "yes" } else { "no" },
+                s.slivers
+            ),
+            Err(e) => println!("{node:<6} {:<10} {e}", "?"),
+        }
+    }
+    Ok(())
+}
+
+async fn delete(client: &Client, blob_id: &BlobId) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for (node, r) in client.delete(blob_id).await {
+        match r {
+            Ok(existed) => println!(
+                "node {node}: {}",
+                if existed { "deleted" } else { "had nothing" }
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("node {node}: failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} node(s) could not delete the blob; run again when they are up");
+    }
+    Ok(())
+}

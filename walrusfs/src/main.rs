@@ -1,0 +1,76 @@
+//! `walrusfs`: the command-line entry point. Parses arguments (clap) and hands each command to
+//! its module; the libraries below know nothing of the CLI.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod blob;
+mod network;
+mod node;
+mod testnet;
+
+/// walrusfs: files on a decentralized, erasure-coded, encrypted storage network.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a storage node serving the directory D (or initialise one with --init).
+    Node(node::NodeArgs),
+    /// Start, stop or inspect a local testnet of storage nodes on 127.0.0.1.
+    #[command(subcommand)]
+    Testnet(testnet::TestnetCommand),
+    /// Store, fetch, inspect or delete raw blobs.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
+    /// Create a client key file and print its public key (to add to nodes' trusted clients).
+    Keygen {
+        /// Where to write the key (PEM, mode 0600); must not exist.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let result = match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Testnet(cmd) => testnet::run(cmd),
+        Command::Blob(cmd) => blob::run(cmd),
+        Command::Keygen { out } => keygen(&out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walrusfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.exists() {
+        anyhow::bail!("{} already exists; not overwriting a key", out.display());
+    }
+    let id = netcore::identity::Identity::generate()?;
+    id.save(out)?;
+    println!("{}", id.public_key());
+    Ok(())
+}

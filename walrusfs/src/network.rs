@@ -1,0 +1,60 @@
+//! How a command finds the storage network: a local testnet directory, or a committee file
+//! plus a client key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use netcore::client::{Client, ClientConfig};
+use netcore::committee::Committee;
+use netcore::identity::Identity;
+
+/// Name of the committee file in a testnet directory.
+pub const COMMITTEE_FILE: &str = "committee.toml";
+/// Name of the trusted client key in a testnet directory.
+pub const CLIENT_KEY_FILE: &str = "client.key";
+
+/// Options selecting a network, shared by every command that talks to one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetworkArgs {
+    /// A local testnet directory (made by `walrusfs testnet up`).
+    #[arg(long, conflicts_with_all = ["committee", "key"], required_unless_present = "committee")]
+    pub testnet: Option<PathBuf>,
+    /// A committee file describing the network.
+    #[arg(long, requires = "key")]
+    pub committee: Option<PathBuf>,
+    /// The client key to authenticate with (see `walrusfs keygen`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+impl NetworkArgs {
+    /// The committee file and client key paths these options select.
+    pub fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        match (&self.testnet, &self.committee, &self.key) {
+            (Some(dir), _, _) => Ok((dir.join(COMMITTEE_FILE), dir.join(CLIENT_KEY_FILE))),
+            (None, Some(c), Some(k)) => Ok((c.clone(), k.clone())),
+            _ => anyhow::bail!("give --testnet DIR, or --committee FILE with --key FILE"),
+        }
+    }
+
+    /// Loads the committee and key and builds a client. Call inside a tokio runtime.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let (committee, key) = self.paths()?;
+        connect(&committee, &key)
+    }
+}
+
+/// Builds a client from a committee file and a key file.
+pub fn connect(committee: &Path, key: &Path) -> anyhow::Result<Client> {
+    let committee = Committee::load(committee)?;
+    let identity = Identity::load(key).context("cannot load the client key")?;
+    Ok(Client::new(committee, &identity, ClientConfig::default())?)
+}
+
+/// A multi-threaded runtime for a command's network work.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start async runtime")
+}

@@ -1,0 +1,264 @@
+//! `walrusfs testnet`: a local storage network of node processes on 127.0.0.1.
+//!
+//! ```text
+//! DIR/committee.toml   the committee (n, k, node addresses and keys)
+//! DIR/client.key       a client key every node trusts
+//! DIR/node-<i>/        node i's directory (node.toml, node.key, node.pid, node.log, store/)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use netcore::committee::{Committee, NodeInfo};
+use netcore::identity::Identity;
+use netcore::node::{config, NodeConfig};
+
+use crate::network::{connect, runtime, CLIENT_KEY_FILE, COMMITTEE_FILE};
+
+/// How long `up` waits for every node to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `down` waits after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default testnet size: n = 7 tolerates f = 2 faulty nodes with k = 3.
+const DEFAULT_NODES: u16 = 7;
+
+/// `walrusfs testnet` subcommands.
+#[derive(clap::Subcommand)]
+pub enum TestnetCommand {
+    /// Create (if needed) and start the testnet; restarts stopped nodes with their data.
+    Up {
+        /// Testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of nodes (only when creating; default 7).
+        #[arg(long)]
+        nodes: Option<u16>,
+    },
+    /// Stop every node (SIGTERM, then SIGKILL after a timeout).
+    Down {
+        /// Testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Show each node up/down with blobs and bytes stored.
+    Status {
+        /// Testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Runs the command.
+pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
+    match cmd {
+        TestnetCommand::Up { dir, nodes } => up(&dir, nodes),
+        TestnetCommand::Down { dir } => down(&dir),
+        TestnetCommand::Status { dir } => status(&dir),
+    }
+}
+
+fn node_dir(dir: &Path, index: u16) -> PathBuf {
+    dir.join(format!("node-{index}"))
+}
+
+/// Creates the testnet in `dir` if it has no committee yet, then starts every stopped node and
+/// waits until all answer.
+pub fn up(dir: &Path, nodes: Option<u16>) -> anyhow::Result<()> {
+    let committee_path = dir.join(COMMITTEE_FILE);
+    let committee = if committee_path.exists() {
+        let c = Committee::load(&committee_path)?;
+        if let Some(n) = nodes.filter(|&n| n != c.n) {
+            bail!(
+                "testnet in {} has {} nodes, not {n}; use another --dir",
+                dir.display(),
+                c.n
+            );
+        }
+        c
+    } else {
+        create(dir, nodes.unwrap_or(DEFAULT_NODES))?
+    };
+    let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
+    for node in &committee.nodes {
+        let ndir = node_dir(dir, node.index);
+        if running_pid(&ndir).is_some() {
+            continue;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ndir.join("node.log"))
+            .with_context(|| format!("cannot open log in {}", ndir.display()))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node").arg("--dir").arg(&ndir);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Own process group: the node outlives this command and ignores its terminal's ^C.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().context("cannot start a node process")?;
+        tracing::info!(node = node.index, pid = child.id(), "started node");
+    }
+    wait_healthy(dir, &committee)?;
+    println!(
+        "testnet up: {} nodes (k = {}), committee {}",
+        committee.n,
+        committee.k,
+        committee_path.display()
+    );
+    Ok(())
+}
+
+fn create(dir: &Path, n: u16) -> anyhow::Result<Committee> {
+    if n == 0 {
+        bail!("a testnet needs at least one node");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let client = Identity::load_or_generate(&dir.join(CLIENT_KEY_FILE))?;
+    let mut infos = Vec::new();
+    for index in 0..n {
+        let ndir = node_dir(dir, index);
+        std::fs::create_dir_all(&ndir)?;
+        let id = Identity::load_or_generate(&ndir.join(config::KEY_FILE))?;
+        let address = free_udp_port()?;
+        NodeConfig::new(address, vec![client.public_key()]).save(&ndir)?;
+        infos.push(NodeInfo {
+            index,
+            address,
+            public_key: id.public_key(),
+        });
+    }
+    let committee = Committee::new(Committee::default_k(n), infos)?;
+    committee.save(&dir.join(COMMITTEE_FILE))?;
+    Ok(committee)
+}
+
+/// A loopback UDP address with a port the OS just handed out, so testnets don't collide.
+fn free_udp_port() -> anyhow::Result<std::net::SocketAddr> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot pick a free UDP port")?;
+    Ok(sock.local_addr()?)
+}
+
+fn wait_healthy(dir: &Path, committee: &Committee) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let client_dir = dir.to_owned();
+    rt.block_on(async move {
+        let client = connect(&client_dir.join(COMMITTEE_FILE), &client_dir.join(CLIENT_KEY_FILE))?;
+        let start = Instant::now();
+        loop {
+            let health = client.health().await;
+            let down: Vec<_> = health.iter().filter(|(_, r)| r.is_err()).map(|(i, _)| *i).collect();
+            if down.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                bail!(
+                    "nodes {down:?} did not come up within {START_TIMEOUT:?}; see {}/node-<i>/node.log",
+                    client_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })?;
+    let _ = committee;
+    Ok(())
+}
+
+/// The pid in `ndir/node.pid` if that process is alive and is a walrusfs node (not a zombie,
+/// not a recycled pid).
+fn running_pid(ndir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(ndir.join(config::PID_FILE)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    process_alive(pid).then_some(pid)
+}
+
+fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Field 3 (after the parenthesised command name) is the state; Z and X are dead.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z" | "X") | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("walrusfs"))
+        .unwrap_or(false)
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY-free: libc::kill is safe to call with any pid/signal; errors are ignored because
+    // the process may have exited meanwhile.
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Stops every running node of the testnet in `dir`.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let committee = Committee::load(&dir.join(COMMITTEE_FILE))?;
+    let mut pids = Vec::new();
+    for node in &committee.nodes {
+        if let Some(pid) = running_pid(&node_dir(dir, node.index)) {
+            signal(pid, libc::SIGTERM);
+            pids.push((node.index, pid));
+        }
+    }
+    let start = Instant::now();
+    while pids.iter().any(|(_, p)| process_alive(*p)) && start.elapsed() < STOP_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (index, pid) in &pids {
+        if process_alive(*pid) {
+            eprintln!("node {index} (pid {pid}) ignored SIGTERM; killing it");
+            signal(*pid, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_file(node_dir(dir, *index).join(config::PID_FILE));
+    }
+    println!("testnet down: stopped {} node(s)", pids.len());
+    Ok(())
+}
+
+/// Prints each node's state, blobs and bytes.
+pub fn status(dir: &Path) -> anyhow::Result<()> {
+    let committee = Committee::load(&dir.join(COMMITTEE_FILE))?;
+    let rt = runtime()?;
+    let health = rt.block_on(async {
+        let client = connect(&dir.join(COMMITTEE_FILE), &dir.join(CLIENT_KEY_FILE))?;
+        anyhow::Ok(client.health().await)
+    })?;
+    println!(
+        "{:<5} {:<22} {:<5} {:>8} {:>8} {:>14}",
+        "node", "address", "state", "pid", "blobs", "bytes"
+    );
+    let mut up = 0;
+    for ((index, h), node) in health.into_iter().zip(&committee.nodes) {
+        let pid = running_pid(&node_dir(dir, index)).map_or("-".to_string(), |p| p.to_string());
+        match h {
+            Ok(h) => {
+                up += 1;
+                println!(
+                    "{index:<5} {:<22} {:<5} {pid:>8} {:>8} {:>14}",
+                    node.address, "up", h.blobs, h.sliver_bytes
+                );
+            }
+            Err(_) => println!(
+                "{index:<5} {:<22} {:<5} {pid:>8} {:>8} {:>14}",
+                node.address, "down", "-", "-"
+            ),
+        }
+    }
+    println!(
+        "{up} of {} nodes up; reads need {}, writes need {}",
+        committee.n,
+        committee.k,
+        committee.write_quorum()
+    );
+    Ok(())
+}
