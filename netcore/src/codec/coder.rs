@@ -14,9 +14,9 @@ use super::types::CodecError;
 /// the free functions [`encode`](super::encode) and [`decode`](super::decode), which build a
 /// throwaway `Codec` per call.
 ///
-/// Memory: holds the RS work buffers of the largest recent blob (roughly
-/// `(n - k).next_power_of_two() + k` slivers' worth for encoding, `2 * n` for decoding) until
-/// dropped, so keep one per worker, not one per blob.
+/// Memory: holds the RS work buffers of the last blob it coded (up to about `n` slivers' worth
+/// for the encoder and `2 * n` for the decoder) until dropped, so keep one per worker thread,
+/// not one per blob, and drop it with the worker.
 #[derive(Default)]
 pub struct Codec {
     rs_encoder: Option<ReedSolomonEncoder>,

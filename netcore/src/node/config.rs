@@ -3,6 +3,7 @@
 //! ```text
 //! D/node.toml   this configuration            D/node.key   the node's ed25519 key (0600)
 //! D/node.pid    pid while the node runs       D/store/     the sliver store (see `store`)
+//! D/node.lock   locked while a node serves D
 //! ```
 
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ pub const CONFIG_FILE: &str = "node.toml";
 pub const KEY_FILE: &str = "node.key";
 /// Name of the pid file a running node keeps in its directory.
 pub const PID_FILE: &str = "node.pid";
+/// Name of the lock file a running node holds (flock) in its directory.
+pub const LOCK_FILE: &str = "node.lock";
 /// Name of the sliver store directory inside a node directory.
 pub const STORE_DIR: &str = "store";
 

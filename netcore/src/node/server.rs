@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::config::{NodeConfig, KEY_FILE, PID_FILE, STORE_DIR};
+use super::config::{NodeConfig, KEY_FILE, LOCK_FILE, PID_FILE, STORE_DIR};
 use super::store::{SliverStore, StoreError};
 use crate::codec::{BlobId, SliverIndex};
 use crate::identity::{peer_key, Identity, PublicKey};
@@ -52,7 +52,13 @@ pub enum NodeError {
     /// TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(String),
-    /// Writing the pid file failed.
+    /// Another process serves this directory (its lock file is held).
+    #[error("{path} is locked: another node is serving this directory")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Writing the pid or lock file failed.
     #[error("pid file {path}: {source}")]
     PidFile {
         /// The pid file.
@@ -74,6 +80,8 @@ struct State {
 /// A storage node ready to serve.
 pub struct Node {
     dir: PathBuf,
+    /// Held for the node's lifetime: two processes serving one store would corrupt it.
+    _lock: std::fs::File,
     state: Arc<State>,
 }
 
@@ -81,6 +89,18 @@ impl Node {
     /// Opens the node in `dir`: reads `node.toml`, the key (created if missing) and the store.
     pub fn open(dir: &Path) -> Result<Self, NodeError> {
         let config = NodeConfig::load(dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| NodeError::PidFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        lock.try_lock()
+            .map_err(|_| NodeError::Locked { path: lock_path })?;
         let identity = Identity::load_or_generate(&dir.join(KEY_FILE))?;
         let store = SliverStore::open(&dir.join(STORE_DIR))?;
         let budget_units = usize::try_from(config.max_inflight_bytes / BUDGET_UNIT)
@@ -88,6 +108,7 @@ impl Node {
             .min(Semaphore::MAX_PERMITS);
         Ok(Node {
             dir: dir.to_owned(),
+            _lock: lock,
             state: Arc::new(State {
                 trusted: config.trusted_clients.iter().copied().collect(),
                 budget: Semaphore::new(budget_units),
