@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod blob;
+mod mount;
 mod network;
 mod node;
 mod testnet;
@@ -28,6 +29,15 @@ enum Command {
     /// Store, fetch, inspect or delete raw blobs.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// Mount the storage network as a folder.
+    Mount(mount::MountArgs),
+    /// Unmount a walrusfs folder, storing all buffered data first.
+    Unmount {
+        /// The mountpoint.
+        mountpoint: std::path::PathBuf,
+    },
+    /// Start a local 7-node testnet and mount it (the one-command demo).
+    Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
     Keygen {
         /// Where to write the key (PEM, mode 0600); must not exist.
@@ -40,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Node(_) => "info",
+        Command::Mount(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -55,6 +66,9 @@ fn main() -> ExitCode {
         Command::Testnet(cmd) => testnet::run(cmd),
         Command::Blob(cmd) => blob::run(cmd),
         Command::Keygen { out } => keygen(&out),
+        Command::Mount(args) => mount::mount(args),
+        Command::Unmount { mountpoint } => mount::unmount(&mountpoint),
+        Command::Up(args) => mount::up(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,138 @@
+//! Background work: the write-back flusher and the garbage collector.
+//!
+//! - The flusher uploads buffers that have been dirty longer than the write-back delay (or
+//!   all dirty buffers while the dirty budget is more than half used), commits pending sizes
+//!   and times, retries files whose earlier uploads failed, and forgets closed files whose data
+//!   is stored.
+//! - The garbage collector deletes blobs no longer referenced (overwritten chunks, truncated or
+//!   deleted files) from the nodes. Its queue lives in the index, so it survives restarts; a
+//!   blob leaves the queue only once every node acknowledged the delete.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::files::{BufState, OpenFile};
+use super::Fs;
+use crate::data::store::BlobStore;
+
+/// How often the flusher looks at open files.
+const FLUSH_TICK: Duration = Duration::from_millis(500);
+/// How often the garbage collector runs when nothing wakes it.
+const GC_TICK: Duration = Duration::from_secs(10);
+/// Blobs deleted per garbage-collection round, concurrently.
+const GC_BATCH: usize = 32;
+/// A queued blob is deleted only after this long: a reader that looked up its chunk just
+/// before it was replaced may still be fetching it.
+const GC_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the flusher and the garbage collector; they stop when the filesystem is dropped.
+pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) {
+    let weak = Arc::downgrade(&fs.inner);
+    fs.inner.rt.spawn(async move {
+        let mut tick = tokio::time::interval(FLUSH_TICK);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { break };
+            let fs = Fs { inner };
+            // Index commits and file locks are quick but blocking; keep them off the runtime
+            // threads' critical path.
+            let _ = tokio::task::spawn_blocking(move || fs.flush_round()).await;
+        }
+    });
+    let weak = Arc::downgrade(&fs.inner);
+    fs.inner.rt.spawn(async move {
+        let mut seen = std::collections::HashMap::new();
+        loop {
+            let Some(inner) = weak.upgrade() else { break };
+            let fs = Fs { inner };
+            let more = fs.gc_round(&mut seen).await;
+            if !more {
+                let wake = fs.inner.clone();
+                drop(fs);
+                let _ = tokio::time::timeout(GC_TICK, wake.gc_wake.notified()).await;
+            }
+        }
+    });
+}
+
+impl<B: BlobStore> Fs<B> {
+    fn flush_round(&self) {
+        let files: Vec<Arc<OpenFile>> = self.inner.lock_open().values().cloned().collect();
+        let pressure = self.dirty_bytes() > self.inner.cfg.dirty_budget / 2;
+        let delay = self.inner.cfg.writeback_delay;
+        for file in files {
+            let mut st = file.lock();
+            let due: Vec<u64> = st
+                .bufs
+                .iter()
+                .filter(|(_, b)| {
+                    b.state == BufState::Dirty && (pressure || b.dirty_since.elapsed() >= delay)
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            for idx in due {
+                self.start_upload(&file, &mut st, idx);
+            }
+            if st.bufs.is_empty() && st.uploading == 0 && st.attr_dirty {
+                match self
+                    .inner
+                    .index
+                    .commit_chunks(file.ino, Vec::new(), st.size, st.mtime, st.ctime)
+                {
+                    Ok(_) => st.attr_dirty = false,
+                    Err(crate::index::IndexError::NotFound) => st.attr_dirty = false,
+                    Err(e) => tracing::warn!(ino = file.ino, "committing attributes failed: {e}"),
+                }
+            }
+            let idle = st.handles == 0;
+            drop(st);
+            if idle {
+                self.forget_if_idle(&file);
+            }
+        }
+    }
+
+    /// One round of garbage collection; returns whether more work is ready now. `seen` holds
+    /// when each queued blob was first seen, for the grace period.
+    async fn gc_round(&self, seen: &mut std::collections::HashMap<netcore::codec::BlobId, Instant>) -> bool {
+        let pending = match self.inner.index.gc_pending(GC_BATCH) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("reading the GC queue failed: {e}");
+                return false;
+            }
+        };
+        if pending.is_empty() {
+            seen.clear();
+            return false;
+        }
+        let now = Instant::now();
+        seen.retain(|id, _| pending.contains(id));
+        let ripe: Vec<_> = pending
+            .iter()
+            .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= GC_GRACE)
+            .copied()
+            .collect();
+        if ripe.is_empty() {
+            return false;
+        }
+        let started = Instant::now();
+        let deletes = ripe.iter().map(|id| async move {
+            let done = matches!(self.inner.store.delete(*id).await, Ok(true));
+            (*id, done)
+        });
+        let results = futures::future::join_all(deletes).await;
+        let mut deleted = 0;
+        for (id, done) in &results {
+            if *done {
+                if let Err(e) = self.inner.index.gc_done(id) {
+                    tracing::warn!(blob = %id, "removing from GC queue failed: {e}");
+                }
+                deleted += 1;
+            }
+        }
+        tracing::debug!(deleted, queued = results.len(), took = ?started.elapsed(), "GC round");
+        // If some nodes are unreachable, wait for the next tick instead of spinning.
+        deleted == results.len() && pending.len() == GC_BATCH
+    }
+}

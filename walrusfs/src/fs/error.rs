@@ -1,0 +1,71 @@
+//! Filesystem errors and their one mapping to errno.
+
+use crate::index::IndexError;
+
+/// Errors of filesystem operations.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A metadata index error (not found, exists, not empty, ...).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The storage network could not store or return data.
+    #[error("storage network: {0}")]
+    Network(String),
+    /// Stored data failed authentication after it was fetched and verified: the master key is
+    /// wrong or the index points at the wrong blob.
+    #[error("chunk failed authentication: {0}")]
+    Integrity(String),
+    /// The mount is read-only.
+    #[error("read-only filesystem")]
+    ReadOnly,
+    /// A file handle the filesystem did not hand out.
+    #[error("bad file handle")]
+    BadHandle,
+    /// An offset or size beyond what the filesystem supports.
+    #[error("file too large")]
+    TooLarge,
+    /// An argument the operation does not accept.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// An operation this filesystem does not implement.
+    #[error("operation not supported")]
+    Unsupported,
+    /// An earlier write of this file could not be stored; reported once, on the next flush or
+    /// fsync, while the data stays buffered for another attempt.
+    #[error("earlier write could not be stored: {0}")]
+    WriteBack(String),
+}
+
+impl FsError {
+    /// The errno reported to the kernel. Every variant is decided here and only here.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Index(e) => match e {
+                IndexError::NotFound => libc::ENOENT,
+                IndexError::Exists => libc::EEXIST,
+                IndexError::NotDir => libc::ENOTDIR,
+                IndexError::IsDir => libc::EISDIR,
+                IndexError::NotEmpty => libc::ENOTEMPTY,
+                IndexError::NameTooLong => libc::ENAMETOOLONG,
+                IndexError::InvalidName => libc::EINVAL,
+                IndexError::InvalidArgument(_) => libc::EINVAL,
+                IndexError::NotPermitted => libc::EPERM,
+                IndexError::NoData => libc::ENODATA,
+                IndexError::XattrExists => libc::EEXIST,
+                IndexError::Corrupt(_) => libc::EIO,
+                IndexError::Db(_) => libc::EIO,
+            },
+            FsError::Network(_) => libc::EIO,
+            FsError::Integrity(_) => libc::EIO,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Unsupported => libc::EOPNOTSUPP,
+            FsError::WriteBack(_) => libc::EIO,
+        }
+    }
+}
+
+/// Result of filesystem operations.
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,208 @@
+//! Open files and handles.
+//!
+//! An [`OpenFile`] exists for an inode while it has open handles or holds data not yet
+//! stored. It carries the file's in-memory chunk buffers (a full copy of each chunk being
+//! changed: dirty, or being uploaded) and the size and times not yet committed to the index.
+//! Reads see buffers first, so a reader never observes the index lagging behind writes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::{Fs, FsError, FsResult};
+use crate::data::store::BlobStore;
+use crate::index::types::{FileKind, Ino, Timestamp};
+
+/// State of one chunk buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BufState {
+    /// Changed since it was last sent; must be uploaded.
+    Dirty,
+    /// An upload of generation `gen` is in flight and the buffer is unchanged since.
+    Uploading,
+}
+
+/// A chunk's current content while it is being changed. Each buffer counts as one full
+/// chunk against the dirty budget, whatever its length, so the accounting cannot drift.
+pub(crate) struct ChunkBuf {
+    /// Valid bytes of the chunk (bytes beyond read as zeros). Shared with an in-flight upload;
+    /// a writer copies on write.
+    pub(crate) data: Arc<Vec<u8>>,
+    /// Bumped on every change; an upload whose generation is stale is discarded.
+    pub(crate) gen: u64,
+    pub(crate) state: BufState,
+    /// When the buffer first became dirty (for background write-back).
+    pub(crate) dirty_since: Instant,
+}
+
+/// Mutable state of an open file.
+pub(crate) struct FileState {
+    pub(crate) handles: u32,
+    pub(crate) size: u64,
+    pub(crate) mtime: Timestamp,
+    pub(crate) ctime: Timestamp,
+    /// Size or times changed since the last commit to the index.
+    pub(crate) attr_dirty: bool,
+    pub(crate) bufs: BTreeMap<u64, ChunkBuf>,
+    /// Uploads in flight for this file.
+    pub(crate) uploading: usize,
+    /// The last upload failure, reported once by the next flush/fsync.
+    pub(crate) error: Option<String>,
+    pub(crate) next_gen: u64,
+}
+
+/// An inode with open handles or unstored data.
+pub(crate) struct OpenFile {
+    pub(crate) ino: Ino,
+    pub(crate) state: Mutex<FileState>,
+    /// Signalled whenever an upload of this file finishes.
+    pub(crate) changed: Condvar,
+}
+
+impl OpenFile {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether anything of this file is not yet stored and committed.
+    pub(crate) fn has_unstored(st: &FileState) -> bool {
+        !st.bufs.is_empty() || st.attr_dirty || st.uploading > 0
+    }
+}
+
+/// An open file handle.
+pub(crate) struct Handle {
+    pub(crate) ino: Ino,
+    pub(crate) writable: bool,
+    /// End offset of the last read, to detect sequential readers.
+    pub(crate) last_read_end: AtomicU64,
+    /// Set once a read was not where the previous one ended.
+    pub(crate) seeks: AtomicU64,
+}
+
+impl<B: BlobStore> Fs<B> {
+    /// Opens inode `ino` (a regular file); returns a handle number.
+    pub fn open(&self, ino: Ino, writable: bool) -> FsResult<u64> {
+        if writable {
+            self.inner.check_writable()?;
+        }
+        let attr = self.inner.index.get_attr(ino)?;
+        if attr.kind == FileKind::Dir {
+            return Err(crate::index::IndexError::IsDir.into());
+        }
+        let file = self.open_file(ino, true)?;
+        drop(file);
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle {
+            ino,
+            writable,
+            last_read_end: AtomicU64::new(0),
+            seeks: AtomicU64::new(0),
+        });
+        self.inner
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, handle);
+        Ok(fh)
+    }
+
+    /// The open-file record of `ino`, creating it from the index if needed; with
+    /// `new_handle`, counts one more handle.
+    pub(crate) fn open_file(&self, ino: Ino, new_handle: bool) -> FsResult<Arc<OpenFile>> {
+        let mut open = self.inner.lock_open();
+        if let Some(f) = open.get(&ino) {
+            if new_handle {
+                f.lock().handles += 1;
+            }
+            return Ok(f.clone());
+        }
+        let attr = self.inner.index.get_attr(ino)?;
+        let file = Arc::new(OpenFile {
+            ino,
+            state: Mutex::new(FileState {
+                handles: u32::from(new_handle),
+                size: attr.size,
+                mtime: attr.mtime,
+                ctime: attr.ctime,
+                attr_dirty: false,
+                bufs: BTreeMap::new(),
+                uploading: 0,
+                error: None,
+                next_gen: 1,
+            }),
+            changed: Condvar::new(),
+        });
+        open.insert(ino, file.clone());
+        Ok(file)
+    }
+
+    /// The open-file record of `ino` if there is one.
+    pub(crate) fn existing_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.inner.lock_open().get(&ino).cloned()
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.inner
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Closes handle `fh`. At the last close of an inode: forgets the open-file record once
+    /// its data is stored, and frees the inode if it was unlinked while open.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = self
+            .inner
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        let Some(file) = self.existing_file(handle.ino) else {
+            return Ok(());
+        };
+        let last = {
+            let mut st = file.lock();
+            st.handles = st.handles.saturating_sub(1);
+            st.handles == 0
+        };
+        if !last {
+            return Ok(());
+        }
+        // The kernel sent flush before release, so data is normally stored by now. If it
+        // could not be, the record stays and the background flusher keeps trying.
+        self.forget_if_idle(&file);
+        Ok(())
+    }
+
+    /// Drops the open-file record if it has no handles and nothing unstored; frees the inode
+    /// if it was an orphan (unlinked while open).
+    pub(crate) fn forget_if_idle(&self, file: &Arc<OpenFile>) {
+        let mut open = self.inner.lock_open();
+        {
+            let st = file.lock();
+            if st.handles > 0 || OpenFile::has_unstored(&st) {
+                return;
+            }
+        }
+        open.remove(&file.ino);
+        drop(open);
+        if !self.inner.cfg.read_only {
+            match self.inner.index.release(file.ino) {
+                Ok(true) => self.inner.gc_wake.notify_one(),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(ino = file.ino, "releasing inode failed: {e}"),
+            }
+        }
+    }
+
+    /// Whether `ino` is open (used by unlink/rename to keep unlinked files readable).
+    pub(crate) fn is_open(&self, ino: Ino) -> bool {
+        self.inner.lock_open().contains_key(&ino)
+    }
+}

@@ -1,0 +1,247 @@
+//! Namespace and attribute operations. They touch only the local index (and open-file
+//! records), never the network, so `ls`, `stat`, `mkdir` and `rename` stay fast whatever the
+//! network is doing.
+
+use super::{Fs, FsError, FsResult};
+use crate::data::store::BlobStore;
+use crate::index::{NewNode, RenameFlags, SetAttr, XattrFlags};
+use crate::index::types::{DirEntry, FileKind, InodeAttr, Ino, Timestamp};
+
+/// Attributes as the filesystem reports them (the index's, with an open file's pending size
+/// and times applied).
+pub type Attr = InodeAttr;
+
+/// Who is asking: the caller's credentials from the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCtx {
+    /// Caller's effective uid.
+    pub uid: u32,
+    /// Caller's effective gid.
+    pub gid: u32,
+}
+
+/// Filesystem totals for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    /// Bytes in regular files.
+    pub used_bytes: u64,
+    /// Inodes in use.
+    pub inodes: u64,
+    /// Bytes of data not yet stored on the network.
+    pub dirty_bytes: u64,
+}
+
+/// `S_ISGID`: new entries of a setgid directory take its group; subdirectories inherit it.
+const SETGID: u16 = 0o2000;
+
+impl<B: BlobStore> Fs<B> {
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let attr = self.inner.index.get_attr(ino)?;
+        Ok(self.with_pending(attr))
+    }
+
+    /// Applies an open file's not-yet-committed size and times.
+    fn with_pending(&self, mut attr: Attr) -> Attr {
+        if attr.kind == FileKind::File {
+            if let Some(f) = self.existing_file(attr.ino) {
+                let st = f.lock();
+                attr.size = st.size;
+                attr.mtime = attr.mtime.max(st.mtime);
+                attr.ctime = attr.ctime.max(st.ctime);
+            }
+        }
+        attr
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let attr = self.inner.index.lookup(parent, name)?;
+        Ok(self.with_pending(attr))
+    }
+
+    /// Creates a file, directory, symlink, fifo, socket or device node.
+    pub fn create_node(
+        &self,
+        ctx: RequestCtx,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        symlink_target: Option<Vec<u8>>,
+    ) -> FsResult<Attr> {
+        self.inner.check_writable()?;
+        let dir = self.inner.index.get_attr(parent)?;
+        let mut perm = perm & 0o7777;
+        let gid = if dir.perm & SETGID != 0 {
+            if kind == FileKind::Dir {
+                perm |= SETGID;
+            }
+            dir.gid
+        } else {
+            ctx.gid
+        };
+        let node = NewNode {
+            kind,
+            perm,
+            uid: ctx.uid,
+            gid,
+            rdev,
+            symlink_target,
+        };
+        Ok(self.inner.index.create(parent, name, node, Timestamp::now())?)
+    }
+
+    /// Adds hard link `new_parent/new_name` to `ino`.
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
+        self.inner.check_writable()?;
+        let attr = self.inner.index.link(ino, new_parent, new_name, Timestamp::now())?;
+        Ok(self.with_pending(attr))
+    }
+
+    /// Removes a non-directory entry. An inode losing its last link while open stays readable
+    /// through its handles and is freed at the last close.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.inner.check_writable()?;
+        let open = |ino| self.is_open(ino);
+        let out = self.inner.index.unlink(parent, name, Timestamp::now(), &open)?;
+        if out.freed {
+            self.inner.gc_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.inner.check_writable()?;
+        self.inner.index.rmdir(parent, name, Timestamp::now())?;
+        Ok(())
+    }
+
+    /// Renames (or with `exchange`, swaps) an entry, atomically replacing an existing target
+    /// unless `no_replace`.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        no_replace: bool,
+        exchange: bool,
+    ) -> FsResult<()> {
+        self.inner.check_writable()?;
+        let open = |ino| self.is_open(ino);
+        let flags = RenameFlags {
+            no_replace,
+            exchange,
+        };
+        let out = self.inner.index.rename(
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+            Timestamp::now(),
+            &open,
+        )?;
+        if out.replaced.is_some_and(|u| u.freed) {
+            self.inner.gc_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Changes attributes. A size change applies to the open file's buffers as well as the
+    /// index, in that order, so no buffered byte beyond the new size survives.
+    pub fn setattr(&self, ino: Ino, changes: SetAttr) -> FsResult<Attr> {
+        self.inner.check_writable()?;
+        if let Some(size) = changes.size {
+            let attr = self.inner.index.get_attr(ino)?;
+            match attr.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(crate::index::IndexError::IsDir.into()),
+                _ => return Err(FsError::Invalid("truncate of a special file")),
+            }
+            if size > (1 << 50) {
+                return Err(FsError::TooLarge);
+            }
+            if let Some(file) = self.existing_file(ino) {
+                // Uploads in flight for chunks beyond the new size are dropped at commit.
+                self.truncate_buffers(&file, size);
+                let mut st = file.lock();
+                let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
+                st.mtime = attr.mtime;
+                st.ctime = attr.ctime;
+                st.size = attr.size;
+                drop(st);
+                self.inner.gc_wake.notify_one();
+                return Ok(self.with_pending(attr));
+            }
+            let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
+            self.inner.gc_wake.notify_one();
+            return Ok(attr);
+        }
+        if let Some(file) = self.existing_file(ino) {
+            // Explicit times win over the pending ones of earlier writes.
+            let mut st = file.lock();
+            let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
+            if changes.mtime.is_some() {
+                st.mtime = attr.mtime;
+            }
+            st.ctime = attr.ctime;
+            let commit = self.inner.index.commit_chunks(ino, Vec::new(), st.size, st.mtime, st.ctime);
+            st.attr_dirty = commit.is_err();
+            drop(st);
+            return Ok(self.with_pending(self.inner.index.get_attr(ino)?));
+        }
+        Ok(self.inner.index.setattr(ino, changes, Timestamp::now())?)
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        Ok(self.inner.index.readlink(ino)?)
+    }
+
+    /// Up to `limit` entries of directory `dir` after `cookie`.
+    pub fn readdir(&self, dir: Ino, cookie: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        Ok(self.inner.index.readdir(dir, cookie, limit)?)
+    }
+
+    /// The parent of directory `dir` (the root is its own parent).
+    pub fn parent_of(&self, dir: Ino) -> FsResult<Ino> {
+        Ok(self.inner.index.parent_of(dir)?)
+    }
+
+    /// An extended attribute's value.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        Ok(self.inner.index.get_xattr(ino, name)?)
+    }
+
+    /// Sets an extended attribute.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], create: bool, replace: bool) -> FsResult<()> {
+        self.inner.check_writable()?;
+        let flags = XattrFlags { create, replace };
+        Ok(self.inner.index.set_xattr(ino, name, value, flags, Timestamp::now())?)
+    }
+
+    /// Names of `ino`'s extended attributes.
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self.inner.index.list_xattrs(ino)?)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.inner.check_writable()?;
+        Ok(self.inner.index.remove_xattr(ino, name, Timestamp::now())?)
+    }
+
+    /// Totals for statfs.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let s = self.inner.index.stats()?;
+        Ok(StatFs {
+            used_bytes: s.bytes,
+            inodes: s.inodes,
+            dirty_bytes: self.dirty_bytes(),
+        })
+    }
+}

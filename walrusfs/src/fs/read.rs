@@ -1,0 +1,211 @@
+//! The read path: buffers of open files first, then the plaintext chunk cache, then the
+//! network (verified by the client, then authenticated by the AEAD). Concurrent readers of a
+//! chunk share one fetch; sequential readers get the next chunks fetched ahead.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::files::{Handle, OpenFile};
+use super::{Fs, FsError, FsResult};
+use crate::data::crypto::ChunkPlace;
+use crate::data::store::BlobStore;
+use crate::index::types::ChunkRef;
+
+/// Where the bytes of one chunk come from for a read.
+enum Source {
+    /// A buffer of an open file (a snapshot of it).
+    Buffer(Arc<Vec<u8>>),
+    /// A stored chunk.
+    Stored(ChunkRef),
+    /// A hole: zeros.
+    Hole,
+}
+
+impl<B: BlobStore> Fs<B> {
+    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let ino = handle.ino;
+        let cs = self.inner.chunk_size;
+        let file = self.existing_file(ino);
+        let file_size = match &file {
+            Some(f) => f.lock().size,
+            None => self.inner.index.get_attr(ino)?.size,
+        };
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset + u64::from(size));
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let sources = self.sources(ino, file.as_ref(), first, last)?;
+        self.note_read(&handle, offset, end, last);
+
+        // Fetch all stored chunks of the range concurrently.
+        let fetches = sources.iter().filter_map(|(idx, s)| match s {
+            Source::Stored(r) => Some(self.fetch_chunk(ino, *idx, r.clone())),
+            _ => None,
+        });
+        let mut fetched = self.inner.rt.block_on(futures::future::join_all(fetches)).into_iter();
+
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (idx, source) in sources {
+            let chunk_start = idx * cs;
+            let from = offset.max(chunk_start) - chunk_start;
+            let to = end.min(chunk_start + cs) - chunk_start;
+            let (bytes, valid): (Arc<Vec<u8>>, u64) = match source {
+                Source::Buffer(b) => {
+                    let len = b.len() as u64;
+                    (b, len)
+                }
+                Source::Stored(r) => {
+                    let data = fetched.next().ok_or(FsError::Invalid("fetch count"))??;
+                    (data, u64::from(r.len))
+                }
+                Source::Hole => (Arc::new(Vec::new()), 0),
+            };
+            let valid = valid.min(bytes.len() as u64);
+            // Bytes past the chunk's valid length (truncated away, or never written) are zeros.
+            let copy_to = to.min(valid);
+            if from < copy_to {
+                out.extend_from_slice(&bytes[from as usize..copy_to as usize]);
+            }
+            let zeros = to - from.max(copy_to);
+            out.resize(out.len() + zeros as usize, 0);
+        }
+        Ok(out)
+    }
+
+    /// The current content of chunk `idx` of an open file whose buffers lack it, cut to the
+    /// file's size (for a partial overwrite).
+    pub(crate) fn chunk_content(&self, file: &Arc<OpenFile>, idx: u64) -> FsResult<Vec<u8>> {
+        let cs = self.inner.chunk_size;
+        let size = file.lock().size;
+        let visible = size.saturating_sub(idx * cs).min(cs);
+        let Some(r) = self.inner.index.chunk(file.ino, idx)? else {
+            return Ok(vec![0; visible as usize]);
+        };
+        let valid = u64::from(r.len).min(visible);
+        let data = self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?;
+        let mut v = Vec::with_capacity(cs as usize);
+        v.extend_from_slice(&data[..(valid as usize).min(data.len())]);
+        v.resize(visible as usize, 0);
+        Ok(v)
+    }
+
+    fn sources(
+        &self,
+        ino: u64,
+        file: Option<&Arc<OpenFile>>,
+        first: u64,
+        last: u64,
+    ) -> FsResult<Vec<(u64, Source)>> {
+        // Buffers are consulted under the file lock and stored chunks looked up after it;
+        // a chunk committed in between was in a buffer until its commit, and the index has it
+        // after, so either way the read sees it.
+        let mut buffers = std::collections::HashMap::new();
+        if let Some(f) = file {
+            let st = f.lock();
+            for (idx, b) in st.bufs.range(first..=last) {
+                buffers.insert(*idx, b.data.clone());
+            }
+        }
+        let mut stored: std::collections::HashMap<u64, ChunkRef> =
+            if buffers.len() as u64 == last - first + 1 {
+                Default::default()
+            } else {
+                self.inner.index.chunks_in(ino, first, last)?.into_iter().collect()
+            };
+        Ok((first..=last)
+            .map(|idx| {
+                let s = match (buffers.remove(&idx), stored.remove(&idx)) {
+                    (Some(b), _) => Source::Buffer(b),
+                    (None, Some(r)) => Source::Stored(r),
+                    (None, None) => Source::Hole,
+                };
+                (idx, s)
+            })
+            .collect())
+    }
+
+    /// Tracks sequential access and starts readahead of the chunks after `last`.
+    fn note_read(&self, handle: &Handle, offset: u64, end: u64, last: u64) {
+        let previous = handle.last_read_end.swap(end, Ordering::Relaxed);
+        if previous != offset && offset != 0 {
+            handle.seeks.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let ahead = self.inner.cfg.readahead_chunks;
+        if ahead == 0 {
+            return;
+        }
+        let Ok(refs) = self.inner.index.chunks_in(handle.ino, last + 1, last + ahead) else {
+            return;
+        };
+        for (idx, r) in refs {
+            if self.inner.chunk_cache.contains(&r.blob_id) {
+                continue;
+            }
+            let fs = self.clone();
+            let ino = handle.ino;
+            self.inner.rt.spawn(async move {
+                if let Err(e) = fs.fetch_chunk(ino, idx, r).await {
+                    tracing::debug!(ino, chunk = idx, "readahead failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// A stored chunk's plaintext: from the cache, from a fetch already in flight, or fetched
+    /// now (verified by the client, opened with the chunk's key) and cached.
+    pub(crate) async fn fetch_chunk(&self, ino: u64, idx: u64, r: ChunkRef) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(hit) = self.inner.chunk_cache.get(&r.blob_id) {
+            return Ok(hit);
+        }
+        let cell = {
+            let mut inflight = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.entry(r.blob_id).or_default().clone()
+        };
+        let blob_id = r.blob_id;
+        let result = cell
+            .get_or_init(|| async {
+                let sealed = self
+                    .inner
+                    .store
+                    .get(r.blob_id, r.metadata.clone())
+                    .await
+                    .map_err(|e| format!("network: {e}"))?;
+                let place = ChunkPlace {
+                    ino,
+                    index: idx,
+                    version: r.version,
+                    salt: r.salt,
+                };
+                // INV: bytes reach a reader only after the client verified the blob and the
+                // AEAD authenticated it for exactly this file, position and version.
+                let plain = self
+                    .inner
+                    .key
+                    .open(&place, sealed)
+                    .map_err(|e| format!("integrity: {e}"))?;
+                let plain = Arc::new(plain);
+                self.inner.chunk_cache.insert(r.blob_id, plain.clone());
+                Ok(plain)
+            })
+            .await
+            .clone();
+        self.inner
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&blob_id);
+        result.map_err(|e| {
+            tracing::warn!(ino, chunk = idx, blob = %blob_id, "chunk read failed: {e}");
+            if e.starts_with("integrity") {
+                FsError::Integrity(e)
+            } else {
+                FsError::Network(e)
+            }
+        })
+    }
+}

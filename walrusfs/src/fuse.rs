@@ -1,0 +1,638 @@
+//! The FUSE adapter: each `fuser` callback runs one method of the filesystem core and replies
+//! with its result or its errno. No filesystem logic lives here.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::debug_span;
+
+use crate::data::store::BlobStore;
+use crate::fs::{Attr, Fs, FsError, RequestCtx};
+use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
+
+/// How long the kernel may cache attributes and entries. This mount is the only writer of its
+/// index, so staleness can only come from the kernel's own cache; a second keeps `stat`-heavy
+/// tools (rsync, git) from asking for every file again and again.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write request the kernel sends; bigger requests mean fewer round trips.
+const MAX_WRITE: u32 = 1 << 20;
+/// Kernel readahead window for sequential reads (the core adds its own chunk readahead).
+const MAX_READAHEAD: u32 = 1 << 20;
+/// Block size reported by `stat`, which tools use as their I/O size.
+const BLKSIZE: u32 = 1 << 20;
+/// Capacity reported by statfs beyond what is used: the network's free space is not known
+/// locally, so a fixed headroom keeps tools that check free space working.
+const REPORTED_HEADROOM: u64 = 1 << 40;
+/// statfs block unit.
+const STATFS_BSIZE: u32 = 4096;
+/// readdir batch fetched from the index per call.
+const READDIR_BATCH: usize = 256;
+
+/// The `fuser::Filesystem` over a filesystem core.
+pub struct FuseAdapter<B: BlobStore> {
+    fs: Fs<B>,
+}
+
+impl<B: BlobStore> FuseAdapter<B> {
+    /// Wraps the core.
+    pub fn new(fs: Fs<B>) -> Self {
+        FuseAdapter { fs }
+    }
+}
+
+fn errno(e: FsError) -> Errno {
+    match &e {
+        FsError::Network(_) | FsError::Integrity(_) | FsError::WriteBack(_) => {
+            tracing::warn!("I/O error: {e}")
+        }
+        FsError::Index(crate::index::IndexError::Corrupt(_) | crate::index::IndexError::Db(_)) => {
+            tracing::error!("index error: {e}")
+        }
+        _ => tracing::debug!("{e}"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.crtime.into(),
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn ctx(req: &Request) -> RequestCtx {
+    RequestCtx {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::SpecificTime(t) => t.into(),
+        TimeOrNow::Now => Timestamp::now(),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<Attr, FsError>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn node_kind(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::File,
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        libc::S_IFSOCK => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: Result<Vec<u8>, FsError>) {
+    match value {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        tracing::info!(chunk_size = self.fs.chunk_size(), "filesystem mounted");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let failed = self.fs.shutdown();
+        if failed == 0 {
+            tracing::info!("all data stored; unmounted");
+        } else {
+            tracing::error!(failed, "unmounted with files whose data could not be stored");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
+        if name.len() > NAME_MAX {
+            return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
+        }
+        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _s = debug_span!("getattr", ino = ino.0).entered();
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let changes = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+            ctime: ctime.map(Timestamp::from),
+        };
+        match self.fs.setattr(ino.0, changes) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _s = debug_span!("readlink", ino = ino.0).entered();
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        let Some(k) = node_kind(mode) else {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        };
+        let perm = (mode & !umask & 0o7777) as u16;
+        reply_entry(
+            reply,
+            self.fs.create_node(ctx(req), parent.0, name.as_bytes(), k, perm, rdev, None),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("mkdir", parent = parent.0, ?name).entered();
+        let perm = (mode & !umask & 0o7777) as u16;
+        reply_entry(
+            reply,
+            self.fs
+                .create_node(ctx(req), parent.0, name.as_bytes(), FileKind::Dir, perm, 0, None),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
+        reply_empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
+        reply_empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let target = target.as_os_str().as_bytes().to_vec();
+        reply_entry(
+            reply,
+            self.fs.create_node(
+                ctx(req),
+                parent.0,
+                link_name.as_bytes(),
+                FileKind::Symlink,
+                0o777,
+                0,
+                Some(target),
+            ),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname)
+            .entered();
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        reply_empty(
+            reply,
+            self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.contains(RenameFlags::RENAME_NOREPLACE),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            ),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        reply_entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _s = debug_span!("open", ino = ino.0).entered();
+        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match self.fs.open(ino.0, writable) {
+            // This mount is the only writer, so the kernel's page cache stays valid across
+            // opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _s = debug_span!("read", ino = ino.0, offset, size).entered();
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("flush", ino = ino.0).entered();
+        reply_empty(reply, self.fs.flush(fh.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("release", ino = ino.0).entered();
+        reply_empty(reply, self.fs.release(fh.0));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _s = debug_span!("fsync", ino = ino.0).entered();
+        reply_empty(reply, self.fs.fsync(ino.0));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _s = debug_span!("readdir", ino = ino.0, offset).entered();
+        // Offsets: 1 after ".", 2 after "..", then each entry's stable index cookie (>= 3).
+        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = match self.fs.parent_of(ino.0) {
+                Ok(p) => p,
+                Err(e) => return reply.error(errno(e)),
+            };
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        let mut cookie = offset.max(2);
+        loop {
+            let entries = match self.fs.readdir(ino.0, cookie, READDIR_BATCH) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(e)),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for e in entries {
+                if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
+        let mut cookie = offset.max(2);
+        for (off, name) in [(1u64, "."), (2, "..")] {
+            if offset >= off {
+                continue;
+            }
+            let target = if off == 1 { Ok(ino.0) } else { self.fs.parent_of(ino.0) };
+            match target.and_then(|t| self.fs.getattr(t)) {
+                Ok(a) => {
+                    if reply.add(INodeNo(a.ino), off, name, &TTL, &file_attr(&a), Generation(0)) {
+                        return reply.ok();
+                    }
+                }
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        loop {
+            let entries = match self.fs.readdir(ino.0, cookie, READDIR_BATCH) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(e)),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for e in entries {
+                let Ok(a) = self.fs.getattr(e.ino) else {
+                    // Removed since the listing was read.
+                    cookie = e.cookie;
+                    continue;
+                };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(INodeNo(e.ino), e.cookie, name, &TTL, &file_attr(&a), Generation(0)) {
+                    return reply.ok();
+                }
+                cookie = e.cookie;
+            }
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _s = debug_span!("fsyncdir", ino = ino.0).entered();
+        reply_empty(reply, self.fs.fsync(ino.0));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => {
+                let bs = u64::from(STATFS_BSIZE);
+                let used = (s.used_bytes + s.dirty_bytes).div_ceil(bs);
+                let free = REPORTED_HEADROOM / bs;
+                let files_free = u64::from(u32::MAX);
+                reply.statfs(
+                    used + free,
+                    free,
+                    free,
+                    s.inodes + files_free,
+                    files_free,
+                    STATFS_BSIZE,
+                    NAME_MAX as u32,
+                    STATFS_BSIZE,
+                );
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        reply_empty(reply, self.fs.setxattr(ino.0, name.as_bytes(), value, create, replace));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _s = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        xattr_reply(reply, size, self.fs.getxattr(ino.0, name.as_bytes()));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _s = debug_span!("listxattr", ino = ino.0).entered();
+        let list = self.fs.listxattr(ino.0).map(|names| {
+            let mut out = Vec::new();
+            for n in names {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+            out
+        });
+        xattr_reply(reply, size, list);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = debug_span!("removexattr", ino = ino.0, ?name).entered();
+        reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks permissions before asking us.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _s = debug_span!("create", parent = parent.0, ?name).entered();
+        let perm = (mode & !umask & 0o7777) as u16;
+        let attr = match self
+            .fs
+            .create_node(ctx(req), parent.0, name.as_bytes(), FileKind::File, perm, 0, None)
+        {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.fs.open(attr.ino, writable) {
+            Ok(fh) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        // Space is not reserved on the network ahead of time; plain fallocate only extends the
+        // size, as the caller expects. Other modes (punch hole, ...) are not supported.
+        if mode != 0 {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let r = self.fs.getattr(ino.0).and_then(|a| {
+            let end = offset.saturating_add(length);
+            if end > a.size {
+                self.fs
+                    .setattr(ino.0, SetAttr { size: Some(end), ..Default::default() })
+                    .map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        reply_empty(reply, r);
+    }
+}

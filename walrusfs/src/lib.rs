@@ -1,0 +1,12 @@
+//! walrusfs: a POSIX filesystem over the walrusfs storage network.
+//!
+//! - [`fuse`]: the thin FUSE adapter over the core;
+//! - [`fs`]: the filesystem core (POSIX semantics, write buffering, reads, caching, GC);
+//! - [`data`]: chunk encryption and the blob store the core writes chunks to;
+//! - [`index`]: the local metadata index (sled): inodes, directory entries, chunk maps,
+//!   symlinks, xattrs, the garbage-collection queue.
+
+pub mod data;
+pub mod fs;
+pub mod fuse;
+pub mod index;
