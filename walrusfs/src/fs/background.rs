@@ -21,9 +21,6 @@ const FLUSH_TICK: Duration = Duration::from_millis(500);
 const GC_TICK: Duration = Duration::from_secs(10);
 /// Blobs deleted per garbage-collection round, concurrently.
 const GC_BATCH: usize = 32;
-/// A queued blob is deleted only after this long: a reader that looked up its chunk just
-/// before it was replaced may still be fetching it.
-const GC_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts the flusher and the garbage collector; they stop when the filesystem is dropped.
 pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) {
@@ -40,16 +37,16 @@ pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) {
         }
     });
     let weak = Arc::downgrade(&fs.inner);
+    let wake = fs.inner.gc_wake.clone();
     fs.inner.rt.spawn(async move {
         let mut seen = std::collections::HashMap::new();
         loop {
             let Some(inner) = weak.upgrade() else { break };
-            let fs = Fs { inner };
-            let more = fs.gc_round(&mut seen).await;
+            let more = Fs { inner }.gc_round(&mut seen).await;
             if !more {
-                let wake = fs.inner.clone();
-                drop(fs);
-                let _ = tokio::time::timeout(GC_TICK, wake.gc_wake.notified()).await;
+                // Only the Notify is held while waiting, so dropping the filesystem ends this
+                // task at its next tick.
+                let _ = tokio::time::timeout(GC_TICK, wake.notified()).await;
             }
         }
     });
@@ -110,7 +107,7 @@ impl<B: BlobStore> Fs<B> {
         seen.retain(|id, _| pending.contains(id));
         let ripe: Vec<_> = pending
             .iter()
-            .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= GC_GRACE)
+            .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= self.inner.cfg.gc_grace)
             .copied()
             .collect();
         if ripe.is_empty() {

@@ -61,6 +61,7 @@ impl<B: BlobStore> Fs<B> {
     }
 
     /// Creates a file, directory, symlink, fifo, socket or device node.
+    #[allow(clippy::too_many_arguments)] // mirrors mknod/mkdir/symlink: each argument is one of theirs
     pub fn create_node(
         &self,
         ctx: RequestCtx,

@@ -13,6 +13,8 @@ mod error;
 mod files;
 mod meta;
 mod read;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::collections::HashMap;
@@ -43,6 +45,9 @@ pub struct FsConfig {
     pub upload_concurrency: usize,
     /// Dirty data older than this is uploaded in the background.
     pub writeback_delay: Duration,
+    /// An unreferenced blob is deleted from the network only this long after it was queued:
+    /// a reader that looked up the chunk just before may still be fetching it.
+    pub gc_grace: Duration,
 }
 
 impl Default for FsConfig {
@@ -54,6 +59,7 @@ impl Default for FsConfig {
             readahead_chunks: 4,
             upload_concurrency: 8,
             writeback_delay: Duration::from_secs(3),
+            gc_grace: Duration::from_secs(5),
         }
     }
 }
@@ -94,8 +100,8 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) dirty_bytes: Mutex<u64>,
     pub(crate) dirty_dropped: Condvar,
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
-    /// Wakes the garbage collector.
-    pub(crate) gc_wake: tokio::sync::Notify,
+    /// Wakes the garbage collector (shared with its task, which must not keep `Inner` alive).
+    pub(crate) gc_wake: Arc<tokio::sync::Notify>,
 }
 
 impl<B: BlobStore> Fs<B> {
@@ -131,7 +137,7 @@ impl<B: BlobStore> Fs<B> {
                 fetching: Default::default(),
                 dirty_bytes: Mutex::new(0),
                 dirty_dropped: Condvar::new(),
-                gc_wake: tokio::sync::Notify::new(),
+                gc_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         };
         if !fs.inner.cfg.read_only {

@@ -294,7 +294,7 @@ impl<B: BlobStore> Fs<B> {
                 freed += cs;
             }
         }
-        if size % cs != 0 {
+        if !size.is_multiple_of(cs) {
             let gen = next_gen(&mut st);
             if let Some(buf) = st.bufs.get_mut(&(size / cs)) {
                 let keep = (size % cs) as usize;

@@ -1,0 +1,311 @@
+//! Faults under a real mount: storage nodes dying (up to f = 2 of 7 is invisible, a third makes
+//! durable writes fail with EIO and loses nothing already stored), the mount process crashing
+//! (`kill -9`: everything a successful fsync covered survives, the directory stays consistent)
+//! or being asked to stop (SIGTERM, `fusermount3 -u`: closed data is stored first). Each test
+//! owns its mount, since it kills things.
+
+#![allow(clippy::unwrap_used)] // A panic in a test helper is a test failure, with its location.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::mount::{
+    assert_errno, assert_same_bytes, close_checked, evict, evict_path, is_mountpoint, snapshot,
+    wait_until, Kind, Mount,
+};
+use common::{alive, random_bytes};
+
+fn create(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+/// Writes `data` to a new file at `path` and fsyncs it.
+fn write_synced(path: &Path, data: &[u8]) {
+    let mut f = create(path);
+    f.write_all(data).unwrap();
+    f.sync_all()
+        .unwrap_or_else(|e| panic!("fsync {}: {e}", path.display()));
+    close_checked(f).unwrap();
+}
+
+#[track_caller]
+fn assert_file(path: &Path, want: &[u8], what: &str) {
+    evict_path(path);
+    let got = fs::read(path).unwrap_or_else(|e| panic!("{what}: read {}: {e}", path.display()));
+    assert_same_bytes(&got, want, &format!("{what}: {}", path.display()));
+}
+
+/// After a failed write, a file may hold the data (a retry stored it) or nothing, or refuse to
+/// be read (EIO) — but never other bytes.
+#[track_caller]
+fn assert_not_wrong(path: &Path, data: &[u8], what: &str) {
+    let read = File::open(path).and_then(|f| {
+        evict(&f);
+        let len = f.metadata()?.len() as usize;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    });
+    match read {
+        Ok(got) => assert!(
+            got.is_empty() || got == data,
+            "{what}: {} holds {} bytes that are neither empty nor what was written \
+             ({} bytes; first difference at {:?})",
+            path.display(),
+            got.len(),
+            data.len(),
+            got.iter().zip(data).position(|(a, b)| a != b)
+        ),
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EIO),
+            "{what}: reading {} failed with {e}, not EIO",
+            path.display()
+        ),
+    }
+}
+
+#[test]
+fn f_node_failures_are_invisible_and_one_more_fails_writes_with_eio() {
+    let m = Mount::new();
+    let net = m.net();
+    let a = random_bytes((6 << 20) + 333, 1);
+    write_synced(&m.join("a"), &a);
+    // A cold mount, so reads must go to the nodes (not to the mount's memory).
+    m.remount();
+
+    // f = 2 nodes down, both holding systematic slivers: reads decode from recovery slivers.
+    net.kill(0);
+    net.kill(1);
+    assert_file(&m.join("a"), &a, "read with nodes 0 and 1 down");
+    let b = random_bytes(3 << 20, 2);
+    write_synced(&m.join("b"), &b);
+    assert_file(&m.join("b"), &b, "write + fsync with 2 nodes down");
+    fs::create_dir(m.join("dir")).unwrap();
+    fs::rename(m.join("b"), m.join("dir/b")).unwrap();
+
+    // A third node down: n - f = 5 confirmations are out of reach.
+    net.kill(2);
+    assert_file(&m.join("a"), &a, "read with 3 nodes down (4 >= k = 3 left)");
+    let c = random_bytes(1 << 20, 3);
+    let mut fc = create(&m.join("c"));
+    fc.write_all(&c).unwrap();
+    assert_errno(fc.sync_all(), libc::EIO, "fsync with 3 of 7 nodes down");
+    let d = random_bytes(100_000, 4);
+    let mut fd = create(&m.join("d"));
+    fd.write_all(&d).unwrap();
+    assert_errno(
+        close_checked(fd),
+        libc::EIO,
+        "close of a written file with 3 nodes down",
+    );
+
+    // Nodes back: a retry may succeed; either way no wrong bytes appear anywhere.
+    net.up_again();
+    let retried = fc.sync_all();
+    let closed = close_checked(fc);
+    if retried.is_ok() {
+        assert!(
+            closed.is_ok(),
+            "close after a successful fsync retry: {closed:?}"
+        );
+        assert_file(&m.join("c"), &c, "c after a successful fsync retry");
+    } else {
+        assert_not_wrong(&m.join("c"), &c, "c after a failed retry");
+    }
+    assert_not_wrong(&m.join("d"), &d, "d after its failed close");
+    assert_file(&m.join("a"), &a, "a with all nodes back");
+    assert_file(&m.join("dir/b"), &b, "b with all nodes back");
+
+    m.remount();
+    assert_file(&m.join("a"), &a, "a after remount");
+    assert_file(&m.join("dir/b"), &b, "b after remount");
+    if retried.is_ok() {
+        assert_file(&m.join("c"), &c, "c after remount");
+    } else {
+        assert_not_wrong(&m.join("c"), &c, "c after remount");
+    }
+    assert_not_wrong(&m.join("d"), &d, "d after remount");
+    // And the filesystem still takes new data.
+    let e = random_bytes(500_000, 5);
+    write_synced(&m.join("e"), &e);
+    assert_file(&m.join("e"), &e, "new file after the outage");
+}
+
+#[test]
+fn kill9_after_fsync_loses_nothing_fsynced() {
+    let m = Mount::new();
+    fs::create_dir(m.join("d")).unwrap();
+    let mut f1 = random_bytes((5 << 20) + 17, 10);
+    write_synced(&m.join("d/f1"), &f1);
+    // Overwrite across the chunk boundary and fsync again: the new version must survive.
+    let patch = random_bytes(10_000, 11);
+    let f = OpenOptions::new().write(true).open(m.join("d/f1")).unwrap();
+    f.write_all_at(&patch, (4 << 20) - 5000).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    f1[(4 << 20) - 5000..(4 << 20) + 5000].copy_from_slice(&patch);
+    let f2 = random_bytes(1234, 12);
+    write_synced(&m.join("f2"), &f2);
+    fs::rename(m.join("f2"), m.join("d/f2-renamed")).unwrap();
+    File::open(m.join("d")).unwrap().sync_all().unwrap();
+    File::open(m.path()).unwrap().sync_all().unwrap();
+
+    // Unsynced activity at the moment of the crash: an open file with buffered data, and a
+    // writer streaming a large file.
+    let mut pending = create(&m.join("pending"));
+    pending.write_all(&random_bytes(3 << 20, 13)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (m.join("stream"), stop.clone());
+        std::thread::spawn(move || -> io::Result<u64> {
+            let mut f = File::create(path)?;
+            let block = random_bytes(1 << 20, 14);
+            let mut written = 0;
+            while !stop.load(Ordering::Relaxed) && written < (64 << 20) {
+                f.write_all(&block)?;
+                written += block.len() as u64;
+            }
+            Ok(written)
+        })
+    };
+    // Crash mid-stream: once a few MiB of it are in.
+    let streaming = wait_until(Duration::from_secs(30), || {
+        fs::metadata(m.join("stream")).is_ok_and(|md| md.len() >= 3 << 20)
+    });
+    assert!(streaming.is_some(), "the stream writer never got going");
+    m.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join().unwrap(); // it fails with ENOTCONN: the mount is gone
+    drop(pending);
+
+    m.mount_again();
+    assert_file(
+        &m.join("d/f1"),
+        &f1,
+        "fsynced and re-fsynced file after kill -9",
+    );
+    assert_file(
+        &m.join("d/f2-renamed"),
+        &f2,
+        "fsynced file renamed + dir fsynced",
+    );
+    assert!(
+        !m.join("f2").exists(),
+        "old name of a renamed file came back"
+    );
+    // Consistency: every listed entry can be stat'ed and read in full (no EIO, no dangling
+    // entries), whatever happened to the unsynced files.
+    for (rel, entry) in snapshot(m.path()) {
+        if let Kind::File(content) = entry.kind {
+            assert_eq!(
+                content.len() as u64,
+                entry.size,
+                "{} reads {} bytes but stats {}",
+                rel.display(),
+                content.len(),
+                entry.size
+            );
+        }
+    }
+    let names: Vec<_> = fs::read_dir(m.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["f1", "f2-renamed"], "directory d after kill -9");
+    // The index still takes writes.
+    let g = random_bytes(100_000, 15);
+    write_synced(&m.join("d/g"), &g);
+    m.remount();
+    assert_file(&m.join("d/g"), &g, "write after crash recovery, remounted");
+    assert_file(&m.join("d/f1"), &f1, "f1 after a second remount");
+}
+
+#[test]
+fn sigterm_and_fusermount_store_closed_data_first() {
+    let m = Mount::new();
+    let files: Vec<(String, Vec<u8>)> = [0usize, 1, 4096, 300_000, (9 << 20) + 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (format!("sig-{i}"), random_bytes(len, 20 + i as u64)))
+        .collect();
+    for (name, data) in &files {
+        let mut f = create(&m.join(name)); // written and closed, never fsynced
+        f.write_all(data).unwrap();
+        close_checked(f).unwrap();
+    }
+    let pid = m.pid().unwrap();
+    assert!(
+        m.signal_and_wait(libc::SIGTERM),
+        "mount process {pid} ignored SIGTERM"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !m.is_mounted()).is_some(),
+        "SIGTERM ended the mount process but left the mountpoint mounted"
+    );
+    m.mount_again();
+    for (name, data) in &files {
+        assert_file(&m.join(name), data, "after SIGTERM and remount");
+    }
+
+    // The same through `fusermount3 -u`.
+    let more = random_bytes((4 << 20) + 5, 30);
+    let mut f = create(&m.join("more"));
+    f.write_all(&more).unwrap();
+    close_checked(f).unwrap();
+    let pid = m.pid().unwrap();
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(m.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "fusermount3 -u failed: {st}");
+    assert!(
+        wait_until(Duration::from_secs(60), || !alive(pid)).is_some(),
+        "mount process {pid} did not exit after fusermount3 -u"
+    );
+    m.mount_again();
+    assert_file(&m.join("more"), &more, "after fusermount3 -u and remount");
+    for (name, data) in &files {
+        assert_file(&m.join(name), data, "still there");
+    }
+}
+
+#[test]
+fn harness_unmounts_and_stops_nodes_when_a_test_panics() {
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let m = Mount::new();
+        fs::write(m.join("x"), b"x").unwrap();
+        let nodes: Vec<i32> = (0..m.net().n).filter_map(|i| m.net().pid(i)).collect();
+        seen = Some((m.path().to_path_buf(), m.pid().unwrap(), nodes));
+        panic!("deliberate panic with a live mount");
+    }));
+    assert!(result.is_err());
+    let (path, pid, nodes) = seen.expect("the mount came up");
+    assert!(
+        !is_mountpoint(&path),
+        "{} still mounted after the panic",
+        path.display()
+    );
+    assert!(!alive(pid), "mount process {pid} survived the panic");
+    let live: Vec<_> = nodes.into_iter().filter(|&p| alive(p)).collect();
+    assert!(
+        live.is_empty(),
+        "node processes {live:?} survived the panic"
+    );
+}

@@ -1,0 +1,340 @@
+//! Tests of the filesystem core against an in-memory blob store (no FUSE, no network): the
+//! real index, real encryption, real buffering, with failures injected by the store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Fs, FsConfig, FsError, RequestCtx};
+use crate::data::crypto::MasterKey;
+use crate::data::store::MemoryStore;
+use crate::index::{FileKind, Index, IndexOptions, SetAttr, ROOT_INO};
+
+const CHUNK: u32 = 64 * 1024;
+const CTX: RequestCtx = RequestCtx { uid: 0, gid: 0 };
+
+struct Setup {
+    fs: Fs<MemoryStore>,
+    store: Arc<MemoryStore>,
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+fn config() -> FsConfig {
+    FsConfig {
+        gc_grace: Duration::ZERO,
+        writeback_delay: Duration::from_secs(3600),
+        ..FsConfig::default()
+    }
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let fs = open_fs(dir.path(), store.clone(), &rt, config());
+    Setup { fs, store, dir, rt }
+}
+
+fn open_fs(dir: &std::path::Path, store: Arc<MemoryStore>, rt: &tokio::runtime::Runtime, cfg: FsConfig) -> Fs<MemoryStore> {
+    let opts = IndexOptions { root_uid: 0, root_gid: 0, root_perm: 0o755, chunk_size: CHUNK };
+    let index = Index::open(&dir.join("index"), opts).unwrap();
+    Fs::new(index, store, MasterKey::from_bytes([7; 32]), rt.handle().clone(), cfg).unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+impl Setup {
+    fn create(&self, name: &str) -> (u64, u64) {
+        let a = self
+            .fs
+            .create_node(CTX, ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, None)
+            .unwrap();
+        (a.ino, self.fs.open(a.ino, true).unwrap())
+    }
+
+    fn read_all(&self, fh: u64) -> Vec<u8> {
+        self.fs.read(fh, 0, u32::MAX).unwrap()
+    }
+
+    /// Drops this filesystem (as a crash would: no shutdown) and opens the same index again.
+    fn reopen(self) -> Setup {
+        let Setup { fs, store, dir, rt } = self;
+        drop(fs);
+        // Background tasks hold only weak references; give them a moment to notice.
+        std::thread::sleep(Duration::from_millis(600));
+        let fs = open_fs(dir.path(), store.clone(), &rt, config());
+        Setup { fs, store, dir, rt }
+    }
+}
+
+#[test]
+fn writes_across_chunks_read_back_before_and_after_fsync() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    let data = pattern(5 * CHUNK as usize + 123, 1);
+    // Odd-sized writes, not aligned to chunks.
+    for (i, piece) in data.chunks(10_007).enumerate() {
+        s.fs.write(fh, (i * 10_007) as u64, piece).unwrap();
+    }
+    assert_eq!(s.read_all(fh), data, "read from buffers");
+    s.fs.fsync(ino).unwrap();
+    assert_eq!(s.fs.dirty_bytes(), 0, "fsync leaves nothing buffered");
+    assert_eq!(s.read_all(fh), data, "read from cache/store");
+    assert_eq!(s.fs.getattr(ino).unwrap().size, data.len() as u64);
+    s.fs.release(fh).unwrap();
+    // A fresh process (cold cache) reads the same bytes from the store.
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+    // Nodes only hold ciphertext: no stored blob contains a plaintext run.
+    assert!(s.store.len() >= 6);
+}
+
+#[test]
+fn partial_overwrite_patches_the_chunk() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    let mut data = pattern(3 * CHUNK as usize, 2);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.fsync(ino).unwrap();
+    let patch = vec![0xAB; 5000];
+    let at = CHUNK as usize + 100;
+    s.fs.write(fh, at as u64, &patch).unwrap();
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    assert_eq!(s.read_all(fh), data);
+    s.fs.fsync(ino).unwrap();
+    s.fs.release(fh).unwrap();
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+}
+
+#[test]
+fn holes_and_truncation_read_as_zeros() {
+    let s = setup();
+    let (ino, fh) = s.create("sparse");
+    let far = 10 * u64::from(CHUNK) + 7;
+    s.fs.write(fh, far, b"end").unwrap();
+    let all = s.read_all(fh);
+    assert_eq!(all.len() as u64, far + 3);
+    assert!(all[..far as usize].iter().all(|&b| b == 0));
+    assert_eq!(&all[far as usize..], b"end");
+    s.fs.fsync(ino).unwrap();
+
+    // Truncate into the middle of a stored chunk, then extend: the cut bytes must not return.
+    let (ino2, fh2) = s.create("t");
+    let data = pattern(2 * CHUNK as usize, 3);
+    s.fs.write(fh2, 0, &data).unwrap();
+    s.fs.fsync(ino2).unwrap();
+    let cut = u64::from(CHUNK) + 10;
+    s.fs.setattr(ino2, SetAttr { size: Some(cut), ..Default::default() }).unwrap();
+    s.fs.setattr(ino2, SetAttr { size: Some(3 * u64::from(CHUNK)), ..Default::default() }).unwrap();
+    let back = s.read_all(fh2);
+    assert_eq!(&back[..cut as usize], &data[..cut as usize]);
+    assert!(back[cut as usize..].iter().all(|&b| b == 0), "truncated bytes reappeared");
+    // Same with the data still buffered (never stored).
+    let (_, fh3) = s.create("u");
+    s.fs.write(fh3, 0, &data).unwrap();
+    let ino3 = s.fs.lookup(ROOT_INO, b"u").unwrap().ino;
+    s.fs.setattr(ino3, SetAttr { size: Some(100), ..Default::default() }).unwrap();
+    s.fs.setattr(ino3, SetAttr { size: Some(1000), ..Default::default() }).unwrap();
+    let back = s.read_all(fh3);
+    assert_eq!(&back[..100], &data[..100]);
+    assert!(back[100..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn failed_store_makes_fsync_fail_and_keeps_the_data() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    let data = pattern(CHUNK as usize + 500, 4);
+    s.store.fail_puts.store(true, Ordering::SeqCst);
+    s.fs.write(fh, 0, &data).unwrap();
+    let err = s.fs.fsync(ino).unwrap_err();
+    assert!(matches!(err, FsError::WriteBack(_)), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(s.read_all(fh), data, "data stays readable after a failed fsync");
+    assert!(s.fs.dirty_bytes() > 0);
+    // The network comes back: the next fsync stores it.
+    s.store.fail_puts.store(false, Ordering::SeqCst);
+    s.fs.fsync(ino).unwrap();
+    assert_eq!(s.fs.dirty_bytes(), 0);
+    s.fs.release(fh).unwrap();
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+}
+
+#[test]
+fn unfsynced_data_may_be_lost_in_a_crash_but_fsynced_data_is_not() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"durable").unwrap();
+    s.fs.fsync(ino).unwrap();
+    s.fs.write(fh, 7, b" and more").unwrap();
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    let back = s.read_all(fh);
+    assert!(back.starts_with(b"durable"), "{back:?}");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_until_released_then_is_collected() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    let data = pattern(2 * CHUNK as usize, 5);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.fsync(ino).unwrap();
+    let stored = s.store.len();
+    assert!(stored >= 2);
+    s.fs.unlink(ROOT_INO, b"f").unwrap();
+    assert!(matches!(s.fs.lookup(ROOT_INO, b"f"), Err(FsError::Index(_))));
+    assert_eq!(s.read_all(fh), data, "still readable through the open handle");
+    s.fs.release(fh).unwrap();
+    // The garbage collector deletes its blobs from the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !s.store.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "blobs of a deleted file were never collected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn overwritten_chunks_are_garbage_collected() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, &pattern(CHUNK as usize, 6)).unwrap();
+    s.fs.fsync(ino).unwrap();
+    for round in 0..5u8 {
+        s.fs.write(fh, 0, &pattern(CHUNK as usize, round)).unwrap();
+        s.fs.fsync(ino).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.store.len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "{} blobs remain", s.store.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.read_all(fh), pattern(CHUNK as usize, 4));
+}
+
+#[test]
+fn read_errors_surface_as_eio() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"data").unwrap();
+    s.fs.fsync(ino).unwrap();
+    s.fs.release(fh).unwrap();
+    let s = s.reopen();
+    s.store.fail_gets.store(true, Ordering::SeqCst);
+    let fh = s.fs.open(ino, false).unwrap();
+    let err = s.fs.read(fh, 0, 100).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+}
+
+#[test]
+fn wrong_master_key_is_an_integrity_error_not_garbage() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"secret").unwrap();
+    s.fs.fsync(ino).unwrap();
+    s.fs.release(fh).unwrap();
+    let Setup { fs, store, dir, rt } = s;
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(600));
+    let opts = IndexOptions { root_uid: 0, root_gid: 0, root_perm: 0o755, chunk_size: CHUNK };
+    let index = Index::open(&dir.path().join("index"), opts).unwrap();
+    let fs = Fs::new(index, store, MasterKey::from_bytes([8; 32]), rt.handle().clone(), config()).unwrap();
+    let fh = fs.open(ino, false).unwrap();
+    let err = fs.read(fh, 0, 100).unwrap_err();
+    assert!(matches!(err, FsError::Integrity(_)), "{err}");
+}
+
+#[test]
+fn read_only_refuses_changes() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"x").unwrap();
+    s.fs.fsync(ino).unwrap();
+    s.fs.release(fh).unwrap();
+    let Setup { fs, store, dir, rt } = s;
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(600));
+    let cfg = FsConfig { read_only: true, ..config() };
+    let fs = open_fs(dir.path(), store, &rt, cfg);
+    assert_eq!(fs.open(ino, true).unwrap_err().errno(), libc::EROFS);
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, 10).unwrap(), b"x");
+    assert_eq!(fs.unlink(ROOT_INO, b"f").unwrap_err().errno(), libc::EROFS);
+    assert_eq!(
+        fs.create_node(CTX, ROOT_INO, b"g", FileKind::File, 0o644, 0, None).unwrap_err().errno(),
+        libc::EROFS
+    );
+}
+
+#[test]
+fn setgid_directories_pass_their_group_on() {
+    let s = setup();
+    let ctx = RequestCtx { uid: 1000, gid: 1000 };
+    let d = s.fs.create_node(CTX, ROOT_INO, b"d", FileKind::Dir, 0o2775, 0, None).unwrap();
+    s.fs.setattr(d.ino, SetAttr { gid: Some(50), ..Default::default() }).unwrap();
+    let f = s.fs.create_node(ctx, d.ino, b"f", FileKind::File, 0o644, 0, None).unwrap();
+    assert_eq!(f.gid, 50);
+    let sub = s.fs.create_node(ctx, d.ino, b"sub", FileKind::Dir, 0o755, 0, None).unwrap();
+    assert_eq!(sub.gid, 50);
+    assert_ne!(sub.perm & 0o2000, 0, "subdirectory inherits setgid");
+    let plain = s.fs.create_node(ctx, ROOT_INO, b"p", FileKind::File, 0o644, 0, None).unwrap();
+    assert_eq!(plain.gid, 1000);
+}
+
+#[test]
+fn concurrent_writers_to_different_files() {
+    let s = Arc::new(setup());
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let (ino, fh) = s.create(&format!("f{t}"));
+                let data = pattern(3 * CHUNK as usize + t as usize, t);
+                for piece in 0..data.len().div_ceil(4096) {
+                    let at = piece * 4096;
+                    let end = (at + 4096).min(data.len());
+                    s.fs.write(fh, at as u64, &data[at..end]).unwrap();
+                }
+                s.fs.fsync(ino).unwrap();
+                assert_eq!(s.read_all(fh), data);
+                s.fs.release(fh).unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn dirty_memory_is_bounded_for_a_big_sequential_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let budget = 4 * u64::from(CHUNK);
+    let cfg = FsConfig { dirty_budget: budget, ..config() };
+    let fs = open_fs(dir.path(), store, &rt, cfg);
+    let a = fs.create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None).unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    let piece = pattern(32 * 1024, 9);
+    let mut peak = 0;
+    for i in 0..(64 * u64::from(CHUNK) / piece.len() as u64) {
+        fs.write(fh, i * piece.len() as u64, &piece).unwrap();
+        peak = peak.max(fs.dirty_bytes());
+    }
+    fs.fsync(a.ino).unwrap();
+    // One chunk may be in flight beyond the budget per writer.
+    assert!(peak <= budget + 2 * u64::from(CHUNK), "peak dirty {peak} > budget {budget}");
+}

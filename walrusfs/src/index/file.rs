@@ -1,0 +1,265 @@
+//! Per-inode operations: attributes, symlink targets, the chunk map, chunk versions and
+//! orphans.
+
+use super::error::{IndexError, Result};
+use super::layout::{decode, ino_key, pair_key, parse_ino_key};
+use super::params::SetAttr;
+use super::scan::Scan;
+use super::tx::{abort, pair_index, Tx, TxResult};
+use super::types::{ChunkRef, FileKind, Ino, InodeAttr, Timestamp};
+use super::Index;
+
+/// Outcome of the commit transaction: a rejected commit still commits its GC entries.
+enum Commit {
+    Done(InodeAttr),
+    Rejected(IndexError),
+}
+
+impl Index {
+    /// The target of symlink `ino`. Errors: `NotFound`, `InvalidArgument` (not a symlink).
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let _r = self.read_lock();
+        if self.attr_nolock(ino)?.kind != FileKind::Symlink {
+            return Err(IndexError::InvalidArgument("not a symlink"));
+        }
+        match self.trees.symlinks.get(ino_key(ino))? {
+            Some(target) => Ok(target.to_vec()),
+            None => Err(IndexError::Corrupt(format!("symlink {ino} has no target"))),
+        }
+    }
+
+    /// Changes attributes. ctime becomes `changes.ctime` or `now` if anything is given.
+    ///
+    /// A size change (regular files only) sets mtime to `now` unless `changes.mtime` is
+    /// given. Shrinking drops the chunk refs wholly beyond the new size (their blobs to GC)
+    /// and shortens the last partial chunk's `len`; bytes past a chunk's `len` read as zeros,
+    /// so growing only sets the size.
+    ///
+    /// Errors: `NotFound`, `IsDir` (size of a directory), `InvalidArgument` (size of another
+    /// non-file).
+    pub fn setattr(&self, ino: Ino, changes: SetAttr, now: Timestamp) -> Result<InodeAttr> {
+        let _w = self.write_lock();
+        let scan = self.scan_cut(ino, changes.size)?;
+        self.transact(&scan, |tx| {
+            let mut attr = tx.need_inode(ino)?;
+            if changes == SetAttr::default() {
+                return Ok(attr);
+            }
+            if let Some(size) = changes.size {
+                match attr.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return abort(IndexError::IsDir),
+                    _ => return abort(IndexError::InvalidArgument("size of a non-regular file")),
+                }
+                if size != attr.size {
+                    self.resize(tx, &mut attr, size)?;
+                    attr.mtime = now;
+                }
+            }
+            if let Some(perm) = changes.perm {
+                attr.perm = perm & 0o7777;
+            }
+            if let Some(uid) = changes.uid {
+                attr.uid = uid;
+            }
+            if let Some(gid) = changes.gid {
+                attr.gid = gid;
+            }
+            if let Some(atime) = changes.atime {
+                attr.atime = atime;
+            }
+            if let Some(mtime) = changes.mtime {
+                attr.mtime = mtime;
+            }
+            attr.ctime = changes.ctime.unwrap_or(now);
+            tx.put_inode(&attr)?;
+            Ok(attr)
+        })
+    }
+
+    /// Sets a file's size inside a transaction: cuts the chunk map when shrinking and keeps
+    /// the byte total right. Does not write `attr`.
+    fn resize(&self, tx: &Tx<'_>, attr: &mut InodeAttr, size: u64) -> TxResult<()> {
+        if size < attr.size {
+            tx.truncate_chunks(attr.ino, size, self.chunk_size)?;
+        }
+        let old = attr.size;
+        // INV: `counters.bytes` is the sum of file sizes.
+        tx.update_counters(|c| {
+            c.bytes = c.bytes.saturating_sub(old).saturating_add(size);
+            Ok(())
+        })?;
+        attr.size = size;
+        Ok(())
+    }
+
+    /// Chunk ref `index` of `ino`, if any (a missing chunk reads as zeros).
+    pub fn chunk(&self, ino: Ino, index: u64) -> Result<Option<ChunkRef>> {
+        let _r = self.read_lock();
+        self.trees
+            .chunks
+            .get(pair_key(ino, index))?
+            .map(|v| decode(&v, "chunk ref"))
+            .transpose()
+    }
+
+    /// The chunk refs of `ino` with index in `first..=last_inclusive`, in index order
+    /// (missing chunks are holes).
+    pub fn chunks_in(
+        &self,
+        ino: Ino,
+        first: u64,
+        last_inclusive: u64,
+    ) -> Result<Vec<(u64, ChunkRef)>> {
+        let _r = self.read_lock();
+        if first > last_inclusive {
+            return Ok(Vec::new());
+        }
+        self.trees
+            .chunks
+            .range(pair_key(ino, first)..=pair_key(ino, last_inclusive))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((pair_index(&key, ino)?, decode(&value, "chunk ref")?))
+            })
+            .collect()
+    }
+
+    /// Commits uploaded chunks of file `ino` in one transaction: sets each chunk ref (a
+    /// replaced ref's blob goes to GC), then the size, mtime and ctime.
+    ///
+    /// `size` is the file's new size. Shrinking below the stored size cuts the chunk map as
+    /// [`Index::setattr`] does. Refs starting at or beyond `size` (a truncate raced the
+    /// upload) go straight to GC; a ref's `len` is clamped to end at `size`.
+    ///
+    /// If the inode no longer exists, every new blob goes to GC and the result is `NotFound`
+    /// (data written to a deleted file must not leak); likewise, with nothing else changed,
+    /// `InvalidArgument` if it is not a regular file or a ref's `len` exceeds the chunk size.
+    /// An orphan (unlinked, still open) commits normally.
+    pub fn commit_chunks(
+        &self,
+        ino: Ino,
+        updates: Vec<(u64, ChunkRef)>,
+        size: u64,
+        mtime: Timestamp,
+        ctime: Timestamp,
+    ) -> Result<InodeAttr> {
+        let cs = u64::from(self.chunk_size);
+        let _w = self.write_lock();
+        let scan = self.scan_cut(ino, Some(size))?;
+        let outcome = self.transact(&scan, |tx| {
+            let reject = |err| {
+                for (_, c) in &updates {
+                    tx.gc_add(&c.blob_id)?;
+                }
+                Ok(Commit::Rejected(err))
+            };
+            let Some(mut attr) = tx.inode(ino)? else {
+                return reject(IndexError::NotFound);
+            };
+            if attr.kind != FileKind::File {
+                return reject(IndexError::InvalidArgument("chunks for a non-regular file"));
+            }
+            if updates.iter().any(|(_, c)| u64::from(c.len) > cs) {
+                return reject(IndexError::InvalidArgument(
+                    "chunk longer than the chunk size",
+                ));
+            }
+            // Cut first: the cut scans the stored chunk map, which must not yet hold updates.
+            if size != attr.size {
+                self.resize(tx, &mut attr, size)?;
+            }
+            for (index, c) in &updates {
+                let start = index.checked_mul(cs).filter(|&start| start < size);
+                let Some(start) = start else {
+                    // INV: no chunk ref lies beyond the size; its blob is garbage.
+                    tx.gc_add(&c.blob_id)?;
+                    continue;
+                };
+                let mut c = c.clone();
+                if u64::from(c.len) > size - start {
+                    // `size - start < len <= u32::MAX`.
+                    c.len = (size - start) as u32;
+                }
+                tx.put_chunk(ino, *index, &c)?;
+            }
+            attr.mtime = mtime;
+            attr.ctime = ctime;
+            tx.put_inode(&attr)?;
+            Ok(Commit::Done(attr))
+        })?;
+        match outcome {
+            Commit::Done(attr) => Ok(attr),
+            Commit::Rejected(err) => {
+                tracing::debug!(ino, %err, blobs = updates.len(), "chunk commit rejected, blobs to GC");
+                Err(err)
+            }
+        }
+    }
+
+    /// Hands out `count` fresh chunk versions of `ino`: returns the first, `first..first +
+    /// count` are now the caller's. Durable (never handed out again, even after a crash) once
+    /// [`Index::flush`] returns. Errors: `NotFound`, `InvalidArgument` (counter overflow).
+    pub fn reserve_versions(&self, ino: Ino, count: u64) -> Result<u64> {
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            let mut attr = tx.need_inode(ino)?;
+            let first = attr.next_version;
+            // INV: `next_version` only grows, so a version is never handed out twice.
+            attr.next_version = match first.checked_add(count) {
+                Some(next) => next,
+                None => return abort(IndexError::InvalidArgument("version counter overflow")),
+            };
+            tx.put_inode(&attr)?;
+            Ok(first)
+        })
+    }
+
+    /// Called at the last close of `ino`: if it is an orphan, frees it (chunks to GC).
+    /// Returns whether it was freed; an unknown inode is not an error (already freed).
+    pub fn release(&self, ino: Ino) -> Result<bool> {
+        let _w = self.write_lock();
+        let scan = Scan::for_free(&self.trees, ino)?;
+        self.transact(&scan, |tx| {
+            let Some(attr) = tx.inode(ino)? else {
+                return Ok(false);
+            };
+            if attr.nlink != 0 {
+                return Ok(false);
+            }
+            tx.free_inode(&attr)?;
+            Ok(true)
+        })
+    }
+
+    /// Frees every orphan: the leftovers of files that were open when the previous mount
+    /// ended. Call at mount, before serving requests. Returns how many were freed.
+    pub fn purge_orphans(&self) -> Result<usize> {
+        let orphans = {
+            let _r = self.read_lock();
+            self.trees
+                .orphans
+                .iter()
+                .keys()
+                .map(|key| parse_ino_key(&key?))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let mut freed = 0;
+        for ino in orphans {
+            if self.release(ino)? {
+                freed += 1;
+            } else {
+                // INV: orphans have nlink 0; this one does not (or is gone): drop the record.
+                let _w = self.write_lock();
+                self.transact(&Scan::default(), |tx| {
+                    tx.orphans.remove(&ino_key(ino))?;
+                    Ok(())
+                })?;
+            }
+        }
+        if freed > 0 {
+            tracing::info!(freed, "freed orphans left by the previous mount");
+        }
+        Ok(freed)
+    }
+}

@@ -1,0 +1,213 @@
+//! The on-disk layout: tree names, key encodings and the small records stored as values.
+//!
+//! Everything here is part of the on-disk contract described in the module doc of
+//! [`index`](super). Keys are big-endian so that a range scan visits them in numeric order;
+//! values are postcard.
+
+use netcore::codec::BlobId;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::error::{IndexError, Result};
+use super::types::{FileKind, Ino};
+
+/// Version of the on-disk layout, stored in `meta`. Bump it on any change to a key or record.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Tree names.
+pub(crate) mod tree {
+    /// `ino -> InodeAttr`.
+    pub const INODES: &str = "inodes";
+    /// `parent ++ name -> DirentVal`.
+    pub const DIRENTS: &str = "dirents";
+    /// `parent ++ cookie -> name`.
+    pub const DIRCOOKIES: &str = "dircookies";
+    /// `dir ino -> parent ino`.
+    pub const PARENTS: &str = "parents";
+    /// `ino -> target bytes`.
+    pub const SYMLINKS: &str = "symlinks";
+    /// `ino ++ name -> value`.
+    pub const XATTRS: &str = "xattrs";
+    /// `ino ++ chunk index -> ChunkRef`.
+    pub const CHUNKS: &str = "chunks";
+    /// `blob id -> ()`.
+    pub const GC: &str = "gc";
+    /// `ino -> ()`.
+    pub const ORPHANS: &str = "orphans";
+    /// Named singletons, see [`meta_key`](super::meta_key).
+    pub const META: &str = "meta";
+}
+
+/// Keys of the `meta` tree.
+pub(crate) mod meta_key {
+    /// `u32`: [`FORMAT_VERSION`](super::FORMAT_VERSION) the index was written with.
+    pub const FORMAT: &[u8] = b"format_version";
+    /// `[u8; 16]`: random filesystem id, created at first open.
+    pub const FS_ID: &[u8] = b"fs_id";
+    /// `u32`: chunk size in bytes, fixed at creation.
+    pub const CHUNK_SIZE: &[u8] = b"chunk_size";
+    /// [`Counters`](super::Counters).
+    pub const COUNTERS: &[u8] = b"counters";
+}
+
+/// The first directory cookie handed out: 0, 1 and 2 are left to the FUSE layer (start of
+/// listing, `.` and `..`).
+pub(crate) const FIRST_COOKIE: u64 = 3;
+
+/// Longest entry name, in bytes (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target, in bytes (Linux `PATH_MAX`).
+pub const SYMLINK_MAX: usize = 4096;
+/// Longest extended attribute name, in bytes (Linux `XATTR_NAME_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+/// Largest extended attribute value, in bytes (Linux `XATTR_SIZE_MAX`).
+pub const XATTR_VALUE_MAX: usize = 65536;
+
+/// Value of a `dirents` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DirentVal {
+    /// Child inode.
+    pub ino: Ino,
+    /// Child kind (a copy of the inode's, so readdir needs no inode read).
+    pub kind: FileKind,
+    /// The entry's readdir cookie; `dircookies` holds the reverse mapping.
+    pub cookie: u64,
+}
+
+/// Counters kept in `meta` and updated inside every transaction that changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    /// Next inode number to allocate (never reused).
+    pub next_ino: Ino,
+    /// Next directory cookie to hand out (global, never reused).
+    pub next_cookie: u64,
+    /// Number of inodes, orphans included.
+    pub inodes: u64,
+    /// Sum of the sizes of regular files, orphans included.
+    pub bytes: u64,
+}
+
+/// Checks a directory entry name.
+pub(crate) fn validate_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(IndexError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0)
+    {
+        return Err(IndexError::InvalidName);
+    }
+    Ok(())
+}
+
+/// Checks an extended attribute name.
+pub(crate) fn validate_xattr_name(name: &[u8]) -> Result<()> {
+    if name.len() > XATTR_NAME_MAX {
+        return Err(IndexError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&0) {
+        return Err(IndexError::InvalidName);
+    }
+    Ok(())
+}
+
+/// Key of a per-inode record (`inodes`, `parents`, `symlinks`, `orphans`).
+pub(crate) fn ino_key(ino: Ino) -> [u8; 8] {
+    ino.to_be_bytes()
+}
+
+/// Key `ino ++ name` (`dirents`, `xattrs`).
+pub(crate) fn named_key(ino: Ino, name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + name.len());
+    key.extend_from_slice(&ino.to_be_bytes());
+    key.extend_from_slice(name);
+    key
+}
+
+/// Key `ino ++ n` (`dircookies`, `chunks`).
+pub(crate) fn pair_key(ino: Ino, n: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&ino.to_be_bytes());
+    key[8..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// Parses an 8-byte inode key.
+pub(crate) fn parse_ino_key(key: &[u8]) -> Result<Ino> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| IndexError::Corrupt(format!("inode key of {} bytes", key.len())))?;
+    Ok(Ino::from_be_bytes(bytes))
+}
+
+/// Splits a `ino ++ n` key.
+pub(crate) fn parse_pair_key(key: &[u8]) -> Result<(Ino, u64)> {
+    if key.len() != 16 {
+        return Err(IndexError::Corrupt(format!(
+            "pair key of {} bytes",
+            key.len()
+        )));
+    }
+    Ok((parse_ino_key(&key[..8])?, parse_ino_key(&key[8..])?))
+}
+
+/// Splits a `ino ++ name` key.
+pub(crate) fn parse_named_key(key: &[u8]) -> Result<(Ino, &[u8])> {
+    if key.len() < 8 {
+        return Err(IndexError::Corrupt(format!(
+            "named key of {} bytes",
+            key.len()
+        )));
+    }
+    Ok((parse_ino_key(&key[..8])?, &key[8..]))
+}
+
+/// Parses a `gc` key.
+pub(crate) fn parse_blob_id(key: &[u8]) -> Result<BlobId> {
+    let bytes: [u8; 32] = key
+        .try_into()
+        .map_err(|_| IndexError::Corrupt(format!("blob id key of {} bytes", key.len())))?;
+    Ok(BlobId(bytes))
+}
+
+/// Serializes a record.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| IndexError::Corrupt(format!("encoding a record: {e}")))
+}
+
+/// Deserializes a record; `what` names it in the error.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| IndexError::Corrupt(format!("decoding {what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name(b"a").is_ok());
+        assert!(validate_name(&[b'x'; NAME_MAX]).is_ok());
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(
+                matches!(validate_name(bad), Err(IndexError::InvalidName)),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            validate_name(&[b'x'; NAME_MAX + 1]),
+            Err(IndexError::NameTooLong)
+        ));
+    }
+
+    #[test]
+    fn keys_sort_numerically_and_round_trip() {
+        assert!(pair_key(1, 255) < pair_key(1, 256));
+        assert!(pair_key(1, u64::MAX) < pair_key(2, 0));
+        assert!(named_key(1, b"zzz") < named_key(2, b""));
+        assert_eq!(parse_pair_key(&pair_key(7, 9)).unwrap(), (7, 9));
+        assert_eq!(
+            parse_named_key(&named_key(7, b"n")).unwrap(),
+            (7, &b"n"[..])
+        );
+        assert!(parse_ino_key(b"short").is_err());
+    }
+}

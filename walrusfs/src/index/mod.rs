@@ -1,0 +1,245 @@
+//! The metadata index: inodes, directory entries, chunk maps, symlinks, xattrs, orphans and
+//! the garbage-collection queue, in one sled database. It never touches the network.
+//!
+//! The filesystem core calls [`Index`] for every metadata operation. `Index` is `Send + Sync`
+//! with `&self` methods. Reads share one lock, mutations take it exclusively (sled 0.34 can
+//! deadlock when an iterator runs alongside a multi-tree transaction, and sled serializes its
+//! transactions anyway). Each mutation runs as a single sled transaction over all trees, so a
+//! crash at any point leaves either the state before or the state after every operation
+//! (durable once [`Index::flush`] returned).
+//!
+//! # On-disk layout (format version 1)
+//!
+//! This layout is an on-disk contract: change it only with a format version bump. Integers in
+//! keys are big-endian (`be64`), so range scans visit them in numeric order; values are postcard
+//! unless noted; `++` is concatenation.
+//!
+//! | tree         | key                              | value                               |
+//! |--------------|----------------------------------|-------------------------------------|
+//! | `inodes`     | `be64 ino`                       | [`InodeAttr`]                       |
+//! | `dirents`    | `be64 parent ++ name`            | `DirentVal { ino, kind, cookie }`   |
+//! | `dircookies` | `be64 parent ++ be64 cookie`     | name (raw bytes)                    |
+//! | `parents`    | `be64 dir`                       | `u64` parent dir (root: itself)     |
+//! | `symlinks`   | `be64 ino`                       | target (raw bytes)                  |
+//! | `xattrs`     | `be64 ino ++ name`               | value (raw bytes)                   |
+//! | `chunks`     | `be64 ino ++ be64 chunk index`   | [`ChunkRef`]                        |
+//! | `gc`         | blob id (32 bytes)               | empty                               |
+//! | `orphans`    | `be64 ino`                       | empty                               |
+//! | `meta`       | `format_version`                 | `u32` format version                |
+//! |              | `fs_id`                          | `[u8; 16]`, random, made at creation|
+//! |              | `chunk_size`                     | `u32`, fixed at creation            |
+//! |              | `counters`                       | `Counters { next_ino, next_cookie, inodes, bytes }` |
+//!
+//! Invariants (each is kept inside the transactions that touch it, marked `// INV:`):
+//! - `dirents` and `dircookies` hold the same entries; cookies come from the global
+//!   `next_cookie` counter, start at 3 (0, 1, 2 are the FUSE layer's: start, `.`, `..`) and are
+//!   never reused, so `readdir` resumed after cookie `c` neither skips nor repeats an entry that
+//!   existed throughout. A renamed entry gets a fresh cookie; an exchange keeps both cookies.
+//! - Every entry points to an existing inode of the recorded kind. A file's `nlink` is its
+//!   number of entries; a directory has one entry, `nlink = 2 + subdirectories`, and a
+//!   `parents` record. Inode numbers come from `next_ino` and are never reused.
+//! - An inode has `nlink == 0` exactly when it is in `orphans` (unlinked while open); orphans
+//!   are freed by [`Index::release`] or, after a crash, [`Index::purge_orphans`].
+//! - Chunk ref `i` of a file covers `[i * chunk_size, i * chunk_size + len)`, inside the file's
+//!   size. Whenever a ref is dropped or replaced (truncate, overwrite, delete), its blob id is
+//!   queued in `gc` in the same transaction, so no blob leaks and none is freed while
+//!   referenced.
+//! - `counters.inodes` and `counters.bytes` equal the number of inodes and the sum of file
+//!   sizes, so [`Index::stats`] is O(1). [`Index::check`] verifies all of the above.
+//!
+//! The index holds no absolute paths, host names or other machine-specific data: the whole
+//! database can later be exported (e.g. published as blobs) and restored on another machine.
+
+mod check;
+mod dir;
+mod error;
+mod file;
+mod gc;
+mod layout;
+mod params;
+mod rename;
+mod scan;
+mod tx;
+pub mod types;
+mod xattr;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+pub use check::CheckReport;
+pub use error::{IndexError, Result};
+pub use layout::{NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
+pub use params::{
+    IndexOptions, IndexStats, NewNode, RenameFlags, RenameOutcome, SetAttr, Unlinked, XattrFlags,
+};
+pub use types::{ChunkRef, DirEntry, FileKind, Ino, InodeAttr, Timestamp, ROOT_INO};
+
+use layout::{decode, encode, ino_key, meta_key, Counters, FIRST_COOKIE, FORMAT_VERSION};
+use scan::Scan;
+use tx::Trees;
+
+/// The metadata index of one filesystem. See the [module doc](self) for layout and invariants.
+pub struct Index {
+    trees: Trees,
+    /// Mutations take it exclusively, reads shared (see `tx::Index::read_lock`).
+    lock: RwLock<()>,
+    /// Serializes flushes.
+    flush_lock: Mutex<()>,
+    chunk_size: u32,
+    fs_id: [u8; 16],
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("chunk_size", &self.chunk_size)
+            .field("fs_id", &self.fs_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Opens the index in directory `path`, creating it (with a root directory, ino
+    /// [`ROOT_INO`], owned as `options` say) if it does not exist.
+    ///
+    /// Fails with `InvalidArgument` if `options.chunk_size` is 0 or differs from the one the
+    /// index was created with, and with `Corrupt` on an unknown format version.
+    pub fn open(path: &Path, options: IndexOptions) -> Result<Self> {
+        if options.chunk_size == 0 {
+            return Err(IndexError::InvalidArgument("chunk size must be non-zero"));
+        }
+        let db = sled::Config::new().path(path).open()?;
+        let mut index = Self {
+            trees: Trees::open(db)?,
+            lock: RwLock::new(()),
+            flush_lock: Mutex::new(()),
+            chunk_size: options.chunk_size,
+            fs_id: [0; 16],
+        };
+        if index.trees.meta.get(meta_key::FORMAT)?.is_none() {
+            index.create_root(options)?;
+        }
+        let meta = &index.trees.meta;
+        let format: u32 = decode(&required(meta, meta_key::FORMAT)?, "format version")?;
+        if format != FORMAT_VERSION {
+            return Err(IndexError::Corrupt(format!(
+                "format version {format}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let chunk_size: u32 = decode(&required(meta, meta_key::CHUNK_SIZE)?, "chunk size")?;
+        if chunk_size != options.chunk_size {
+            return Err(IndexError::InvalidArgument(
+                "chunk size differs from the one the index was created with",
+            ));
+        }
+        index.fs_id = decode(&required(meta, meta_key::FS_ID)?, "filesystem id")?;
+        index.trees.counters()?;
+        tracing::debug!(path = %path.display(), chunk_size, "index opened");
+        Ok(index)
+    }
+
+    /// Writes the meta records and the root directory of a new index, in one transaction.
+    fn create_root(&self, options: IndexOptions) -> Result<()> {
+        let _w = self.write_lock();
+        let now = Timestamp::now();
+        let root = InodeAttr {
+            ino: ROOT_INO,
+            kind: FileKind::Dir,
+            perm: options.root_perm & 0o7777,
+            uid: options.root_uid,
+            gid: options.root_gid,
+            nlink: 2,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            next_version: FIRST_VERSION,
+        };
+        let fs_id: [u8; 16] = rand::random();
+        let counters = Counters {
+            next_ino: ROOT_INO + 1,
+            next_cookie: FIRST_COOKIE,
+            inodes: 1,
+            bytes: 0,
+        };
+        let format = encode(&FORMAT_VERSION)?;
+        let chunk_size = encode(&options.chunk_size)?;
+        let fs_id = encode(&fs_id)?;
+        self.transact(&Scan::default(), |tx| {
+            // INV: the format version is written in the same transaction as everything else,
+            // so an index that has one is complete.
+            tx.meta.insert(meta_key::FORMAT, format.as_slice())?;
+            tx.meta
+                .insert(meta_key::CHUNK_SIZE, chunk_size.as_slice())?;
+            tx.meta.insert(meta_key::FS_ID, fs_id.as_slice())?;
+            tx.put_counters(&counters)?;
+            tx.put_inode(&root)?;
+            tx.set_parent(ROOT_INO, ROOT_INO)
+        })?;
+        tracing::info!(chunk_size = options.chunk_size, "index created");
+        Ok(())
+    }
+
+    /// Makes every change so far durable on disk (used by fsync).
+    pub fn flush(&self) -> Result<()> {
+        let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _r = self.read_lock();
+        self.trees.db.flush()?;
+        Ok(())
+    }
+
+    /// The chunk size fixed at creation.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// The random 16-byte filesystem id created with the index.
+    pub fn filesystem_id(&self) -> [u8; 16] {
+        self.fs_id
+    }
+
+    /// Filesystem totals for statfs, O(1).
+    pub fn stats(&self) -> Result<IndexStats> {
+        let _r = self.read_lock();
+        let c = self.trees.counters()?;
+        Ok(IndexStats {
+            inodes: c.inodes,
+            bytes: c.bytes,
+        })
+    }
+
+    /// Attributes of an inode (orphans included).
+    pub fn get_attr(&self, ino: Ino) -> Result<InodeAttr> {
+        let _r = self.read_lock();
+        self.attr_nolock(ino)
+    }
+
+    /// [`Index::get_attr`] for callers already holding the lock.
+    pub(crate) fn attr_nolock(&self, ino: Ino) -> Result<InodeAttr> {
+        self.trees.inode(ino)?.ok_or(IndexError::NotFound)
+    }
+
+    /// Whether `ino` is an orphan (unlinked while open, not yet released).
+    pub fn is_orphan(&self, ino: Ino) -> Result<bool> {
+        let _r = self.read_lock();
+        Ok(self.trees.orphans.contains_key(ino_key(ino))?)
+    }
+}
+
+/// The first chunk version of a new inode (0 is left free as "no version").
+const FIRST_VERSION: u64 = 1;
+
+/// Reads a `meta` record that must exist.
+fn required(meta: &sled::Tree, key: &[u8]) -> Result<sled::IVec> {
+    meta.get(key)?.ok_or_else(|| {
+        IndexError::Corrupt(format!(
+            "meta record {} missing",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}

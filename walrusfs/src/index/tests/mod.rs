@@ -1,0 +1,293 @@
+//! Tests of the metadata index: shared helpers and open/persistence tests. Every test ends
+//! with [`Index::check`], which verifies all invariants of the layout.
+
+#![allow(clippy::unwrap_used)]
+
+mod crash;
+mod dir;
+mod file;
+mod model;
+mod rename;
+mod xattr;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use netcore::codec::{BlobId, BlobMetadata, EncodingParams};
+use tempfile::TempDir;
+
+use super::*;
+
+/// Chunk size of test indexes: small, so sizes and chunk indexes are easy to reason about.
+pub(super) const CS: u32 = 1000;
+
+/// Asserts that `$e` is `Err` matching `$p`.
+macro_rules! assert_err {
+    ($e:expr, $p:pat) => {
+        match $e {
+            Err($p) => {}
+            other => panic!("expected Err({}), got {:?}", stringify!($p), other),
+        }
+    };
+}
+pub(super) use assert_err;
+
+pub(super) fn opts() -> IndexOptions {
+    IndexOptions {
+        root_uid: 1000,
+        root_gid: 100,
+        root_perm: 0o755,
+        chunk_size: CS,
+    }
+}
+
+/// A fresh index in a temporary directory (keep the directory alive).
+pub(super) fn open() -> (TempDir, Index) {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = Index::open(&dir.path().join("index"), opts()).unwrap();
+    (dir, ix)
+}
+
+/// Reopens the index of `dir`.
+pub(super) fn reopen(dir: &TempDir) -> Index {
+    Index::open(&dir.path().join("index"), opts()).unwrap()
+}
+
+/// A timestamp `secs` seconds after the epoch.
+pub(super) fn t(secs: i64) -> Timestamp {
+    Timestamp { secs, nanos: 0 }
+}
+
+pub(super) fn node(kind: FileKind) -> NewNode {
+    NewNode {
+        kind,
+        perm: 0o644,
+        uid: 1,
+        gid: 2,
+        rdev: 0,
+        symlink_target: None,
+    }
+}
+
+pub(super) fn symlink(target: &[u8]) -> NewNode {
+    NewNode {
+        symlink_target: Some(target.to_vec()),
+        ..node(FileKind::Symlink)
+    }
+}
+
+pub(super) fn mkfile(ix: &Index, parent: Ino, name: &str) -> InodeAttr {
+    ix.create(parent, name.as_bytes(), node(FileKind::File), t(10))
+        .unwrap()
+}
+
+pub(super) fn mkdir(ix: &Index, parent: Ino, name: &str) -> InodeAttr {
+    ix.create(parent, name.as_bytes(), node(FileKind::Dir), t(10))
+        .unwrap()
+}
+
+pub(super) fn closed(_: Ino) -> bool {
+    false
+}
+
+pub(super) fn open_file(_: Ino) -> bool {
+    true
+}
+
+/// A fresh, unique blob id.
+pub(super) fn blob() -> BlobId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    BlobId(id)
+}
+
+/// A chunk ref to a fresh blob holding `len` bytes.
+pub(super) fn chunk_ref(len: u32) -> ChunkRef {
+    ChunkRef {
+        blob_id: blob(),
+        metadata: BlobMetadata {
+            params: EncodingParams::new(7, 3).unwrap(),
+            blob_len: u64::from(len) + 16,
+            sliver_hashes: vec![[7; 32]; 7],
+        },
+        version: 1,
+        salt: [9; 16],
+        len,
+    }
+}
+
+/// Whether `blob` is queued for GC.
+pub(super) fn in_gc(ix: &Index, blob: &BlobId) -> bool {
+    ix.gc_pending(usize::MAX).unwrap().contains(blob)
+}
+
+/// All entries of `dir`, listed in pages of `page`.
+pub(super) fn list(ix: &Index, dir: Ino, page: usize) -> Vec<DirEntry> {
+    let mut out: Vec<DirEntry> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |e| e.cookie);
+        let batch = ix.readdir(dir, after, page).unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+/// Sorted names of the entries of `dir`.
+pub(super) fn names(ix: &Index, dir: Ino) -> Vec<String> {
+    let mut v: Vec<String> = list(ix, dir, 7)
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn open_creates_root() {
+    let (_dir, ix) = open();
+    let root = ix.get_attr(ROOT_INO).unwrap();
+    assert_eq!(root.kind, FileKind::Dir);
+    assert_eq!(
+        (root.nlink, root.perm, root.uid, root.gid),
+        (2, 0o755, 1000, 100)
+    );
+    assert_eq!(ix.parent_of(ROOT_INO).unwrap(), ROOT_INO);
+    assert_eq!(ix.chunk_size(), CS);
+    assert_eq!(
+        ix.stats().unwrap(),
+        IndexStats {
+            inodes: 1,
+            bytes: 0
+        }
+    );
+    assert!(ix.readdir(ROOT_INO, 0, 100).unwrap().is_empty());
+    assert_ne!(ix.filesystem_id(), [0; 16]);
+    assert_err!(ix.get_attr(2), IndexError::NotFound);
+    ix.check().unwrap();
+}
+
+#[test]
+fn reopen_persists_everything_and_never_reuses_inodes() {
+    let (dir, ix) = open();
+    let fs_id = ix.filesystem_id();
+    let d = mkdir(&ix, ROOT_INO, "d");
+    let f = mkfile(&ix, d.ino, "f");
+    ix.create(ROOT_INO, b"s", symlink(b"d/f"), t(1)).unwrap();
+    ix.set_xattr(f.ino, b"user.a", b"1", XattrFlags::default(), t(2))
+        .unwrap();
+    let c = chunk_ref(10);
+    ix.commit_chunks(f.ino, vec![(0, c.clone())], 10, t(3), t(3))
+        .unwrap();
+    let gone = mkfile(&ix, ROOT_INO, "gone");
+    ix.unlink(ROOT_INO, b"gone", t(4), &closed).unwrap();
+    ix.flush().unwrap();
+    drop(ix);
+
+    let ix = reopen(&dir);
+    assert_eq!(ix.filesystem_id(), fs_id);
+    assert_eq!(ix.lookup(d.ino, b"f").unwrap().size, 10);
+    assert_eq!(ix.chunk(f.ino, 0).unwrap(), Some(c));
+    assert_eq!(ix.get_xattr(f.ino, b"user.a").unwrap(), b"1");
+    let s = ix.lookup(ROOT_INO, b"s").unwrap();
+    assert_eq!(ix.readlink(s.ino).unwrap(), b"d/f");
+    assert_eq!(names(&ix, ROOT_INO), ["d", "s"]);
+    let next = mkfile(&ix, ROOT_INO, "next");
+    assert!(next.ino > gone.ino, "inode numbers are never reused");
+    assert_eq!(
+        ix.stats().unwrap(),
+        IndexStats {
+            inodes: 5,
+            bytes: 10
+        }
+    );
+    ix.check().unwrap();
+}
+
+#[test]
+fn reopen_with_another_chunk_size_fails() {
+    let (dir, ix) = open();
+    drop(ix);
+    let path = dir.path().join("index");
+    let other = IndexOptions {
+        chunk_size: CS * 2,
+        ..opts()
+    };
+    assert_err!(Index::open(&path, other), IndexError::InvalidArgument(_));
+    let zero = IndexOptions {
+        chunk_size: 0,
+        ..opts()
+    };
+    assert_err!(Index::open(&path, zero), IndexError::InvalidArgument(_));
+    Index::open(&path, opts()).unwrap();
+}
+
+#[test]
+fn bad_names_are_rejected_everywhere() {
+    let (_dir, ix) = open();
+    let f = mkfile(&ix, ROOT_INO, "f");
+    let long = vec![b'x'; NAME_MAX + 1];
+    let max = vec![b'x'; NAME_MAX];
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+        assert_err!(
+            ix.create(ROOT_INO, bad, node(FileKind::File), t(1)),
+            IndexError::InvalidName
+        );
+        assert_err!(ix.lookup(ROOT_INO, bad), IndexError::InvalidName);
+        assert_err!(ix.link(f.ino, ROOT_INO, bad, t(1)), IndexError::InvalidName);
+        assert_err!(
+            ix.unlink(ROOT_INO, bad, t(1), &closed),
+            IndexError::InvalidName
+        );
+        assert_err!(ix.rmdir(ROOT_INO, bad, t(1)), IndexError::InvalidName);
+        let flags = RenameFlags::default();
+        assert_err!(
+            ix.rename(ROOT_INO, b"f", ROOT_INO, bad, flags, t(1), &closed),
+            IndexError::InvalidName
+        );
+    }
+    assert_err!(
+        ix.create(ROOT_INO, &long, node(FileKind::File), t(1)),
+        IndexError::NameTooLong
+    );
+    assert_err!(ix.lookup(ROOT_INO, &long), IndexError::NameTooLong);
+    ix.create(ROOT_INO, &max, node(FileKind::File), t(1))
+        .unwrap();
+    assert_eq!(ix.lookup(ROOT_INO, &max).unwrap().kind, FileKind::File);
+    ix.check().unwrap();
+}
+
+#[test]
+fn index_is_send_and_sync_and_concurrent_creates_are_consistent() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Index>();
+    let (_dir, ix) = open();
+    std::thread::scope(|s| {
+        for th in 0..4 {
+            let ix = &ix;
+            s.spawn(move || {
+                let d = ix
+                    .create(
+                        ROOT_INO,
+                        format!("d{th}").as_bytes(),
+                        node(FileKind::Dir),
+                        t(1),
+                    )
+                    .unwrap();
+                for i in 0..200 {
+                    let name = format!("f{i}");
+                    mkfile(ix, d.ino, &name);
+                    mkfile(ix, ROOT_INO, &format!("{th}-{i}"));
+                    if i % 3 == 0 {
+                        ix.unlink(d.ino, name.as_bytes(), t(2), &closed).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(ix.get_attr(ROOT_INO).unwrap().nlink, 6);
+    assert_eq!(list(&ix, ROOT_INO, 50).len(), 4 + 800);
+    assert_eq!(ix.stats().unwrap().inodes, 1 + 4 + 800 + 4 * 133);
+    ix.check().unwrap();
+}

@@ -1,0 +1,145 @@
+//! Records stored in the metadata index. Serialized with postcard; the layout of every tree is
+//! described in the module doc of `index`. These types are an on-disk contract: change them
+//! only with a format version bump.
+
+use netcore::codec::{BlobId, BlobMetadata};
+use serde::{Deserialize, Serialize};
+
+/// Inode number. 1 is the root directory; numbers are never reused.
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT_INO: Ino = 1;
+
+/// What kind of object an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+    /// Unix socket.
+    Socket,
+}
+
+/// A timestamp: seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the epoch (may be negative).
+    pub secs: i64,
+    /// Nanoseconds, `0..1_000_000_000`.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from(std::time::SystemTime::now())
+    }
+}
+
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(t: std::time::SystemTime) -> Self {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timestamp {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
+                } else {
+                    Timestamp {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(t: Timestamp) -> Self {
+        if t.secs >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::new(t.secs as u64, t.nanos)
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_secs(t.secs.unsigned_abs())
+                + std::time::Duration::from_nanos(u64::from(t.nanos))
+        }
+    }
+}
+
+/// An inode's attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeAttr {
+    /// The inode number.
+    pub ino: Ino,
+    /// Object kind.
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Hard link count (directories: 2 + number of subdirectories).
+    pub nlink: u32,
+    /// Size in bytes (symlinks: target length; directories: 0).
+    pub size: u64,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last data modification.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+    /// Creation.
+    pub crtime: Timestamp,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Next chunk version to hand out for this file; every sealed chunk gets a fresh one.
+    pub next_version: u64,
+}
+
+/// Where one chunk of a file lives: the blob holding its sealed bytes, and what is needed to
+/// read and open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The blob holding the sealed chunk.
+    pub blob_id: BlobId,
+    /// The blob's metadata, kept so reads need not ask a node for it (and cannot be fooled:
+    /// it is checked against `blob_id`).
+    pub metadata: BlobMetadata,
+    /// Version the chunk was sealed under (bound into the AEAD associated data).
+    pub version: u64,
+    /// Random salt the chunk's key was derived with.
+    pub salt: [u8; 16],
+    /// Plaintext bytes in the sealed chunk. Bytes of the chunk beyond this (up to the chunk
+    /// size) read as zeros; truncation shortens it without rewriting the blob.
+    pub len: u32,
+}
+
+/// A directory entry as returned by readdir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Entry name (no `/`, not `.` or `..`).
+    pub name: Vec<u8>,
+    /// Child inode.
+    pub ino: Ino,
+    /// Child kind.
+    pub kind: FileKind,
+    /// Cookie to resume listing after this entry.
+    pub cookie: u64,
+}
