@@ -133,6 +133,19 @@ fn list_user_xattrs(path: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The `system.posix_acl_access` value of a minimal ACL equivalent to `mode` (version 2
+/// header, then USER_OBJ, GROUP_OBJ and OTHER entries: tag u16, perm u16, id u32, little endian).
+fn posix_acl_for_mode(mode: u32) -> Vec<u8> {
+    const UNDEFINED_ID: u32 = u32::MAX;
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, shift) in [(0x01u16, 6), (0x04, 3), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend((((mode >> shift) & 7) as u16).to_le_bytes());
+        acl.extend(UNDEFINED_ID.to_le_bytes());
+    }
+    acl
+}
+
 fn removexattr(path: &Path, name: &str) -> io::Result<()> {
     let (p, n) = (cpath(path), CString::new(name).expect("name"));
     // SAFETY: valid C strings.
@@ -1194,6 +1207,22 @@ fn extended_attributes() {
             "remove missing",
         );
         assert_eq!(list_user_xattrs(path).unwrap(), ["user.big", "user.empty"]);
+    }
+    // POSIX ACLs: `cp -a` and `tar` set permission bits through system.posix_acl_access when
+    // the filesystem accepts it. Storing it as an opaque attribute silently loses the mode; a
+    // filesystem without ACLs must refuse it (EOPNOTSUPP), so tools fall back to chmod.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    match setxattr(&f, "system.posix_acl_access", &posix_acl_for_mode(0o644), 0) {
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP),
+            "setting an ACL failed with {e}"
+        ),
+        Ok(()) => assert_eq!(
+            format!("{:o}", fs::metadata(&f).unwrap().mode() & 0o777),
+            "644",
+            "system.posix_acl_access was accepted but the mode bits did not follow it"
+        ),
     }
     // Attributes follow the inode through rename and hard links.
     fs::rename(&f, d.join("g")).unwrap();

@@ -1,6 +1,8 @@
 //! End-to-end tests of the storage network: real `walrusfs node` processes on loopback, real
 //! QUIC, real disks, driven through the `walrusfs` CLI the way an operator would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::path::Path;

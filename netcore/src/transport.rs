@@ -13,6 +13,35 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keep-alive interval, well under [`IDLE_TIMEOUT`].
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// UDP socket buffer size asked for. Loopback and LAN bursts from several peers overflow the
+/// default (~208 KiB) and every dropped datagram halves QUIC's congestion window; the kernel
+/// caps the request at `net.core.rmem_max`/`wmem_max`.
+const UDP_BUFFER: usize = 8 << 20;
+
+/// Binds a UDP socket for a QUIC endpoint with large kernel buffers.
+pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer than asked is not an error, only slower.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on `addr` (a server if `server` is given) over [`bind_udp`].
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        bind_udp(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// Transport configuration allowing `max_streams` concurrent requests per connection.
 pub fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();

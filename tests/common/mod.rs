@@ -1,6 +1,7 @@
 //! Shared harness for end-to-end tests: a real testnet of node processes in a temp directory,
 //! stopped (and, failing that, killed) when the test ends, pass or fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(dead_code)]
 
 pub mod mount;

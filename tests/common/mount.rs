@@ -16,6 +16,7 @@
 //! Besides the mount itself this module holds the small system helpers the filesystem tests share:
 //! errno assertions, running a command as another user, evicting a file's page cache.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(unsafe_code)] // libc calls (atexit, kill, close, posix_fadvise) with no safe wrapper in std.
 
 use std::fs::File;
@@ -353,7 +354,7 @@ extern "C" fn shutdown_shared() {
 /// Turns a hung filesystem into failing tests instead of a hung test binary (which also blocks
 /// `ps` and friends on the whole machine).
 ///
-/// A thread of this process that sits in the kernel waiting for a FUSE reply
+/// A thread of this process or of a child (a tool) that sits in the kernel waiting for a FUSE reply
 /// (`wchan = request_wait_answer`) without a single context switch for `HANG_SECS` is stuck on
 /// one request. The watchdog then prints that thread's name (the test's name) and kernel stack,
 /// saves the mount processes' backtraces (gdb, when installed) to a file, and kills the mount
@@ -411,33 +412,72 @@ mod watchdog {
         Some((switches, wchan.trim() == "request_wait_answer"))
     }
 
-    fn run(limit: Duration) {
-        // tid -> (context switches, since when unchanged while waiting on FUSE)
-        let mut waiting: HashMap<String, (u64, Instant)> = HashMap::new();
-        loop {
-            std::thread::sleep(PERIOD);
-            let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    /// The threads of this process and of its descendants (tools like sqlite3 or rsync block
+    /// on the mount in their own process).
+    fn tasks() -> Vec<PathBuf> {
+        let me = std::process::id();
+        let mut parent_of = HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.insert(pid, ppid);
+            }
+        }
+        let descends = |mut pid: u32| {
+            for _ in 0..64 {
+                if pid == me {
+                    return true;
+                }
+                match parent_of.get(&pid) {
+                    Some(&p) if p != 0 && p != pid => pid = p,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let mut out = Vec::new();
+        for (&pid, _) in parent_of.iter().filter(|(&pid, _)| descends(pid)) {
+            let dir = PathBuf::from(format!("/proc/{pid}/task"));
+            out.extend(
+                std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|t| t.path()),
+            );
+        }
+        out
+    }
+
+    fn run(limit: Duration) {
+        // task path -> (context switches, since when unchanged while waiting on FUSE)
+        let mut waiting: HashMap<PathBuf, (u64, Instant)> = HashMap::new();
+        loop {
+            std::thread::sleep(PERIOD);
             let mut seen = HashMap::new();
-            for task in tasks.flatten() {
-                let tid = task.file_name().to_string_lossy().into_owned();
-                let Some((switches, on_fuse)) = sample(&task.path()) else {
+            for task in tasks() {
+                let Some((switches, on_fuse)) = sample(&task) else {
                     continue;
                 };
                 if !on_fuse {
                     continue;
                 }
-                let since = match waiting.get(&tid) {
+                let since = match waiting.get(&task) {
                     Some(&(s, since)) if s == switches => since,
                     _ => Instant::now(),
                 };
                 if since.elapsed() > limit {
-                    hung(&task.path(), limit);
+                    hung(&task, limit);
                     seen.clear();
                     break;
                 }
-                seen.insert(tid, (switches, since));
+                seen.insert(task, (switches, since));
             }
             waiting = seen;
         }

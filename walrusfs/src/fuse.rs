@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::debug_span;
 
@@ -155,7 +155,10 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         if failed == 0 {
             tracing::info!("all data stored; unmounted");
         } else {
-            tracing::error!(failed, "unmounted with files whose data could not be stored");
+            tracing::error!(
+                failed,
+                "unmounted with files whose data could not be stored"
+            );
         }
     }
 
@@ -234,7 +237,8 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let perm = (mode & !umask & 0o7777) as u16;
         reply_entry(
             reply,
-            self.fs.create_node(ctx(req), parent.0, name.as_bytes(), k, perm, rdev, None),
+            self.fs
+                .create_node(ctx(req), parent.0, name.as_bytes(), k, perm, rdev, None),
         );
     }
 
@@ -251,8 +255,15 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let perm = (mode & !umask & 0o7777) as u16;
         reply_entry(
             reply,
-            self.fs
-                .create_node(ctx(req), parent.0, name.as_bytes(), FileKind::Dir, perm, 0, None),
+            self.fs.create_node(
+                ctx(req),
+                parent.0,
+                name.as_bytes(),
+                FileKind::Dir,
+                perm,
+                0,
+                None,
+            ),
         );
     }
 
@@ -300,8 +311,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname)
-            .entered();
+        let _s = debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname
+        )
+        .entered();
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -404,7 +421,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply_empty(reply, self.fs.release(fh.0));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let _s = debug_span!("fsync", ino = ino.0).entered();
         reply_empty(reply, self.fs.fsync(ino.0));
     }
@@ -449,7 +473,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
                 return reply.ok();
             }
             for e in entries {
-                if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                if reply.add(
+                    INodeNo(e.ino),
+                    e.cookie,
+                    kind(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -471,10 +500,21 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             if offset >= off {
                 continue;
             }
-            let target = if off == 1 { Ok(ino.0) } else { self.fs.parent_of(ino.0) };
+            let target = if off == 1 {
+                Ok(ino.0)
+            } else {
+                self.fs.parent_of(ino.0)
+            };
             match target.and_then(|t| self.fs.getattr(t)) {
                 Ok(a) => {
-                    if reply.add(INodeNo(a.ino), off, name, &TTL, &file_attr(&a), Generation(0)) {
+                    if reply.add(
+                        INodeNo(a.ino),
+                        off,
+                        name,
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                    ) {
                         return reply.ok();
                     }
                 }
@@ -496,7 +536,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
                     continue;
                 };
                 let name = OsStr::from_bytes(&e.name);
-                if reply.add(INodeNo(e.ino), e.cookie, name, &TTL, &file_attr(&a), Generation(0)) {
+                if reply.add(
+                    INodeNo(e.ino),
+                    e.cookie,
+                    name,
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                ) {
                     return reply.ok();
                 }
                 cookie = e.cookie;
@@ -504,7 +551,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let _s = debug_span!("fsyncdir", ino = ino.0).entered();
         reply_empty(reply, self.fs.fsync(ino.0));
     }
@@ -544,7 +598,11 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
-        reply_empty(reply, self.fs.setxattr(ino.0, name.as_bytes(), value, create, replace));
+        reply_empty(
+            reply,
+            self.fs
+                .setxattr(ino.0, name.as_bytes(), value, create, replace),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -587,10 +645,15 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     ) {
         let _s = debug_span!("create", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
-        let attr = match self
-            .fs
-            .create_node(ctx(req), parent.0, name.as_bytes(), FileKind::File, perm, 0, None)
-        {
+        let attr = match self.fs.create_node(
+            ctx(req),
+            parent.0,
+            name.as_bytes(),
+            FileKind::File,
+            perm,
+            0,
+            None,
+        ) {
             Ok(a) => a,
             Err(e) => return reply.error(errno(e)),
         };
@@ -627,7 +690,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             let end = offset.saturating_add(length);
             if end > a.size {
                 self.fs
-                    .setattr(ino.0, SetAttr { size: Some(end), ..Default::default() })
+                    .setattr(
+                        ino.0,
+                        SetAttr {
+                            size: Some(end),
+                            ..Default::default()
+                        },
+                    )
                     .map(|_| ())
             } else {
                 Ok(())

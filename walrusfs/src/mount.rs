@@ -55,6 +55,9 @@ pub struct MountArgs {
     /// Memory for cached plaintext chunks, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mib: usize,
+    /// Local disk for cached sealed chunks (ciphertext), in MiB; 0 disables it.
+    #[arg(long, default_value_t = 1024)]
+    disk_cache_mib: u64,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -119,6 +122,8 @@ fn spawn_background(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow
     cmd.arg("--chunk-size").arg(args.chunk_size.to_string());
     cmd.arg("--dirty-mib").arg(args.dirty_mib.to_string());
     cmd.arg("--cache-mib").arg(args.cache_mib.to_string());
+    cmd.arg("--disk-cache-mib")
+        .arg(args.disk_cache_mib.to_string());
     cmd.arg(mountpoint);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -183,7 +188,14 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
         chunk_cache_bytes: args.cache_mib << 20,
         ..FsConfig::default()
     };
-    let fs = Fs::new(index, store, master, rt.handle().clone(), cfg)?;
+    let disk_cache = match args.disk_cache_mib {
+        0 => None,
+        mib => Some(
+            cache::DiskCache::open(state.join("cache"), mib << 20)
+                .context("cannot open the chunk cache")?,
+        ),
+    };
+    let fs = Fs::with_disk_cache(index, store, master, rt.handle().clone(), cfg, disk_cache)?;
 
     let mut options = vec![
         fuser::MountOption::FSName(format!("walrusfs:{}", state.display())),
@@ -292,7 +304,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
@@ -379,6 +391,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         chunk_size: DEFAULT_CHUNK_SIZE,
         dirty_mib: 256,
         cache_mib: 256,
+        disk_cache_mib: 1024,
         mountpoint: mp.clone(),
     })?;
     println!(

@@ -104,8 +104,9 @@ impl Client {
         identity: &Identity,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
-        let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(ClientError::Endpoint)?;
+        let endpoint =
+            crate::transport::endpoint(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None)
+                .map_err(ClientError::Endpoint)?;
         let transport = crate::transport::transport_config(config.max_streams_per_node);
         let nodes = committee
             .nodes

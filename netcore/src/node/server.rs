@@ -141,7 +141,7 @@ impl Node {
             state.config.max_streams_per_connection,
         ));
         let addr = state.config.listen;
-        let endpoint = quinn::Endpoint::server(server_config, addr)
+        let endpoint = crate::transport::endpoint(addr, Some(server_config))
             .map_err(|source| NodeError::Listen { addr, source })?;
 
         let pid_path = self.dir.join(PID_FILE);

@@ -80,13 +80,19 @@ impl MasterKey {
                 if mode & 0o077 != 0 {
                     return Err(CryptoError::BadKeyFile {
                         path: path.to_owned(),
-                        reason: format!("mode {:o} lets other users read it; chmod 600", mode & 0o777),
+                        reason: format!(
+                            "mode {:o} lets other users read it; chmod 600",
+                            mode & 0o777
+                        ),
                     });
                 }
-                let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| CryptoError::BadKeyFile {
-                    path: path.to_owned(),
-                    reason: format!("{} bytes, expected 32", b.len()),
-                })?;
+                let key: [u8; 32] =
+                    bytes
+                        .try_into()
+                        .map_err(|b: Vec<u8>| CryptoError::BadKeyFile {
+                            path: path.to_owned(),
+                            reason: format!("{} bytes, expected 32", b.len()),
+                        })?;
                 Ok(MasterKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -100,7 +106,9 @@ impl MasterKey {
                 f.write_all(&key).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 if let Some(dir) = path.parent() {
-                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io)?;
                 }
                 Ok(MasterKey(key))
             }
@@ -167,7 +175,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn place(ino: u64, index: u64, version: u64) -> ChunkPlace {
-        ChunkPlace { ino, index, version, salt: [9; 16] }
+        ChunkPlace {
+            ino,
+            index,
+            version,
+            salt: [9; 16],
+        }
     }
 
     #[test]
@@ -175,24 +188,54 @@ mod tests {
         let key = MasterKey::from_bytes([1; 32]);
         let p = place(5, 2, 7);
         let sealed = key.seal(&p, b"secret data");
-        assert_ne!(&sealed[..11], b"secret data", "ciphertext must not be plaintext");
+        assert_ne!(
+            &sealed[..11],
+            b"secret data",
+            "ciphertext must not be plaintext"
+        );
         assert_eq!(key.open(&p, sealed.clone()).unwrap(), b"secret data");
         let mut flipped = sealed.clone();
         flipped[3] ^= 1;
         assert!(key.open(&p, flipped).is_err());
-        assert!(key.open(&place(6, 2, 7), sealed.clone()).is_err(), "other file");
-        assert!(key.open(&place(5, 3, 7), sealed.clone()).is_err(), "other position");
-        assert!(key.open(&place(5, 2, 8), sealed.clone()).is_err(), "other version");
-        assert!(key.open(&ChunkPlace { salt: [8; 16], ..p }, sealed.clone()).is_err());
-        assert!(MasterKey::from_bytes([2; 32]).open(&p, sealed).is_err(), "other key");
+        assert!(
+            key.open(&place(6, 2, 7), sealed.clone()).is_err(),
+            "other file"
+        );
+        assert!(
+            key.open(&place(5, 3, 7), sealed.clone()).is_err(),
+            "other position"
+        );
+        assert!(
+            key.open(&place(5, 2, 8), sealed.clone()).is_err(),
+            "other version"
+        );
+        assert!(key
+            .open(&ChunkPlace { salt: [8; 16], ..p }, sealed.clone())
+            .is_err());
+        assert!(
+            MasterKey::from_bytes([2; 32]).open(&p, sealed).is_err(),
+            "other key"
+        );
         assert!(key.open(&p, vec![0; 5]).is_err(), "shorter than a tag");
     }
 
     #[test]
     fn same_place_different_salt_gives_different_ciphertext() {
         let key = MasterKey::from_bytes([1; 32]);
-        let a = key.seal(&ChunkPlace { salt: [1; 16], ..place(1, 0, 0) }, b"same");
-        let b = key.seal(&ChunkPlace { salt: [2; 16], ..place(1, 0, 0) }, b"same");
+        let a = key.seal(
+            &ChunkPlace {
+                salt: [1; 16],
+                ..place(1, 0, 0)
+            },
+            b"same",
+        );
+        let b = key.seal(
+            &ChunkPlace {
+                salt: [2; 16],
+                ..place(1, 0, 0)
+            },
+            b"same",
+        );
         assert_ne!(a, b);
     }
 
@@ -204,12 +247,24 @@ mod tests {
         let sealed = MasterKey::load_or_create(&path).unwrap().seal(&p, b"x");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(MasterKey::load_or_create(&path).unwrap().open(&p, sealed).unwrap(), b"x");
+        assert_eq!(
+            MasterKey::load_or_create(&path)
+                .unwrap()
+                .open(&p, sealed)
+                .unwrap(),
+            b"x"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(MasterKey::load_or_create(&path), Err(CryptoError::BadKeyFile { .. })));
+        assert!(matches!(
+            MasterKey::load_or_create(&path),
+            Err(CryptoError::BadKeyFile { .. })
+        ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, b"short").unwrap();
-        assert!(matches!(MasterKey::load_or_create(&path), Err(CryptoError::BadKeyFile { .. })));
+        assert!(matches!(
+            MasterKey::load_or_create(&path),
+            Err(CryptoError::BadKeyFile { .. })
+        ));
     }
 
     proptest! {

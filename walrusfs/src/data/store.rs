@@ -104,7 +104,10 @@ impl MemoryStore {
 
     /// Whether `id` is held.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.lock().map(|b| b.contains_key(id)).unwrap_or(false)
+        self.blobs
+            .lock()
+            .map(|b| b.contains_key(id))
+            .unwrap_or(false)
     }
 }
 
@@ -115,7 +118,10 @@ impl BlobStore for MemoryStore {
         }
         let params = EncodingParams::new(4, 2).map_err(|e| StoreError(e.to_string()))?;
         let enc = netcore::codec::encode(params, &data).map_err(|e| StoreError(e.to_string()))?;
-        let mut blobs = self.blobs.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let mut blobs = self
+            .blobs
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         blobs.insert(enc.blob_id, data);
         Ok(StoredBlob {
             blob_id: enc.blob_id,
@@ -127,7 +133,10 @@ impl BlobStore for MemoryStore {
         if self.fail_gets.load(Ordering::SeqCst) {
             return Err(StoreError("injected get failure".into()));
         }
-        let blobs = self.blobs.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let blobs = self
+            .blobs
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         blobs
             .get(&blob_id)
             .cloned()
@@ -135,7 +144,10 @@ impl BlobStore for MemoryStore {
     }
 
     async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
-        let mut blobs = self.blobs.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let mut blobs = self
+            .blobs
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         blobs.remove(&blob_id);
         Ok(true)
     }

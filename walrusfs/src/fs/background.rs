@@ -71,11 +71,13 @@ impl<B: BlobStore> Fs<B> {
                 self.start_upload(&file, &mut st, idx);
             }
             if st.bufs.is_empty() && st.uploading == 0 && st.attr_dirty {
-                match self
-                    .inner
-                    .index
-                    .commit_chunks(file.ino, Vec::new(), st.size, st.mtime, st.ctime)
-                {
+                match self.inner.index.commit_chunks(
+                    file.ino,
+                    Vec::new(),
+                    st.size,
+                    st.mtime,
+                    st.ctime,
+                ) {
                     Ok(_) => st.attr_dirty = false,
                     Err(crate::index::IndexError::NotFound) => st.attr_dirty = false,
                     Err(e) => tracing::warn!(ino = file.ino, "committing attributes failed: {e}"),
@@ -91,7 +93,10 @@ impl<B: BlobStore> Fs<B> {
 
     /// One round of garbage collection; returns whether more work is ready now. `seen` holds
     /// when each queued blob was first seen, for the grace period.
-    async fn gc_round(&self, seen: &mut std::collections::HashMap<netcore::codec::BlobId, Instant>) -> bool {
+    async fn gc_round(
+        &self,
+        seen: &mut std::collections::HashMap<netcore::codec::BlobId, Instant>,
+    ) -> bool {
         let pending = match self.inner.index.gc_pending(GC_BATCH) {
             Ok(p) => p,
             Err(e) => {
@@ -107,7 +112,9 @@ impl<B: BlobStore> Fs<B> {
         seen.retain(|id, _| pending.contains(id));
         let ripe: Vec<_> = pending
             .iter()
-            .filter(|id| now.duration_since(*seen.entry(**id).or_insert(now)) >= self.inner.cfg.gc_grace)
+            .filter(|id| {
+                now.duration_since(*seen.entry(**id).or_insert(now)) >= self.inner.cfg.gc_grace
+            })
             .copied()
             .collect();
         if ripe.is_empty() {

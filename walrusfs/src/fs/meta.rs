@@ -4,8 +4,8 @@
 
 use super::{Fs, FsError, FsResult};
 use crate::data::store::BlobStore;
+use crate::index::types::{DirEntry, FileKind, Ino, InodeAttr, Timestamp};
 use crate::index::{NewNode, RenameFlags, SetAttr, XattrFlags};
-use crate::index::types::{DirEntry, FileKind, InodeAttr, Ino, Timestamp};
 
 /// Attributes as the filesystem reports them (the index's, with an open file's pending size
 /// and times applied).
@@ -91,13 +91,19 @@ impl<B: BlobStore> Fs<B> {
             rdev,
             symlink_target,
         };
-        Ok(self.inner.index.create(parent, name, node, Timestamp::now())?)
+        Ok(self
+            .inner
+            .index
+            .create(parent, name, node, Timestamp::now())?)
     }
 
     /// Adds hard link `new_parent/new_name` to `ino`.
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
         self.inner.check_writable()?;
-        let attr = self.inner.index.link(ino, new_parent, new_name, Timestamp::now())?;
+        let attr = self
+            .inner
+            .index
+            .link(ino, new_parent, new_name, Timestamp::now())?;
         Ok(self.with_pending(attr))
     }
 
@@ -106,7 +112,10 @@ impl<B: BlobStore> Fs<B> {
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.inner.check_writable()?;
         let open = |ino| self.is_open(ino);
-        let out = self.inner.index.unlink(parent, name, Timestamp::now(), &open)?;
+        let out = self
+            .inner
+            .index
+            .unlink(parent, name, Timestamp::now(), &open)?;
         if out.freed {
             self.inner.gc_wake.notify_one();
         }
@@ -190,7 +199,10 @@ impl<B: BlobStore> Fs<B> {
                 st.mtime = attr.mtime;
             }
             st.ctime = attr.ctime;
-            let commit = self.inner.index.commit_chunks(ino, Vec::new(), st.size, st.mtime, st.ctime);
+            let commit =
+                self.inner
+                    .index
+                    .commit_chunks(ino, Vec::new(), st.size, st.mtime, st.ctime);
             st.attr_dirty = commit.is_err();
             drop(st);
             return Ok(self.with_pending(self.inner.index.get_attr(ino)?));
@@ -219,10 +231,20 @@ impl<B: BlobStore> Fs<B> {
     }
 
     /// Sets an extended attribute.
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], create: bool, replace: bool) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> FsResult<()> {
         self.inner.check_writable()?;
         let flags = XattrFlags { create, replace };
-        Ok(self.inner.index.set_xattr(ino, name, value, flags, Timestamp::now())?)
+        Ok(self
+            .inner
+            .index
+            .set_xattr(ino, name, value, flags, Timestamp::now())?)
     }
 
     /// Names of `ino`'s extended attributes.

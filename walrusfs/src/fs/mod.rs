@@ -94,6 +94,9 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) next_fh: AtomicU64,
     /// Verified plaintext chunks by blob id.
     pub(crate) chunk_cache: cache::MemoryCache<BlobId, Arc<Vec<u8>>>,
+    /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
+    /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
+    pub(crate) disk_cache: Option<cache::DiskCache>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<BlobId, FetchCell>>,
     /// Bytes in chunk buffers not yet stored, and a condvar signalled when it drops.
@@ -114,6 +117,18 @@ impl<B: BlobStore> Fs<B> {
         rt: tokio::runtime::Handle,
         cfg: FsConfig,
     ) -> FsResult<Self> {
+        Self::with_disk_cache(index, store, key, rt, cfg, None)
+    }
+
+    /// [`Fs::new`] with an on-disk cache of sealed chunks.
+    pub fn with_disk_cache(
+        index: Index,
+        store: Arc<B>,
+        key: MasterKey,
+        rt: tokio::runtime::Handle,
+        cfg: FsConfig,
+        disk_cache: Option<cache::DiskCache>,
+    ) -> FsResult<Self> {
         if !cfg.read_only {
             let purged = index.purge_orphans()?;
             if purged > 0 {
@@ -124,6 +139,7 @@ impl<B: BlobStore> Fs<B> {
         let fs = Fs {
             inner: Arc::new(Inner {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
+                disk_cache,
                 upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
                 index,
                 store,
@@ -159,7 +175,11 @@ impl<B: BlobStore> Fs<B> {
         let mut failed = 0;
         for file in files {
             if let Err(e) = self.sync_file(&file) {
-                tracing::error!(ino = file.ino, "data of inode {} could not be stored at unmount: {e}", file.ino);
+                tracing::error!(
+                    ino = file.ino,
+                    "data of inode {} could not be stored at unmount: {e}",
+                    file.ino
+                );
                 failed += 1;
             }
         }
@@ -174,6 +194,11 @@ impl<B: BlobStore> Fs<B> {
         self.inner.chunk_cache.stats()
     }
 
+    /// Cache counters of the on-disk sealed-chunk cache, if there is one.
+    pub fn disk_cache_stats(&self) -> Option<cache::CacheStats> {
+        self.inner.disk_cache.as_ref().map(|c| c.stats())
+    }
+
     /// Blobs waiting to be deleted from the network.
     pub fn gc_backlog(&self) -> u64 {
         self.inner.index.gc_len() as u64
@@ -181,7 +206,9 @@ impl<B: BlobStore> Fs<B> {
 }
 
 impl<B: BlobStore> Inner<B> {
-    pub(crate) fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<files::OpenFile>>> {
+    pub(crate) fn lock_open(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<files::OpenFile>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -46,7 +46,11 @@ impl<B: BlobStore> Fs<B> {
             Source::Stored(r) => Some(self.fetch_chunk(ino, *idx, r.clone())),
             _ => None,
         });
-        let mut fetched = self.inner.rt.block_on(futures::future::join_all(fetches)).into_iter();
+        let mut fetched = self
+            .inner
+            .rt
+            .block_on(futures::future::join_all(fetches))
+            .into_iter();
 
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (idx, source) in sources {
@@ -114,7 +118,11 @@ impl<B: BlobStore> Fs<B> {
             if buffers.len() as u64 == last - first + 1 {
                 Default::default()
             } else {
-                self.inner.index.chunks_in(ino, first, last)?.into_iter().collect()
+                self.inner
+                    .index
+                    .chunks_in(ino, first, last)?
+                    .into_iter()
+                    .collect()
             };
         Ok((first..=last)
             .map(|idx| {
@@ -139,7 +147,11 @@ impl<B: BlobStore> Fs<B> {
         if ahead == 0 {
             return;
         }
-        let Ok(refs) = self.inner.index.chunks_in(handle.ino, last + 1, last + ahead) else {
+        let Ok(refs) = self
+            .inner
+            .index
+            .chunks_in(handle.ino, last + 1, last + ahead)
+        else {
             return;
         };
         for (idx, r) in refs {
@@ -158,29 +170,60 @@ impl<B: BlobStore> Fs<B> {
 
     /// A stored chunk's plaintext: from the cache, from a fetch already in flight, or fetched
     /// now (verified by the client, opened with the chunk's key) and cached.
-    pub(crate) async fn fetch_chunk(&self, ino: u64, idx: u64, r: ChunkRef) -> FsResult<Arc<Vec<u8>>> {
+    pub(crate) async fn fetch_chunk(
+        &self,
+        ino: u64,
+        idx: u64,
+        r: ChunkRef,
+    ) -> FsResult<Arc<Vec<u8>>> {
         if let Some(hit) = self.inner.chunk_cache.get(&r.blob_id) {
             return Ok(hit);
         }
         let cell = {
-            let mut inflight = self.inner.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inflight = self
+                .inner
+                .fetching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             inflight.entry(r.blob_id).or_default().clone()
         };
         let blob_id = r.blob_id;
         let result = cell
             .get_or_init(|| async {
-                let sealed = self
-                    .inner
-                    .store
-                    .get(r.blob_id, r.metadata.clone())
-                    .await
-                    .map_err(|e| format!("network: {e}"))?;
                 let place = ChunkPlace {
                     ino,
                     index: idx,
                     version: r.version,
                     salt: r.salt,
                 };
+                let disk_key = cache::DiskKey::new(r.blob_id.0, 0);
+                if let Some(disk) = &self.inner.disk_cache {
+                    if let Ok(Some(sealed)) = disk.get(&disk_key) {
+                        // INV: a cached sealed chunk is used only if it authenticates.
+                        match self.inner.key.open(&place, sealed) {
+                            Ok(plain) => {
+                                let plain = Arc::new(plain);
+                                self.inner.chunk_cache.insert(r.blob_id, plain.clone());
+                                return Ok(plain);
+                            }
+                            Err(_) => {
+                                tracing::warn!(blob = %r.blob_id, "disk cache entry failed authentication; refetching");
+                                let _ = disk.remove(&disk_key);
+                            }
+                        }
+                    }
+                }
+                let sealed = self
+                    .inner
+                    .store
+                    .get(r.blob_id, r.metadata.clone())
+                    .await
+                    .map_err(|e| format!("network: {e}"))?;
+                if let Some(disk) = &self.inner.disk_cache {
+                    if let Err(e) = disk.insert(disk_key, &sealed) {
+                        tracing::debug!("disk cache insert failed: {e}");
+                    }
+                }
                 // INV: bytes reach a reader only after the client verified the blob and the
                 // AEAD authenticated it for exactly this file, position and version.
                 let plain = self

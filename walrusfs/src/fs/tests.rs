@@ -40,21 +40,48 @@ fn setup() -> Setup {
     Setup { fs, store, dir, rt }
 }
 
-fn open_fs(dir: &std::path::Path, store: Arc<MemoryStore>, rt: &tokio::runtime::Runtime, cfg: FsConfig) -> Fs<MemoryStore> {
-    let opts = IndexOptions { root_uid: 0, root_gid: 0, root_perm: 0o755, chunk_size: CHUNK };
+fn open_fs(
+    dir: &std::path::Path,
+    store: Arc<MemoryStore>,
+    rt: &tokio::runtime::Runtime,
+    cfg: FsConfig,
+) -> Fs<MemoryStore> {
+    let opts = IndexOptions {
+        root_uid: 0,
+        root_gid: 0,
+        root_perm: 0o755,
+        chunk_size: CHUNK,
+    };
     let index = Index::open(&dir.join("index"), opts).unwrap();
-    Fs::new(index, store, MasterKey::from_bytes([7; 32]), rt.handle().clone(), cfg).unwrap()
+    Fs::new(
+        index,
+        store,
+        MasterKey::from_bytes([7; 32]),
+        rt.handle().clone(),
+        cfg,
+    )
+    .unwrap()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 impl Setup {
     fn create(&self, name: &str) -> (u64, u64) {
         let a = self
             .fs
-            .create_node(CTX, ROOT_INO, name.as_bytes(), FileKind::File, 0o644, 0, None)
+            .create_node(
+                CTX,
+                ROOT_INO,
+                name.as_bytes(),
+                FileKind::File,
+                0o644,
+                0,
+                None,
+            )
             .unwrap();
         (a.ino, self.fs.open(a.ino, true).unwrap())
     }
@@ -134,17 +161,48 @@ fn holes_and_truncation_read_as_zeros() {
     s.fs.write(fh2, 0, &data).unwrap();
     s.fs.fsync(ino2).unwrap();
     let cut = u64::from(CHUNK) + 10;
-    s.fs.setattr(ino2, SetAttr { size: Some(cut), ..Default::default() }).unwrap();
-    s.fs.setattr(ino2, SetAttr { size: Some(3 * u64::from(CHUNK)), ..Default::default() }).unwrap();
+    s.fs.setattr(
+        ino2,
+        SetAttr {
+            size: Some(cut),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.fs.setattr(
+        ino2,
+        SetAttr {
+            size: Some(3 * u64::from(CHUNK)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let back = s.read_all(fh2);
     assert_eq!(&back[..cut as usize], &data[..cut as usize]);
-    assert!(back[cut as usize..].iter().all(|&b| b == 0), "truncated bytes reappeared");
+    assert!(
+        back[cut as usize..].iter().all(|&b| b == 0),
+        "truncated bytes reappeared"
+    );
     // Same with the data still buffered (never stored).
     let (_, fh3) = s.create("u");
     s.fs.write(fh3, 0, &data).unwrap();
     let ino3 = s.fs.lookup(ROOT_INO, b"u").unwrap().ino;
-    s.fs.setattr(ino3, SetAttr { size: Some(100), ..Default::default() }).unwrap();
-    s.fs.setattr(ino3, SetAttr { size: Some(1000), ..Default::default() }).unwrap();
+    s.fs.setattr(
+        ino3,
+        SetAttr {
+            size: Some(100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.fs.setattr(
+        ino3,
+        SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let back = s.read_all(fh3);
     assert_eq!(&back[..100], &data[..100]);
     assert!(back[100..].iter().all(|&b| b == 0));
@@ -160,7 +218,11 @@ fn failed_store_makes_fsync_fail_and_keeps_the_data() {
     let err = s.fs.fsync(ino).unwrap_err();
     assert!(matches!(err, FsError::WriteBack(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
-    assert_eq!(s.read_all(fh), data, "data stays readable after a failed fsync");
+    assert_eq!(
+        s.read_all(fh),
+        data,
+        "data stays readable after a failed fsync"
+    );
     assert!(s.fs.dirty_bytes() > 0);
     // The network comes back: the next fsync stores it.
     s.store.fail_puts.store(false, Ordering::SeqCst);
@@ -195,13 +257,23 @@ fn unlinked_open_file_stays_readable_until_released_then_is_collected() {
     let stored = s.store.len();
     assert!(stored >= 2);
     s.fs.unlink(ROOT_INO, b"f").unwrap();
-    assert!(matches!(s.fs.lookup(ROOT_INO, b"f"), Err(FsError::Index(_))));
-    assert_eq!(s.read_all(fh), data, "still readable through the open handle");
+    assert!(matches!(
+        s.fs.lookup(ROOT_INO, b"f"),
+        Err(FsError::Index(_))
+    ));
+    assert_eq!(
+        s.read_all(fh),
+        data,
+        "still readable through the open handle"
+    );
     s.fs.release(fh).unwrap();
     // The garbage collector deletes its blobs from the store.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !s.store.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "blobs of a deleted file were never collected");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blobs of a deleted file were never collected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -218,7 +290,11 @@ fn overwritten_chunks_are_garbage_collected() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while s.store.len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "{} blobs remain", s.store.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} blobs remain",
+            s.store.len()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(s.read_all(fh), pattern(CHUNK as usize, 4));
@@ -248,9 +324,21 @@ fn wrong_master_key_is_an_integrity_error_not_garbage() {
     let Setup { fs, store, dir, rt } = s;
     drop(fs);
     std::thread::sleep(Duration::from_millis(600));
-    let opts = IndexOptions { root_uid: 0, root_gid: 0, root_perm: 0o755, chunk_size: CHUNK };
+    let opts = IndexOptions {
+        root_uid: 0,
+        root_gid: 0,
+        root_perm: 0o755,
+        chunk_size: CHUNK,
+    };
     let index = Index::open(&dir.path().join("index"), opts).unwrap();
-    let fs = Fs::new(index, store, MasterKey::from_bytes([8; 32]), rt.handle().clone(), config()).unwrap();
+    let fs = Fs::new(
+        index,
+        store,
+        MasterKey::from_bytes([8; 32]),
+        rt.handle().clone(),
+        config(),
+    )
+    .unwrap();
     let fh = fs.open(ino, false).unwrap();
     let err = fs.read(fh, 0, 100).unwrap_err();
     assert!(matches!(err, FsError::Integrity(_)), "{err}");
@@ -266,14 +354,19 @@ fn read_only_refuses_changes() {
     let Setup { fs, store, dir, rt } = s;
     drop(fs);
     std::thread::sleep(Duration::from_millis(600));
-    let cfg = FsConfig { read_only: true, ..config() };
+    let cfg = FsConfig {
+        read_only: true,
+        ..config()
+    };
     let fs = open_fs(dir.path(), store, &rt, cfg);
     assert_eq!(fs.open(ino, true).unwrap_err().errno(), libc::EROFS);
     let fh = fs.open(ino, false).unwrap();
     assert_eq!(fs.read(fh, 0, 10).unwrap(), b"x");
     assert_eq!(fs.unlink(ROOT_INO, b"f").unwrap_err().errno(), libc::EROFS);
     assert_eq!(
-        fs.create_node(CTX, ROOT_INO, b"g", FileKind::File, 0o644, 0, None).unwrap_err().errno(),
+        fs.create_node(CTX, ROOT_INO, b"g", FileKind::File, 0o644, 0, None)
+            .unwrap_err()
+            .errno(),
         libc::EROFS
     );
 }
@@ -281,15 +374,33 @@ fn read_only_refuses_changes() {
 #[test]
 fn setgid_directories_pass_their_group_on() {
     let s = setup();
-    let ctx = RequestCtx { uid: 1000, gid: 1000 };
-    let d = s.fs.create_node(CTX, ROOT_INO, b"d", FileKind::Dir, 0o2775, 0, None).unwrap();
-    s.fs.setattr(d.ino, SetAttr { gid: Some(50), ..Default::default() }).unwrap();
-    let f = s.fs.create_node(ctx, d.ino, b"f", FileKind::File, 0o644, 0, None).unwrap();
+    let ctx = RequestCtx {
+        uid: 1000,
+        gid: 1000,
+    };
+    let d =
+        s.fs.create_node(CTX, ROOT_INO, b"d", FileKind::Dir, 0o2775, 0, None)
+            .unwrap();
+    s.fs.setattr(
+        d.ino,
+        SetAttr {
+            gid: Some(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let f =
+        s.fs.create_node(ctx, d.ino, b"f", FileKind::File, 0o644, 0, None)
+            .unwrap();
     assert_eq!(f.gid, 50);
-    let sub = s.fs.create_node(ctx, d.ino, b"sub", FileKind::Dir, 0o755, 0, None).unwrap();
+    let sub =
+        s.fs.create_node(ctx, d.ino, b"sub", FileKind::Dir, 0o755, 0, None)
+            .unwrap();
     assert_eq!(sub.gid, 50);
     assert_ne!(sub.perm & 0o2000, 0, "subdirectory inherits setgid");
-    let plain = s.fs.create_node(ctx, ROOT_INO, b"p", FileKind::File, 0o644, 0, None).unwrap();
+    let plain =
+        s.fs.create_node(ctx, ROOT_INO, b"p", FileKind::File, 0o644, 0, None)
+            .unwrap();
     assert_eq!(plain.gid, 1000);
 }
 
@@ -321,12 +432,21 @@ fn concurrent_writers_to_different_files() {
 #[test]
 fn dirty_memory_is_bounded_for_a_big_sequential_write() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let store = Arc::new(MemoryStore::default());
     let budget = 4 * u64::from(CHUNK);
-    let cfg = FsConfig { dirty_budget: budget, ..config() };
+    let cfg = FsConfig {
+        dirty_budget: budget,
+        ..config()
+    };
     let fs = open_fs(dir.path(), store, &rt, cfg);
-    let a = fs.create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None).unwrap();
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
+        .unwrap();
     let fh = fs.open(a.ino, true).unwrap();
     let piece = pattern(32 * 1024, 9);
     let mut peak = 0;
@@ -336,5 +456,64 @@ fn dirty_memory_is_bounded_for_a_big_sequential_write() {
     }
     fs.fsync(a.ino).unwrap();
     // One chunk may be in flight beyond the budget per writer.
-    assert!(peak <= budget + 2 * u64::from(CHUNK), "peak dirty {peak} > budget {budget}");
+    assert!(
+        peak <= budget + 2 * u64::from(CHUNK),
+        "peak dirty {peak} > budget {budget}"
+    );
+}
+
+#[test]
+fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let opts = IndexOptions {
+        root_uid: 0,
+        root_gid: 0,
+        root_perm: 0o755,
+        chunk_size: CHUNK,
+    };
+    let open = |store: Arc<MemoryStore>| {
+        let index = Index::open(&dir.path().join("index"), opts).unwrap();
+        let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();
+        Fs::with_disk_cache(
+            index,
+            store,
+            MasterKey::from_bytes([7; 32]),
+            rt.handle().clone(),
+            config(),
+            Some(disk),
+        )
+        .unwrap()
+    };
+    let fs = open(store.clone());
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    let data = pattern(2 * CHUNK as usize, 1);
+    fs.write(fh, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    fs.release(fh).unwrap();
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(600));
+    // First cold read fills the disk cache from the store.
+    let fs = open(store.clone());
+    let fh = fs.open(a.ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    let disk = fs.disk_cache_stats().unwrap();
+    assert!(disk.inserts >= 2, "{disk:?}");
+    fs.release(fh).unwrap();
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(600));
+    // With the network failing, a fresh process still reads from the disk cache.
+    store.fail_gets.store(true, Ordering::SeqCst);
+    let fs = open(store.clone());
+    let fh = fs.open(a.ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    assert!(fs.disk_cache_stats().unwrap().hits >= 2);
 }

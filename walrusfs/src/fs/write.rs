@@ -288,7 +288,11 @@ impl<B: BlobStore> Fs<B> {
         let cs = self.inner.chunk_size;
         let mut st = file.lock();
         let mut freed = 0u64;
-        let beyond: Vec<u64> = st.bufs.range(size.div_ceil(cs)..).map(|(i, _)| *i).collect();
+        let beyond: Vec<u64> = st
+            .bufs
+            .range(size.div_ceil(cs)..)
+            .map(|(i, _)| *i)
+            .collect();
         for idx in beyond {
             if st.bufs.remove(&idx).is_some() {
                 freed += cs;
@@ -315,13 +319,21 @@ impl<B: BlobStore> Fs<B> {
 
     fn add_dirty(&self, bytes: u64) {
         if bytes > 0 {
-            *self.inner.dirty_bytes.lock().unwrap_or_else(|p| p.into_inner()) += bytes;
+            *self
+                .inner
+                .dirty_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) += bytes;
         }
     }
 
     fn sub_dirty(&self, bytes: u64) {
         if bytes > 0 {
-            let mut d = self.inner.dirty_bytes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut d = self
+                .inner
+                .dirty_bytes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             *d = d.saturating_sub(bytes);
             drop(d);
             self.inner.dirty_dropped.notify_all();
@@ -330,7 +342,11 @@ impl<B: BlobStore> Fs<B> {
 
     /// Bytes buffered and not yet stored, across all files.
     pub fn dirty_bytes(&self) -> u64 {
-        *self.inner.dirty_bytes.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .inner
+            .dirty_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// INV: memory held in write buffers stays near `dirty_budget`: past it, a writer first
@@ -356,7 +372,11 @@ impl<B: BlobStore> Fs<B> {
                 self.start_upload(&file, &mut st, idx);
             }
         }
-        let mut d = self.inner.dirty_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = self
+            .inner
+            .dirty_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while *d > budget {
             let (guard, timeout) = self
                 .inner
@@ -373,7 +393,11 @@ impl<B: BlobStore> Fs<B> {
                         return Err(FsError::WriteBack(e));
                     }
                 }
-                d = self.inner.dirty_bytes.lock().unwrap_or_else(|p| p.into_inner());
+                d = self
+                    .inner
+                    .dirty_bytes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
             }
         }
         Ok(())
