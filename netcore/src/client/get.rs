@@ -9,7 +9,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::put::cpu_bound;
 use super::{Client, ClientError, Failures, NodeError, NodeFailure};
-use crate::codec::{self, BlobId, BlobMetadata, SliverIndex, VerifiedSliver};
+use crate::codec::{BlobId, BlobMetadata, SliverIndex, VerifiedSliver};
 use crate::wire::{Request, Response};
 
 type Attempt<'a, T> =
@@ -40,7 +40,10 @@ impl Client {
         metadata.check_id(blob_id)?;
         let slivers = self.gather_slivers(blob_id, metadata).await?;
         // INV: decode sees only VerifiedSliver values, which exist only after verification.
-        Ok(cpu_bound(|| codec::decode(metadata, blob_id, slivers))?)
+        Ok(cpu_bound(|| {
+            self.inner
+                .with_codec(metadata.blob_len, |c| c.decode(metadata, blob_id, slivers))
+        })?)
     }
 
     /// Fetches a blob's metadata from the first node whose answer matches `blob_id`.

@@ -94,6 +94,37 @@ pub(crate) struct Inner {
     config: ClientConfig,
     nodes: Vec<conn::NodeConn>,
     background: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Reusable Reed-Solomon work buffers: a fresh codec per call spends as long zeroing new
+    /// memory as coding (4 MiB blob: 6.3 ms fresh vs 1.6 ms reused, see the codec benches).
+    codecs: std::sync::Mutex<Vec<crate::codec::Codec>>,
+}
+
+/// Codecs kept for reuse; beyond this many concurrent users, extra ones are dropped after use.
+const MAX_POOLED_CODECS: usize = 4;
+/// Blobs above this size are coded with a fresh codec that is then dropped: a pooled codec
+/// keeps work buffers sized for the largest blob it saw, which must stay small.
+const MAX_POOLED_BLOB: u64 = 16 << 20;
+
+impl Inner {
+    /// Runs `f` with a pooled codec (for blobs of `blob_len` bytes).
+    pub(crate) fn with_codec<T>(
+        &self,
+        blob_len: u64,
+        f: impl FnOnce(&mut crate::codec::Codec) -> T,
+    ) -> T {
+        if blob_len > MAX_POOLED_BLOB {
+            return f(&mut crate::codec::Codec::default());
+        }
+        let pooled = self.codecs.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let mut codec = pooled.unwrap_or_default();
+        let out = f(&mut codec);
+        if let Ok(mut pool) = self.codecs.lock() {
+            if pool.len() < MAX_POOLED_CODECS {
+                pool.push(codec);
+            }
+        }
+        out
+    }
 }
 
 impl Client {
@@ -129,6 +160,7 @@ impl Client {
                 config,
                 nodes,
                 background: Default::default(),
+                codecs: Default::default(),
             }),
         })
     }

@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::{Client, ClientError, Failures, Inner, NodeError, NodeFailure};
-use crate::codec::{self, BlobId, BlobMetadata, SliverIndex};
+use crate::codec::{BlobId, BlobMetadata, SliverIndex};
 use crate::wire::{Request, Response, StorageConfirmation};
 
 /// A successful write: the blob id, its metadata, and the storage certificate (at least
@@ -27,7 +27,10 @@ impl Client {
     /// and signed for it; slivers for slower nodes keep going in the background.
     pub async fn put(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
         let params = self.inner.committee.params();
-        let encoded = cpu_bound(|| codec::encode(params, data))?;
+        let encoded = cpu_bound(|| {
+            self.inner
+                .with_codec(data.len() as u64, |c| c.encode(params, data))
+        })?;
         let blob_id = encoded.blob_id;
         let span = info_span!("put", blob = %blob_id, len = data.len());
         self.disperse(blob_id, encoded.metadata, encoded.slivers)
