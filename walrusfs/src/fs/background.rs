@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::files::{BufState, OpenFile};
+use super::files::OpenFile;
 use super::Fs;
 use crate::data::store::BlobStore;
 
@@ -59,17 +59,9 @@ impl<B: BlobStore> Fs<B> {
         let delay = self.inner.cfg.writeback_delay;
         for file in files {
             let mut st = file.lock();
-            let due: Vec<u64> = st
-                .bufs
-                .iter()
-                .filter(|(_, b)| {
-                    b.state == BufState::Dirty && (pressure || b.dirty_since.elapsed() >= delay)
-                })
-                .map(|(i, _)| *i)
-                .collect();
-            for idx in due {
-                self.start_upload(&file, &mut st, idx);
-            }
+            self.upload_dirty(&file, &mut st, |b| {
+                pressure || b.dirty_since.elapsed() >= delay
+            });
             if st.bufs.is_empty() && st.uploading == 0 && st.attr_dirty {
                 match self.inner.index.commit_chunks(
                     file.ino,

@@ -131,15 +131,7 @@ impl<B: BlobStore> Fs<B> {
         let mut st = file.lock();
         // A failure of a background upload since the last sync is reported now, once.
         let earlier = st.error.take();
-        let dirty: Vec<u64> = st
-            .bufs
-            .iter()
-            .filter(|(_, b)| b.state == BufState::Dirty)
-            .map(|(i, _)| *i)
-            .collect();
-        for idx in dirty {
-            self.start_upload(file, &mut st, idx);
-        }
+        self.upload_dirty(file, &mut st, |_| true);
         while st.uploading > 0 {
             st = file.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -165,6 +157,24 @@ impl<B: BlobStore> Fs<B> {
         self.inner.index.flush()?;
         self.forget_if_idle(file);
         Ok(())
+    }
+
+    /// Starts uploads of the file's dirty buffers that `due` selects.
+    pub(crate) fn upload_dirty(
+        &self,
+        file: &Arc<OpenFile>,
+        st: &mut FileState,
+        due: impl Fn(&ChunkBuf) -> bool,
+    ) {
+        let dirty: Vec<u64> = st
+            .bufs
+            .iter()
+            .filter(|(_, b)| b.state == BufState::Dirty && due(b))
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in dirty {
+            self.start_upload(file, st, idx);
+        }
     }
 
     /// Starts uploading chunk `idx`'s buffer (sealed under a fresh version) in the background.
@@ -362,15 +372,7 @@ impl<B: BlobStore> Fs<B> {
                 // Stores are failing: do not keep accepting data that cannot be stored.
                 return Err(FsError::WriteBack(e));
             }
-            let dirty: Vec<u64> = st
-                .bufs
-                .iter()
-                .filter(|(_, b)| b.state == BufState::Dirty)
-                .map(|(i, _)| *i)
-                .collect();
-            for idx in dirty {
-                self.start_upload(&file, &mut st, idx);
-            }
+            self.upload_dirty(&file, &mut st, |_| true);
         }
         let mut d = self
             .inner
