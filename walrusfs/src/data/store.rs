@@ -21,12 +21,35 @@ pub struct StoredBlob {
 
 /// Why a blob operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+#[error("{message}")]
+pub struct StoreError {
+    /// What went wrong.
+    pub message: String,
+    /// A put that failed may still have left slivers on some nodes: this blob should be
+    /// deleted (queued for garbage collection) so they do not leak.
+    pub partial_blob: Option<BlobId>,
+}
+
+impl StoreError {
+    /// An error with no partial blob.
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            partial_blob: None,
+        }
+    }
+}
 
 impl From<ClientError> for StoreError {
     fn from(e: ClientError) -> Self {
-        StoreError(e.to_string())
+        let partial_blob = match &e {
+            ClientError::NotEnoughConfirmations { blob_id, .. } => Some(*blob_id),
+            _ => None,
+        };
+        StoreError {
+            message: e.to_string(),
+            partial_blob,
+        }
     }
 }
 
@@ -114,14 +137,12 @@ impl MemoryStore {
 impl BlobStore for MemoryStore {
     async fn put(&self, data: Vec<u8>) -> Result<StoredBlob, StoreError> {
         if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(StoreError("injected put failure".into()));
+            return Err(StoreError::new("injected put failure"));
         }
-        let params = EncodingParams::new(4, 2).map_err(|e| StoreError(e.to_string()))?;
-        let enc = netcore::codec::encode(params, &data).map_err(|e| StoreError(e.to_string()))?;
-        let mut blobs = self
-            .blobs
-            .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+        let params = EncodingParams::new(4, 2).map_err(|e| StoreError::new(e.to_string()))?;
+        let enc =
+            netcore::codec::encode(params, &data).map_err(|e| StoreError::new(e.to_string()))?;
+        let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs.insert(enc.blob_id, data);
         Ok(StoredBlob {
             blob_id: enc.blob_id,
@@ -131,23 +152,17 @@ impl BlobStore for MemoryStore {
 
     async fn get(&self, blob_id: BlobId, _metadata: BlobMetadata) -> Result<Vec<u8>, StoreError> {
         if self.fail_gets.load(Ordering::SeqCst) {
-            return Err(StoreError("injected get failure".into()));
+            return Err(StoreError::new("injected get failure"));
         }
-        let blobs = self
-            .blobs
-            .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+        let blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs
             .get(&blob_id)
             .cloned()
-            .ok_or_else(|| StoreError(format!("no blob {blob_id}")))
+            .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))
     }
 
     async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
-        let mut blobs = self
-            .blobs
-            .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+        let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs.remove(&blob_id);
         Ok(true)
     }

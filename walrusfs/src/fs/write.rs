@@ -212,12 +212,18 @@ impl<B: BlobStore> Fs<B> {
             salt: rand::random(),
         };
         let sealed = self.inner.key.seal(&place, data);
-        let stored = self
-            .inner
-            .store
-            .put(sealed)
-            .await
-            .map_err(|e| FsError::Network(e.to_string()))?;
+        let stored = match self.inner.store.put(sealed).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nodes that did store a sliver of the failed blob must not keep it forever.
+                if let Some(blob) = e.partial_blob {
+                    if let Err(qe) = self.inner.index.gc_enqueue(&[blob]) {
+                        tracing::warn!(blob = %blob, "cannot queue a failed blob for deletion: {qe}");
+                    }
+                }
+                return Err(FsError::Network(e.message));
+            }
+        };
         Ok(ChunkRef {
             blob_id: stored.blob_id,
             metadata: stored.metadata,
@@ -283,6 +289,9 @@ impl<B: BlobStore> Fs<B> {
                 if let Some(buf) = st.bufs.get_mut(&idx) {
                     if buf.gen == gen {
                         buf.state = BufState::Dirty;
+                        // The background flusher retries after the write-back delay, not at
+                        // once: the network is failing.
+                        buf.dirty_since = Instant::now();
                     }
                 }
                 st.error = Some(e.to_string());
