@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,18 @@ fn write_synced(path: &Path, data: &[u8]) {
     f.sync_all()
         .unwrap_or_else(|e| panic!("fsync {}: {e}", path.display()));
     close_checked(f).unwrap();
+}
+
+/// The kernel thread id of the calling thread (from `/proc/thread-self`, i.e. `PID/task/TID`).
+fn thread_id() -> u32 {
+    let link = fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Whether thread `tid` of this process is blocked waiting for a FUSE reply.
+fn waits_on_fuse(tid: u32) -> bool {
+    fs::read_to_string(format!("/proc/self/task/{tid}/wchan"))
+        .is_ok_and(|w| w.trim() == "request_wait_answer")
 }
 
 #[track_caller]
@@ -103,6 +115,43 @@ fn f_node_failures_are_invisible_and_one_more_fails_writes_with_eio() {
     let mut fc = create(&m.join("c"));
     fc.write_all(&c).unwrap();
     assert_errno(fc.sync_all(), libc::EIO, "fsync with 3 of 7 nodes down");
+    // Again with a second descriptor of the file closed while fsync waits for the nodes (every
+    // fork + exec in a threaded program closes inherited descriptors like this): the close's
+    // flush must not swallow the failure that fsync has to report.
+    let c2 = random_bytes(200_000, 6);
+    let mut f2 = create(&m.join("c2"));
+    f2.write_all(&c2).unwrap();
+    let other = f2.try_clone().unwrap();
+    let tid = Arc::new(AtomicU32::new(0));
+    let fsync = {
+        let tid = tid.clone();
+        std::thread::spawn(move || {
+            tid.store(thread_id(), Ordering::SeqCst);
+            let r = f2.sync_all();
+            (f2, r)
+        })
+    };
+    let waiting = wait_until(Duration::from_secs(30), || {
+        let t = tid.load(Ordering::SeqCst);
+        t != 0 && waits_on_fuse(t)
+    });
+    assert!(
+        waiting.is_some(),
+        "the fsync never blocked on the filesystem"
+    );
+    let closed = close_checked(other);
+    let (f2, synced) = fsync.join().unwrap();
+    assert_errno(
+        synced,
+        libc::EIO,
+        "fsync racing a close of another descriptor, 3 nodes down",
+    );
+    assert_errno(
+        closed,
+        libc::EIO,
+        "close of a second descriptor with 3 nodes down",
+    );
+
     let d = random_bytes(100_000, 4);
     let mut fd = create(&m.join("d"));
     fd.write_all(&d).unwrap();
@@ -126,6 +175,8 @@ fn f_node_failures_are_invisible_and_one_more_fails_writes_with_eio() {
         assert_not_wrong(&m.join("c"), &c, "c after a failed retry");
     }
     assert_not_wrong(&m.join("d"), &d, "d after its failed close");
+    drop(f2);
+    assert_not_wrong(&m.join("c2"), &c2, "c2 after its failed fsync");
     assert_file(&m.join("a"), &a, "a with all nodes back");
     assert_file(&m.join("dir/b"), &b, "b with all nodes back");
 
@@ -138,6 +189,7 @@ fn f_node_failures_are_invisible_and_one_more_fails_writes_with_eio() {
         assert_not_wrong(&m.join("c"), &c, "c after remount");
     }
     assert_not_wrong(&m.join("d"), &d, "d after remount");
+    assert_not_wrong(&m.join("c2"), &c2, "c2 after remount");
     // And the filesystem still takes new data.
     let e = random_bytes(500_000, 5);
     write_synced(&m.join("e"), &e);

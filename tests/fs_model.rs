@@ -5,16 +5,18 @@
 //! and symlink targets.
 //!
 //! One mount serves every case (each case gets a fresh directory on it). `WALRUSFS_MODEL_CASES`
-//! overrides the number of cases (default 24).
+//! overrides the number of cases (default 48).
 
 #![allow(clippy::unwrap_used)] // A panic in a test helper is a test failure, with its location.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 
 use common::mount::{close_checked, diff_trees, evict_path, snapshot, Compare, Mount};
 use common::random_bytes;
@@ -24,7 +26,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 /// The chunk size walrusfs probably uses: a few writes are larger, most far smaller.
 const CHUNK: u64 = 4 << 20;
 /// Default number of random cases; each runs 40 to 80 operations.
-const DEFAULT_CASES: u32 = 24;
+const DEFAULT_CASES: u32 = 48;
 
 /// A path relative to the case root, built from a tiny alphabet so operations collide often
 /// (same names, parents that are files, directories that are not empty).
@@ -113,11 +115,48 @@ fn errno(e: io::Error) -> i32 {
 }
 
 fn path_strategy() -> impl Strategy<Value = P> {
-    let name = prop::sample::select(vec!["a", "b", "c"]);
+    let name = || prop::sample::select(vec!["a", "b", "c"]);
     prop_oneof![
-        3 => name.clone().prop_map(|a| P(a.to_owned())),
-        3 => (name.clone(), name.clone()).prop_map(|(a, b)| P(format!("{a}/{b}"))),
-        1 => (name.clone(), name.clone(), name).prop_map(|(a, b, c)| P(format!("{a}/{b}/{c}"))),
+        4 => name().prop_map(|a| P(a.to_owned())),
+        // Mostly under "a", which the prelude makes a directory.
+        4 => name().prop_map(|b| P(format!("a/{b}"))),
+        1 => (name(), name()).prop_map(|(a, b)| P(format!("{a}/{b}"))),
+        1 => name().prop_map(|c| P(format!("a/b/{c}"))),
+    ]
+}
+
+/// Every case starts from this state, so the random operations find files, directories and
+/// depth to work on instead of failing with ENOENT.
+fn prelude() -> Vec<Op> {
+    let p = |s: &str| P(s.to_owned());
+    let write = |path: &str, len: usize, seed: u64| Op::Write {
+        path: p(path),
+        offset: 0,
+        len,
+        seed,
+    };
+    vec![
+        Op::Mkdir { path: p("a") },
+        Op::Mkdir { path: p("a/b") },
+        Op::Create {
+            path: p("b"),
+            excl: true,
+        },
+        write("b", 5000, 1),
+        Op::Create {
+            path: p("a/a"),
+            excl: true,
+        },
+        write("a/a", 100_000, 2),
+        Op::Create {
+            path: p("a/c"),
+            excl: false,
+        },
+        Op::Create {
+            path: p("a/b/c"),
+            excl: false,
+        },
+        write("a/b/c", 10, 3),
     ]
 }
 
@@ -265,6 +304,22 @@ fn evict_tree(root: &Path) {
     }
 }
 
+/// How often each kind of operation succeeded or failed (printed at the end, to show that the
+/// generated sequences do reach deep states rather than failing with ENOENT everywhere).
+static STATS: Mutex<BTreeMap<String, (usize, usize)>> = Mutex::new(BTreeMap::new());
+
+fn count(op: &Op, outcome: &Outcome) {
+    let name = format!("{op:?}");
+    let name = name.split([' ', '{']).next().unwrap_or("?").to_owned();
+    let mut stats = STATS.lock().unwrap();
+    let entry = stats.entry(name).or_default();
+    if outcome.is_ok() {
+        entry.0 += 1;
+    } else {
+        entry.1 += 1;
+    }
+}
+
 fn run_case(m: &Mount, ops: &[Op]) -> Result<(), TestCaseError> {
     let on_mount = m.fresh_dir("case");
     let local_dir = tempfile::tempdir().unwrap();
@@ -272,6 +327,7 @@ fn run_case(m: &Mount, ops: &[Op]) -> Result<(), TestCaseError> {
     for (i, op) in ops.iter().enumerate() {
         let got = apply(&on_mount, op);
         let want = apply(local, op);
+        count(op, &want);
         if got != want {
             return Err(TestCaseError::fail(format!(
                 "op {i} {op:?}: walrusfs {} but the local filesystem {}\n(dir {})",
@@ -324,8 +380,26 @@ fn random_operation_sequences_match_a_local_directory() {
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = prop::collection::vec(op_strategy(), 40..=80);
-    if let Err(e) = runner.run(&strategy, |ops| run_case(&m, &ops)) {
+    let strategy = prop::collection::vec(op_strategy(), 40..=80).prop_map(|ops| {
+        let mut all = prelude();
+        all.extend(ops);
+        all
+    });
+    let result = runner.run(&strategy, |ops| run_case(&m, &ops));
+    let stats = STATS.lock().unwrap();
+    let (ok, err): (usize, usize) = stats.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
+    eprintln!("{cases} cases, {ok} ops succeeded, {err} failed identically; by kind (ok, err):");
+    for (name, (ok, err)) in stats.iter() {
+        eprintln!("  {name:<10} {ok:>5} {err:>5}");
+    }
+    if let Err(e) = result {
         panic!("{e}\nmount logs:\n{}", m.logs());
     }
+    // The generator must reach real states: most kinds of operation succeed at least sometimes.
+    let dead: Vec<&String> = stats
+        .iter()
+        .filter(|(_, v)| v.0 == 0)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(dead.is_empty(), "operations that never succeeded: {dead:?}");
 }

@@ -13,8 +13,15 @@
 //! down by an `atexit` hook (statics are never dropped), so tests running in parallel threads
 //! share one testnet and each work in their own [`Mount::fresh_dir`].
 //!
+//! A watchdog thread turns a hung filesystem into failing tests: a thread of the test (or of a
+//! tool it runs) blocked on one FUSE request for `WALRUSFS_TEST_HANG_SECS` (default 120) gets
+//! its kernel stack printed, the mount processes' backtraces saved (gdb), and the mount
+//! processes killed. On a failing test the mount's log tail is printed
+//! (`WALRUSFS_TEST_LOG_LINES`, default 40; `RUST_LOG=walrusfs=debug` reaches the mount process).
+//!
 //! Besides the mount itself this module holds the small system helpers the filesystem tests share:
-//! errno assertions, running a command as another user, evicting a file's page cache.
+//! errno assertions, running a command as another user, evicting a file's page cache, tree
+//! snapshots and comparisons.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(unsafe_code)] // libc calls (atexit, kill, close, posix_fadvise) with no safe wrapper in std.
@@ -152,9 +159,16 @@ impl Mount {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         if let Ok(text) = std::fs::read_to_string(self.state.join("mount.log")) {
+            // WALRUSFS_TEST_LOG_LINES shows more (run with RUST_LOG=walrusfs=debug to get more).
+            let keep = std::env::var("WALRUSFS_TEST_LOG_LINES")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(40);
             let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            out.push_str(&format!("--- STATE/mount.log (last 40 lines)\n{tail}\n"));
+            let tail = lines[lines.len().saturating_sub(keep)..].join("\n");
+            out.push_str(&format!(
+                "--- STATE/mount.log (last {keep} lines)\n{tail}\n"
+            ));
         }
         for k in 0..self.commands.load(Ordering::Relaxed) {
             let path = self.base.path().join(format!("log-{k}"));
@@ -307,6 +321,10 @@ impl Default for Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The temp dirs go away with the mount: show what the mount process said first.
+            eprintln!("mount logs of the failed test:\n{}", self.logs());
+        }
         self.teardown();
         watchdog::unwatch(&self.state);
     }

@@ -596,6 +596,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
+        // POSIX ACLs are not implemented: storing them as plain attributes would leave the
+        // mode bits disagreeing with them (cp -a sets permissions through this attribute and
+        // falls back to chmod only when it is refused).
+        if name.as_bytes().starts_with(b"system.posix_acl_") {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         reply_empty(

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Node(_) => "info",
-        Command::Mount(_) => "info",
+        Command::Mount(_) => "info,fuser::mnt=error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -15,6 +15,10 @@ use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
 use crate::index::types::{ChunkRef, Timestamp};
 
+/// Upload rounds an fsync makes for buffers that keep being rewritten or failing before it
+/// gives up with EIO.
+const MAX_SYNC_ROUNDS: u32 = 64;
+
 /// Largest file offset supported (keeps chunk arithmetic far from overflow).
 const MAX_FILE_SIZE: u64 = 1 << 50;
 
@@ -131,16 +135,31 @@ impl<B: BlobStore> Fs<B> {
         let mut st = file.lock();
         // A failure of a background upload since the last sync is reported now, once.
         let earlier = st.error.take();
-        self.upload_dirty(file, &mut st, |_| true);
-        while st.uploading > 0 {
-            st = file.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        if let Some(e) = st.error.take().or(earlier) {
-            return Err(FsError::WriteBack(e));
-        }
-        if !st.bufs.is_empty() {
-            // Someone wrote meanwhile; their own flush covers it. Ours is complete.
-            tracing::debug!(ino = file.ino, "writes arrived during fsync");
+        // Every buffer present now holds data written before this call: none may remain
+        // unstored when it returns Ok, whoever else is syncing or writing the file meanwhile.
+        let targets: Vec<u64> = st.bufs.keys().copied().collect();
+        let mut rounds = 0;
+        loop {
+            self.upload_dirty(file, &mut st, |_| true);
+            while st.uploading > 0 {
+                st = file.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some(e) = st.error.take().or_else(|| earlier.clone()) {
+                return Err(FsError::WriteBack(e));
+            }
+            let pending = targets.iter().any(|i| st.bufs.contains_key(i));
+            if !pending {
+                break;
+            }
+            // INV: a target buffer is still here because another waiter took the error of
+            // its failed upload, or a writer changed it again; upload it (again) rather than
+            // report success for data that is not stored.
+            rounds += 1;
+            if rounds >= MAX_SYNC_ROUNDS {
+                return Err(FsError::WriteBack(format!(
+                    "data still changing after {MAX_SYNC_ROUNDS} upload rounds"
+                )));
+            }
         }
         if st.attr_dirty {
             self.inner
