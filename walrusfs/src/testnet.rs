@@ -151,6 +151,7 @@ fn wait_healthy(dir: &Path, committee: &Committee) -> anyhow::Result<()> {
             let health = client.health().await;
             let down: Vec<_> = health.iter().filter(|(_, r)| r.is_err()).map(|(i, _)| *i).collect();
             if down.is_empty() {
+                client.close(Duration::from_secs(1)).await;
                 return Ok(());
             }
             if start.elapsed() > START_TIMEOUT {
@@ -231,7 +232,9 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
     let rt = runtime()?;
     let health = rt.block_on(async {
         let client = connect(&dir.join(COMMITTEE_FILE), &dir.join(CLIENT_KEY_FILE))?;
-        anyhow::Ok(client.health().await)
+        let health = client.health().await;
+        client.close(Duration::from_secs(1)).await;
+        anyhow::Ok(health)
     })?;
     println!(
         "{:<5} {:<22} {:<5} {:>8} {:>8} {:>14}",
