@@ -159,7 +159,7 @@ fn spawn_background(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow
 
 fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()> {
     let (committee, key) = args.net.paths()?;
-    // SAFETY-free libc calls: getuid/getgid cannot fail.
+    // A new filesystem's root belongs to whoever mounts it.
     let (uid, gid) = (current_uid(), current_gid());
     let index = Index::open(
         &state.join("index"),
@@ -241,12 +241,14 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
     result.context("FUSE session failed")
 }
 
+/// This process's uid: /proc/self belongs to it (no unsafe libc call needed).
 fn current_uid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(0)
 }
 
+/// This process's gid, like [`current_uid`].
 fn current_gid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m))

@@ -101,7 +101,7 @@ pub fn up(dir: &Path, nodes: Option<u16>) -> anyhow::Result<()> {
         let child = cmd.spawn().context("cannot start a node process")?;
         tracing::info!(node = node.index, pid = child.id(), "started node");
     }
-    wait_healthy(dir, &committee)?;
+    wait_healthy(dir)?;
     println!(
         "testnet up: {} nodes (k = {}), committee {}",
         committee.n,
@@ -141,7 +141,7 @@ fn free_udp_port() -> anyhow::Result<std::net::SocketAddr> {
     Ok(sock.local_addr()?)
 }
 
-fn wait_healthy(dir: &Path, committee: &Committee) -> anyhow::Result<()> {
+fn wait_healthy(dir: &Path) -> anyhow::Result<()> {
     let rt = runtime()?;
     let client_dir = dir.to_owned();
     rt.block_on(async move {
@@ -162,9 +162,7 @@ fn wait_healthy(dir: &Path, committee: &Committee) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })?;
-    let _ = committee;
-    Ok(())
+    })
 }
 
 /// The pid in `ndir/node.pid` if that process is alive and is a walrusfs node (not a zombie,
@@ -191,11 +189,10 @@ fn process_alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Sends `sig` to `pid`; an error (the process exited meanwhile) is ignored.
 fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY-free: libc::kill is safe to call with any pid/signal; errors are ignored because
-    // the process may have exited meanwhile.
     #[allow(unsafe_code)]
-    // SAFETY: kill(2) has no memory-safety preconditions.
+    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
     unsafe {
         libc::kill(pid, sig);
     }
