@@ -198,15 +198,9 @@ fn testnet_status_and_clean_shutdown() {
     let work = tempfile::tempdir().unwrap();
     net.put_bytes(work.path(), &random_bytes(10_000, 1));
     net.wait_all_nodes_hold(1);
-    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
-    assert_eq!(
-        status.lines().filter(|l| l.contains(" up ")).count(),
-        4,
-        "{status}"
-    );
+    net.wait_status(|s| s.lines().filter(|l| l.contains(" up ")).count() == 4);
     net.kill(3);
-    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
-    assert!(status.contains("3 of 4 nodes up"), "{status}");
+    net.wait_status(|s| s.contains("3 of 4 nodes up"));
     net.cli_ok(&["testnet", "down", "--dir", net.dir_str()]);
     for i in 0..3 {
         let ndir = net.dir.path().join(format!("node-{i}"));
@@ -222,8 +216,7 @@ fn testnet_status_and_clean_shutdown() {
     }
     // Up again restarts all nodes with their data.
     net.up_again();
-    let status = net.cli_ok(&["testnet", "status", "--dir", net.dir_str()]);
-    assert!(status.contains("4 of 4 nodes up"), "{status}");
+    net.wait_status(|s| s.contains("4 of 4 nodes up"));
     assert!(Path::new(&net.dir.path().join("node-0/node.pid")).exists());
 }
 

@@ -159,6 +159,23 @@ impl Testnet {
         }
     }
 
+    /// Polls `testnet status` until its output satisfies `pred` (a loaded machine can make
+    /// one health probe time out); panics with the last output after 30 s.
+    pub fn wait_status(&self, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let status = self.cli_ok(&["testnet", "status", "--dir", self.dir_str()]);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "testnet status never as expected:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The pid of node `i` from its pid file.
     pub fn pid(&self, i: u16) -> Option<i32> {
         std::fs::read_to_string(self.node_dir(i).join("node.pid"))
