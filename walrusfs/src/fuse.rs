@@ -141,6 +141,38 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: Result<Vec<u8>, FsError>) {
     }
 }
 
+impl<B: BlobStore> FuseAdapter<B> {
+    /// Lists directory `dir` from `offset`: "." (offset 1), ".." (offset 2), then entries in
+    /// their stable index-cookie order (cookies >= 3). `emit(ino, next_offset, kind, name)`
+    /// returns true once the reply buffer is full.
+    fn walk_dir(
+        &self,
+        dir: u64,
+        offset: u64,
+        mut emit: impl FnMut(u64, u64, FileKind, &OsStr) -> bool,
+    ) -> Result<(), FsError> {
+        if offset < 1 && emit(dir, 1, FileKind::Dir, OsStr::new(".")) {
+            return Ok(());
+        }
+        if offset < 2 && emit(self.fs.parent_of(dir)?, 2, FileKind::Dir, OsStr::new("..")) {
+            return Ok(());
+        }
+        let mut cookie = offset.max(2);
+        loop {
+            let entries = self.fs.readdir(dir, cookie, READDIR_BATCH)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for e in entries {
+                if emit(e.ino, e.cookie, e.kind, OsStr::from_bytes(&e.name)) {
+                    return Ok(());
+                }
+                cookie = e.cookie;
+            }
+        }
+    }
+}
+
 impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
@@ -450,39 +482,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         mut reply: ReplyDirectory,
     ) {
         let _s = debug_span!("readdir", ino = ino.0, offset).entered();
-        // Offsets: 1 after ".", 2 after "..", then each entry's stable index cookie (>= 3).
-        if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
-            return reply.ok();
-        }
-        if offset < 2 {
-            let parent = match self.fs.parent_of(ino.0) {
-                Ok(p) => p,
-                Err(e) => return reply.error(errno(e)),
-            };
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-        }
-        let mut cookie = offset.max(2);
-        loop {
-            let entries = match self.fs.readdir(ino.0, cookie, READDIR_BATCH) {
-                Ok(e) => e,
-                Err(e) => return reply.error(errno(e)),
-            };
-            if entries.is_empty() {
-                return reply.ok();
-            }
-            for e in entries {
-                if reply.add(
-                    INodeNo(e.ino),
-                    e.cookie,
-                    kind(e.kind),
-                    OsStr::from_bytes(&e.name),
-                ) {
-                    return reply.ok();
-                }
-                cookie = e.cookie;
-            }
+        let walked = self.walk_dir(ino.0, offset, |child, next, k, name| {
+            reply.add(INodeNo(child), next, kind(k), name)
+        });
+        match walked {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -495,59 +500,23 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let mut cookie = offset.max(2);
-        for (off, name) in [(1u64, "."), (2, "..")] {
-            if offset >= off {
-                continue;
-            }
-            let target = if off == 1 {
-                Ok(ino.0)
-            } else {
-                self.fs.parent_of(ino.0)
-            };
-            match target.and_then(|t| self.fs.getattr(t)) {
-                Ok(a) => {
-                    if reply.add(
-                        INodeNo(a.ino),
-                        off,
-                        name,
-                        &TTL,
-                        &file_attr(&a),
-                        Generation(0),
-                    ) {
-                        return reply.ok();
-                    }
-                }
-                Err(e) => return reply.error(errno(e)),
-            }
-        }
-        loop {
-            let entries = match self.fs.readdir(ino.0, cookie, READDIR_BATCH) {
-                Ok(e) => e,
-                Err(e) => return reply.error(errno(e)),
-            };
-            if entries.is_empty() {
-                return reply.ok();
-            }
-            for e in entries {
-                let Ok(a) = self.fs.getattr(e.ino) else {
-                    // Removed since the listing was read.
-                    cookie = e.cookie;
-                    continue;
-                };
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(
-                    INodeNo(e.ino),
-                    e.cookie,
+        let walked = self.walk_dir(ino.0, offset, |child, next, _, name| {
+            match self.fs.getattr(child) {
+                Ok(a) => reply.add(
+                    INodeNo(child),
+                    next,
                     name,
                     &TTL,
                     &file_attr(&a),
                     Generation(0),
-                ) {
-                    return reply.ok();
-                }
-                cookie = e.cookie;
+                ),
+                // Removed since the listing was read: skip it.
+                Err(_) => false,
             }
+        });
+        match walked {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
