@@ -212,12 +212,20 @@ impl SliverStore {
         create_dir_durably(&self.blobs, &prefix_dir)?;
         create_dir_durably(&prefix_dir, &dir)?;
 
-        // INV: metadata is durable before any sliver of its blob, so every stored sliver can be
-        // length-checked on read.
-        if let FileOutcome::Created = store_file(&dir, METADATA_FILE, &encoded_metadata)? {
+        // Both files are written, fsynced and renamed, then made durable by one fsync of the
+        // directory (one fewer fsync than storing them one by one: this is on every write's
+        // critical path). A crash can at worst keep a sliver whose metadata rename was lost;
+        // such a sliver is never served or counted as stored (reads need the metadata), and
+        // the confirmation was not sent, so the client never relied on it.
+        let sliver_file = sliver_name(index);
+        let [meta_outcome, sliver_outcome] = store_files(
+            &dir,
+            [(METADATA_FILE, &encoded_metadata[..]), (&sliver_file, data)],
+        )?;
+        if let FileOutcome::Created = meta_outcome {
             self.update_stats(|s| s.blobs += 1);
         }
-        let outcome = match store_file(&dir, &sliver_name(index), data)? {
+        let outcome = match sliver_outcome {
             FileOutcome::Unchanged => PutOutcome::AlreadyStored,
             FileOutcome::Created => {
                 self.update_stats(|s| s.sliver_bytes += data.len() as u64);
@@ -428,7 +436,8 @@ impl SliverStore {
     }
 }
 
-/// What [`store_file`] did.
+/// What [`store_files`] did to one file.
+#[derive(Clone, Copy)]
 enum FileOutcome {
     /// An identical file was already in place.
     Unchanged,
@@ -442,53 +451,78 @@ enum FileOutcome {
 }
 
 /// Makes `dir/name` hold exactly `data`, durably, unless it already does.
-fn store_file(dir: &Path, name: &str, data: &[u8]) -> Result<FileOutcome, StoreError> {
-    let path = dir.join(name);
-    let outcome = match open_if_exists(&path)? {
+fn store_files<const N: usize>(
+    dir: &Path,
+    files: [(&str, &[u8]); N],
+) -> Result<[FileOutcome; N], StoreError> {
+    let mut outcomes = [FileOutcome::Unchanged; N];
+    let mut to_write = Vec::with_capacity(N);
+    for (i, (name, data)) in files.iter().enumerate() {
+        outcomes[i] = file_outcome(&dir.join(name), data)?;
+        if !matches!(outcomes[i], FileOutcome::Unchanged) {
+            to_write.push((*name, *data));
+        }
+    }
+    write_atomically(dir, &to_write)?;
+    Ok(outcomes)
+}
+
+/// What storing `data` at `path` would do.
+fn file_outcome(path: &Path, data: &[u8]) -> Result<FileOutcome, StoreError> {
+    Ok(match open_if_exists(path)? {
         None => FileOutcome::Created,
         Some(file) => {
-            let old_len = file.metadata().map_err(io_error(&path))?.len();
+            let old_len = file.metadata().map_err(io_error(path))?.len();
             // Comparing bytes (not just lengths) costs a read only on the rare retried put, and
             // heals a same-length bit flip that reads, which only check length, cannot see.
             if old_len == data.len() as u64
-                && read_to_len(file, &path, old_len).ok().as_deref() == Some(data)
+                && read_to_len(file, path, old_len).ok().as_deref() == Some(data)
             {
                 return Ok(FileOutcome::Unchanged);
             }
             warn!(path = %path.display(), old_len, new_len = data.len(), "replacing damaged file");
             FileOutcome::Replaced { old_len }
         }
-    };
-    write_atomically(dir, name, data)?;
-    Ok(outcome)
+    })
 }
 
-/// Writes `dir/name` through a temp file, so that at every instant the name holds either the
-/// old content or all of `data`, and returns once the new content is durable.
-fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
-    let final_path = dir.join(name);
-    let tmp_path = dir.join(format!(
-        "{TMP_PREFIX}{name}.{}.{}",
-        std::process::id(),
-        UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+/// Writes each `dir/name` through a temp file, so that at every instant a name holds either
+/// its old content or all of its new data, and returns once the new contents are durable.
+fn write_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), StoreError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut temps = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_error(&tmp_path))?;
-        file.write_all(data).map_err(io_error(&tmp_path))?;
-        // INV: the bytes are on disk before the final name points at them; otherwise a crash
-        // after the rename could leave a correctly named file with missing content.
-        file.sync_all().map_err(io_error(&tmp_path))?;
-        fs::rename(&tmp_path, &final_path).map_err(io_error(&final_path))?;
-        // INV: the rename is durable before the caller reports success.
+        for (name, data) in files {
+            let tmp_path = dir.join(format!(
+                "{TMP_PREFIX}{name}.{}.{}",
+                std::process::id(),
+                UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            temps.push(tmp_path.clone());
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_path)
+                .map_err(io_error(&tmp_path))?;
+            file.write_all(data).map_err(io_error(&tmp_path))?;
+            // INV: the bytes are on disk before the final name points at them; otherwise a
+            // crash after the rename could leave a correctly named file with missing content.
+            file.sync_all().map_err(io_error(&tmp_path))?;
+        }
+        for ((name, _), tmp_path) in files.iter().zip(&temps) {
+            let final_path = dir.join(name);
+            fs::rename(tmp_path, &final_path).map_err(io_error(&final_path))?;
+        }
+        // INV: the renames are durable before the caller reports success.
         fsync_dir(dir)
     })();
     if result.is_err() {
         // Best effort: `open` removes any temp file left behind.
-        let _ = fs::remove_file(&tmp_path);
+        for tmp in &temps {
+            let _ = fs::remove_file(tmp);
+        }
     }
     result
 }
