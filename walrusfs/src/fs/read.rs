@@ -144,7 +144,10 @@ impl<B: BlobStore> Fs<B> {
             return;
         }
         let ahead = self.inner.cfg.readahead_chunks;
-        if ahead == 0 {
+        // Many FUSE reads fall in one chunk: look ahead once per chunk, not on every read.
+        let cs = self.inner.chunk_size;
+        let same_chunk = offset != 0 && previous.saturating_sub(1) / cs == last;
+        if ahead == 0 || same_chunk {
             return;
         }
         let Ok(refs) = self

@@ -46,12 +46,7 @@ fn open_fs(
     rt: &tokio::runtime::Runtime,
     cfg: FsConfig,
 ) -> Fs<MemoryStore> {
-    let opts = IndexOptions {
-        root_uid: 0,
-        root_gid: 0,
-        root_perm: 0o755,
-        chunk_size: CHUNK,
-    };
+    let opts = index_options();
     let index = Index::open(&dir.join("index"), opts).unwrap();
     Fs::new(
         index,
@@ -61,6 +56,22 @@ fn open_fs(
         cfg,
     )
     .unwrap()
+}
+
+fn index_options() -> IndexOptions {
+    IndexOptions {
+        root_uid: 0,
+        root_gid: 0,
+        root_perm: 0o755,
+        chunk_size: CHUNK,
+    }
+}
+
+/// Drops a filesystem as a crash would (no shutdown) and waits for its background tasks to
+/// let go of the index, so it can be opened again.
+fn crash(fs: Fs<MemoryStore>) {
+    drop(fs);
+    std::thread::sleep(Duration::from_millis(600));
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -93,9 +104,7 @@ impl Setup {
     /// Drops this filesystem (as a crash would: no shutdown) and opens the same index again.
     fn reopen(self) -> Setup {
         let Setup { fs, store, dir, rt } = self;
-        drop(fs);
-        // Background tasks hold only weak references; give them a moment to notice.
-        std::thread::sleep(Duration::from_millis(600));
+        crash(fs);
         let fs = open_fs(dir.path(), store.clone(), &rt, config());
         Setup { fs, store, dir, rt }
     }
@@ -322,14 +331,8 @@ fn wrong_master_key_is_an_integrity_error_not_garbage() {
     s.fs.fsync(ino).unwrap();
     s.fs.release(fh).unwrap();
     let Setup { fs, store, dir, rt } = s;
-    drop(fs);
-    std::thread::sleep(Duration::from_millis(600));
-    let opts = IndexOptions {
-        root_uid: 0,
-        root_gid: 0,
-        root_perm: 0o755,
-        chunk_size: CHUNK,
-    };
+    crash(fs);
+    let opts = index_options();
     let index = Index::open(&dir.path().join("index"), opts).unwrap();
     let fs = Fs::new(
         index,
@@ -352,8 +355,7 @@ fn read_only_refuses_changes() {
     s.fs.fsync(ino).unwrap();
     s.fs.release(fh).unwrap();
     let Setup { fs, store, dir, rt } = s;
-    drop(fs);
-    std::thread::sleep(Duration::from_millis(600));
+    crash(fs);
     let cfg = FsConfig {
         read_only: true,
         ..config()
@@ -471,12 +473,7 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
         .build()
         .unwrap();
     let store = Arc::new(MemoryStore::default());
-    let opts = IndexOptions {
-        root_uid: 0,
-        root_gid: 0,
-        root_perm: 0o755,
-        chunk_size: CHUNK,
-    };
+    let opts = index_options();
     let open = |store: Arc<MemoryStore>| {
         let index = Index::open(&dir.path().join("index"), opts).unwrap();
         let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();
@@ -499,8 +496,7 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     fs.write(fh, 0, &data).unwrap();
     fs.fsync(a.ino).unwrap();
     fs.release(fh).unwrap();
-    drop(fs);
-    std::thread::sleep(Duration::from_millis(600));
+    crash(fs);
     // First cold read fills the disk cache from the store.
     let fs = open(store.clone());
     let fh = fs.open(a.ino, false).unwrap();
@@ -508,8 +504,7 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let disk = fs.disk_cache_stats().unwrap();
     assert!(disk.inserts >= 2, "{disk:?}");
     fs.release(fh).unwrap();
-    drop(fs);
-    std::thread::sleep(Duration::from_millis(600));
+    crash(fs);
     // With the network failing, a fresh process still reads from the disk cache.
     store.fail_gets.store(true, Ordering::SeqCst);
     let fs = open(store.clone());
