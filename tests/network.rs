@@ -156,7 +156,7 @@ fn untrusted_clients_cannot_store_or_delete() {
         full.extend([
             "--committee",
             committee.to_str().unwrap(),
-            "--key",
+            "--client-key",
             key.to_str().unwrap(),
         ]);
         net.cli(&full)

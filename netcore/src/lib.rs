@@ -6,12 +6,14 @@
 //! - [`identity`]: ed25519 keys, self-signed TLS certificates and pinned-key verification;
 //! - [`wire`]: the framed request/response protocol spoken on each QUIC stream;
 //! - [`client`]: quorum `put` and verified, hedged `get` across the committee;
-//! - [`node`]: the storage node daemon and its durable on-disk sliver store.
+//! - [`root`]: signed, versioned root records, the one mutable thing nodes keep per archive;
+//! - [`node`]: the storage node daemon and its durable on-disk sliver and root store.
 
 pub mod client;
 pub mod codec;
 pub mod committee;
 pub mod identity;
 pub mod node;
+pub mod root;
 mod transport;
 pub mod wire;

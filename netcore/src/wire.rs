@@ -13,12 +13,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{BlobId, BlobMetadata, SliverIndex};
 use crate::identity::PublicKey;
+use crate::root::RootRecord;
 
 /// TLS application protocol name; a peer speaking anything else fails the handshake.
 pub const ALPN: &[u8] = b"walrusfs/1";
 
 /// Version carried in every request; bumped on any incompatible message change.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// History: 1, the first network; 2 added the root record requests ([`Request::PutRoot`],
+/// [`Request::GetRoot`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest control frame either side accepts. Metadata of a 1024-node blob is ~33 KiB, the
 /// largest legitimate frame; anything beyond 64 KiB is an attack or a bug.
@@ -74,6 +78,17 @@ pub enum Request {
         /// The blob.
         blob_id: BlobId,
     },
+    /// Store an archive's root record if it verifies and is newer than the one held. Trusted
+    /// clients only.
+    PutRoot {
+        /// The signed record.
+        record: RootRecord,
+    },
+    /// Fetch the root record the node holds for an archive.
+    GetRoot {
+        /// The archive's public key.
+        archive: PublicKey,
+    },
 }
 
 /// A node's answer; `Sliver` is followed by a raw body of `len` bytes.
@@ -97,6 +112,14 @@ pub enum Response {
         /// Whether the node held anything of the blob.
         existed: bool,
     },
+    /// The root record is durably stored; `version` is now the node's.
+    RootStored {
+        /// The stored version.
+        version: u64,
+    },
+    /// The root record the node holds for the archive asked for, if any (unverified: check
+    /// its signature and archive before trusting it).
+    Root(Option<RootRecord>),
     /// The request failed.
     Error(WireError),
 }
@@ -160,6 +183,13 @@ pub enum WireError {
     /// The node failed internally (e.g. disk error).
     #[error("node internal error: {0}")]
     Internal(String),
+    /// The node holds a root record at `held`, at least as new as the one offered; nothing was
+    /// stored.
+    #[error("node holds root version {held}, not older than the one offered")]
+    StaleRoot {
+        /// The version the node holds.
+        held: u64,
+    },
 }
 
 /// A node's signed statement that it durably stores sliver `index` of `blob_id`. `n - f` of

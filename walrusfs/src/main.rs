@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod blob;
+mod ctl;
+mod keys;
 mod mount;
+mod mountinfo;
 mod network;
 mod node;
 mod testnet;
@@ -29,13 +32,28 @@ enum Command {
     /// Store, fetch, inspect or delete raw blobs.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
-    /// Mount the storage network as a folder.
+    /// Create an archive: a new key (sealed under a passphrase) and its root on the network.
+    Init(keys::InitArgs),
+    /// Export or import an archive key (to recover the archive on another machine).
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Mount an archive as a folder.
     Mount(mount::MountArgs),
-    /// Unmount a walrusfs folder, storing all buffered data first.
+    /// Unmount a walrusfs folder, storing all buffered data and publishing the index first.
+    #[command(after_help = "Example:\n  walrusfs unmount ~/archive")]
     Unmount {
         /// The mountpoint.
         mountpoint: std::path::PathBuf,
     },
+    /// Store everything written to a mount so far on the network and publish its index.
+    #[command(after_help = "Example:\n  walrusfs sync ~/archive")]
+    Sync {
+        /// The mountpoint.
+        mountpoint: std::path::PathBuf,
+    },
+    /// Create, list or delete snapshots of an archive.
+    #[command(subcommand)]
+    Snapshot(ctl::SnapshotCommand),
     /// Start a local 7-node testnet and mount it (the one-command demo).
     Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
@@ -66,8 +84,12 @@ fn main() -> ExitCode {
         Command::Testnet(cmd) => testnet::run(cmd),
         Command::Blob(cmd) => blob::run(cmd),
         Command::Keygen { out } => keygen(&out),
+        Command::Init(args) => keys::init(args),
+        Command::Key(cmd) => keys::key(cmd),
         Command::Mount(args) => mount::mount(args),
         Command::Unmount { mountpoint } => mount::unmount(&mountpoint),
+        Command::Sync { mountpoint } => ctl::sync(&mountpoint),
+        Command::Snapshot(cmd) => ctl::snapshot(cmd),
         Command::Up(args) => mount::up(args),
     };
     match result {

@@ -6,47 +6,77 @@
 //! way: the kernel ends the FUSE session, the filesystem stores every buffered byte and makes
 //! its index durable, then the process exits.
 
+use std::ffi::OsStr;
+use std::io::{BufRead, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use walrusfs::data::crypto::MasterKey;
+use walrusfs::archive::key::ArchiveKey;
+use walrusfs::archive::replica::{Changed, Replica};
+use walrusfs::archive::restore::Progress;
+use walrusfs::archive::writer::{Writer, WriterConfig};
+use walrusfs::archive::{ArchiveError, LEASE_DURATION};
+use walrusfs::control::{self, Op, Response};
 use walrusfs::data::store::NetworkStore;
 use walrusfs::fs::{Fs, FsConfig};
 use walrusfs::fuse::FuseAdapter;
-use walrusfs::index::{Index, IndexOptions};
+use walrusfs::index::IndexOptions;
 
+use crate::keys::{archive_key, KeyArgs};
+use crate::mountinfo::{is_mounted, mounts};
 use crate::network::NetworkArgs;
 
 /// Default chunk size: big enough that per-blob costs (n slivers, n fsyncs) stay small next to
 /// the transfer, small enough that a partial overwrite rewrites little.
-const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
 /// How long `mount` waits for the background process to show the mount.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
 /// FUSE worker threads: requests block on the network, so more threads than cores.
 const FUSE_THREADS: usize = 8;
 /// Name of the pid file in the state directory.
 pub const PID_FILE: &str = "mount.pid";
 /// Name of the log file in the state directory.
 pub const LOG_FILE: &str = "mount.log";
+/// Name of the local index in the state directory.
+const INDEX_DIR: &str = "index";
+/// What the state directory of walrusfs versions before archives held; their index (format 1)
+/// is not converted.
+const LEGACY_KEY_FILE: &str = "master.key";
+/// How long after an fsync the writer waits for more before publishing (fsyncs come in bursts).
+const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Arguments of `walrusfs mount`.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  walrusfs mount --testnet .walrusfs/testnet mnt\n  walrusfs mount --committee committee.toml --client-key client.key --key archive.key ~/archive\n  walrusfs mount --committee committee.toml --client-key client.key --key archive.key --read-only ~/archive-ro"
+)]
 pub struct MountArgs {
     #[command(flatten)]
     net: NetworkArgs,
-    /// State directory: index, master key, log (default with --testnet: DIR/fs).
+    #[command(flatten)]
+    key: KeyArgs,
+    /// State directory: local index, caches, log (a cache of the archive; default with
+    /// --testnet: DIR/fs, else ~/.local/state/walrusfs/ARCHIVE).
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Refuse all changes.
+    /// Refuse all changes and follow the archive's writer.
     #[arg(long)]
     read_only: bool,
+    /// Mount snapshot NAME (read-only).
+    #[arg(long, value_name = "NAME")]
+    snapshot: Option<String>,
+    /// Claim the writer lease of a writer that stopped without unmounting (its unpublished
+    /// changes are lost).
+    #[arg(long)]
+    take_over: bool,
     /// Serve in this process instead of in the background.
     #[arg(long)]
     foreground: bool,
-    /// Chunk size in bytes for a new filesystem (fixed once created).
+    /// Chunk size in bytes for a testnet archive made by this mount.
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u32,
     /// Memory for buffered writes, in MiB.
@@ -58,18 +88,77 @@ pub struct MountArgs {
     /// Local disk for cached sealed chunks (ciphertext), in MiB; 0 disables it.
     #[arg(long, default_value_t = 1024)]
     disk_cache_mib: u64,
+    /// Seconds between background publishes of the index (a writer also publishes soon after
+    /// each fsync, and at `walrusfs sync` and unmount).
+    #[arg(long, default_value_t = 10)]
+    publish_interval: u64,
+    /// Seconds between checks for a newly published version (read-only mounts).
+    #[arg(long, default_value_t = 10)]
+    follow_interval: u64,
+    /// Seconds a writer lease lasts without renewal.
+    #[arg(long, default_value_t = LEASE_DURATION.as_secs(), hide = true)]
+    lease_secs: u64,
+    /// Seconds an unreferenced blob waits, once its drop is published, before it is deleted.
+    #[arg(long, default_value_t = 60, hide = true)]
+    gc_grace_secs: u64,
+    /// Read the unlocked archive secret from stdin (the background mount process).
+    #[arg(long, hide = true)]
+    secret_stdin: bool,
     /// Where to mount.
     mountpoint: PathBuf,
 }
 
+/// Whether and how a mount writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Writer,
+    Follower,
+    Snapshot(String),
+}
+
 impl MountArgs {
-    fn state_dir(&self) -> anyhow::Result<PathBuf> {
-        match (&self.state, &self.net.testnet) {
-            (Some(s), _) => Ok(s.clone()),
-            (None, Some(t)) => Ok(t.join("fs")),
-            (None, None) => bail!("--state DIR is required with --committee"),
+    fn mode(&self) -> Mode {
+        match (&self.snapshot, self.read_only) {
+            (Some(name), _) => Mode::Snapshot(name.clone()),
+            (None, true) => Mode::Follower,
+            (None, false) => Mode::Writer,
         }
     }
+
+    fn state_dir(&self, key: &ArchiveKey) -> anyhow::Result<PathBuf> {
+        let suffix = match self.mode() {
+            Mode::Writer => String::new(),
+            Mode::Follower => "-ro".into(),
+            Mode::Snapshot(name) => format!("-snapshot-{}", sanitize(&name)),
+        };
+        match (&self.state, &self.net.testnet) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(t)) => Ok(t.join(format!("fs{suffix}"))),
+            (None, None) => {
+                let base = std::env::var_os("XDG_STATE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .context("no --state given and neither XDG_STATE_HOME nor HOME is set")?;
+                let id = key.archive_id().to_string();
+                Ok(base.join("walrusfs").join(format!("{}{suffix}", &id[..16])))
+            }
+        }
+    }
+}
+
+/// A snapshot name as a file name part.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Runs `walrusfs mount`.
@@ -86,50 +175,230 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             mountpoint.display()
         );
     }
-    let state = args.state_dir()?;
-    std::fs::create_dir_all(&state)
-        .with_context(|| format!("cannot create {}", state.display()))?;
-    let state = std::fs::canonicalize(&state)?;
-    if args.foreground {
-        serve(&args, &state, &mountpoint)
+    let (key, testnet_key) = if args.secret_stdin {
+        (read_secret()?, false)
     } else {
-        spawn_background(&args, &state, &mountpoint)
+        let (key, _) = archive_key(&args.key, &args.net)?;
+        (key, args.key.key.is_none())
+    };
+    let state = args.state_dir(&key)?;
+    make_private_dir(&state)?;
+    let state = std::fs::canonicalize(&state)?;
+    refuse_legacy_state(&state)?;
+    if args.foreground {
+        serve(&args, &state, &mountpoint, key, testnet_key)
+    } else {
+        prefetch(&args, &state, &key, testnet_key)?;
+        spawn_background(&args, &state, &mountpoint, &key)
     }
 }
 
-fn spawn_background(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+/// Creates `dir` (and parents) readable by its owner only: it holds the index (names, sizes).
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn refuse_legacy_state(state: &Path) -> anyhow::Result<()> {
+    if state.join(LEGACY_KEY_FILE).exists() {
+        bail!(
+            "{} was made by a walrusfs version before archives (it holds {LEGACY_KEY_FILE}, and an index this version does not read). \
+             Its data is encrypted under that per-machine key, not an archive key, so it cannot be converted: \
+             copy its files out with the version that made it and into a new archive, or mount with another --state",
+            state.display()
+        );
+    }
+    Ok(())
+}
+
+fn read_secret() -> anyhow::Result<ArchiveKey> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the archive secret from the parent process")?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(line.trim(), &mut secret)
+        .context("malformed archive secret from the parent process")?;
+    Ok(ArchiveKey::from_secret(secret))
+}
+
+/// Before the mount process starts: a testnet archive is created if missing, and an empty
+/// state directory is filled from the network here, with a progress bar on the terminal.
+fn prefetch(
+    args: &MountArgs,
+    state: &Path,
+    key: &ArchiveKey,
+    testnet_key: bool,
+) -> anyhow::Result<()> {
+    let rt = crate::network::runtime()?;
+    rt.block_on(async {
+        let client = args.net.client()?;
+        let store = Arc::new(NetworkStore::new(client.clone()));
+        let r = async {
+            ensure_archive(&store, key, testnet_key, args.chunk_size).await?;
+            if !state.join(INDEX_DIR).exists() {
+                let snapshot = match args.mode() {
+                    Mode::Snapshot(name) => Some(name),
+                    _ => None,
+                };
+                let bar = Bar::new("restoring the index");
+                let replica = Replica::open(
+                    store.clone(),
+                    key.clone(),
+                    &state.join(INDEX_DIR),
+                    snapshot.as_deref(),
+                    root_options(args.chunk_size),
+                    &bar,
+                )
+                .await?;
+                bar.finish();
+                drop(replica);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        client.close(Duration::from_secs(5)).await;
+        r
+    })
+}
+
+/// Creates a testnet's archive on first use.
+async fn ensure_archive(
+    store: &NetworkStore,
+    key: &ArchiveKey,
+    testnet_key: bool,
+    chunk_size: u32,
+) -> anyhow::Result<()> {
+    if testnet_key && walrusfs::archive::latest_root(store, key).await?.is_none() {
+        walrusfs::archive::init(store, key, chunk_size).await?;
+        tracing::info!(archive = %key.archive_id(), "created the testnet's archive");
+    }
+    Ok(())
+}
+
+fn root_options(chunk_size: u32) -> IndexOptions {
+    IndexOptions {
+        root_uid: current_uid(),
+        root_gid: current_gid(),
+        root_perm: 0o755,
+        chunk_size,
+    }
+}
+
+/// A progress bar on stderr, shown only on a terminal and only once the work has taken more
+/// than a moment.
+pub struct Bar {
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    shown: std::sync::atomic::AtomicBool,
+}
+
+impl Bar {
+    /// A hidden bar for `what`.
+    pub fn new(what: &str) -> Self {
+        let bar = indicatif::ProgressBar::hidden();
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg}: {bytes} {binary_bytes_per_sec} {elapsed}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        Bar {
+            bar,
+            started: Instant::now(),
+            shown: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn advance(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        if !self.shown.load(Ordering::Relaxed)
+            && self.started.elapsed() > Duration::from_secs(1)
+            && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        {
+            self.shown.store(true, Ordering::Relaxed);
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.inc(bytes);
+    }
+}
+
+fn spawn_background(
+    args: &MountArgs,
+    state: &Path,
+    mountpoint: &Path,
+    key: &ArchiveKey,
+) -> anyhow::Result<()> {
     let log_path = state.join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
         .arg("--foreground")
+        .arg("--secret-stdin")
         .arg("--state")
         .arg(state);
     if let Some(t) = &args.net.testnet {
         cmd.arg("--testnet").arg(t);
     }
-    if let (Some(c), Some(k)) = (&args.net.committee, &args.net.key) {
-        cmd.arg("--committee").arg(c).arg("--key").arg(k);
+    if let (Some(c), Some(k)) = (&args.net.committee, &args.net.client_key) {
+        cmd.arg("--committee").arg(c).arg("--client-key").arg(k);
     }
     if args.read_only {
         cmd.arg("--read-only");
     }
-    cmd.arg("--chunk-size").arg(args.chunk_size.to_string());
-    cmd.arg("--dirty-mib").arg(args.dirty_mib.to_string());
-    cmd.arg("--cache-mib").arg(args.cache_mib.to_string());
-    cmd.arg("--disk-cache-mib")
-        .arg(args.disk_cache_mib.to_string());
+    if let Some(s) = &args.snapshot {
+        cmd.arg("--snapshot").arg(s);
+    }
+    if args.take_over {
+        cmd.arg("--take-over");
+    }
+    for (flag, value) in [
+        ("--chunk-size", args.chunk_size.to_string()),
+        ("--dirty-mib", args.dirty_mib.to_string()),
+        ("--cache-mib", args.cache_mib.to_string()),
+        ("--disk-cache-mib", args.disk_cache_mib.to_string()),
+        ("--publish-interval", args.publish_interval.to_string()),
+        ("--follow-interval", args.follow_interval.to_string()),
+        ("--lease-secs", args.lease_secs.to_string()),
+        ("--gc-grace-secs", args.gc_grace_secs.to_string()),
+    ] {
+        cmd.arg(flag).arg(value);
+    }
     cmd.arg(mountpoint);
-    cmd.stdin(Stdio::null())
+    cmd.stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().context("cannot start the mount process")?;
+    // The unlocked secret goes over a pipe, never the command line or the environment.
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("{}\n", hex::encode(key.secret())).as_bytes())?;
+    }
     let start = Instant::now();
     loop {
         if is_mounted(mountpoint) {
@@ -141,10 +410,22 @@ fn spawn_background(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<_> = log.lines().rev().take(15).collect();
-            let tail: Vec<_> = tail.into_iter().rev().collect();
-            bail!("mount process exited ({status}):\n{}", tail.join("\n"));
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
+            // The mount process prints its fatal error last; show that, not the whole log.
+            let error = log
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("walrusfs: error:"))
+                .map(|l| l.trim_start_matches("walrusfs: error: ").to_owned());
+            match error {
+                Some(e) => bail!("{e}"),
+                None => {
+                    let tail: Vec<_> = log.lines().rev().take(15).collect();
+                    let tail: Vec<_> = tail.into_iter().rev().collect();
+                    bail!("mount process exited ({status}):\n{}", tail.join("\n"));
+                }
+            }
         }
         if start.elapsed() > MOUNT_TIMEOUT {
             let _ = child.kill();
@@ -157,21 +438,20 @@ fn spawn_background(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow
     }
 }
 
-fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()> {
-    let (committee, key) = args.net.paths()?;
-    // A new filesystem's root belongs to whoever mounts it.
-    let (uid, gid) = (current_uid(), current_gid());
-    let index = Index::open(
-        &state.join("index"),
-        IndexOptions {
-            root_uid: uid,
-            root_gid: gid,
-            root_perm: 0o755,
-            chunk_size: args.chunk_size,
-        },
-    )
-    .with_context(|| format!("cannot open the index in {}", state.display()))?;
-    let master = MasterKey::load_or_create(&state.join("master.key"))?;
+/// The archive side of a mount: the writer, or a replica (following, or a snapshot).
+enum Side {
+    Writer(Arc<Writer<NetworkStore>>),
+    Replica(Arc<Replica<NetworkStore>>, bool),
+}
+
+fn serve(
+    args: &MountArgs,
+    state: &Path,
+    mountpoint: &Path,
+    key: ArchiveKey,
+    testnet_key: bool,
+) -> anyhow::Result<()> {
+    let (committee, client_key) = args.net.paths()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -179,13 +459,59 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
         .context("cannot start async runtime")?;
     let client = {
         let _guard = rt.enter();
-        crate::network::connect(&committee, &key)?
+        crate::network::connect(&committee, &client_key)?
     };
     let store = Arc::new(NetworkStore::new(client.clone()));
+    let index_dir = state.join(INDEX_DIR);
+    let mode = args.mode();
+    let side = rt.block_on(async {
+        ensure_archive(&store, &key, testnet_key, args.chunk_size).await?;
+        let side = match &mode {
+            Mode::Writer => {
+                let cfg = WriterConfig {
+                    take_over: args.take_over,
+                    lease: Duration::from_secs(args.lease_secs.max(3)),
+                };
+                let writer = Writer::open(
+                    store.clone(),
+                    key.clone(),
+                    &index_dir,
+                    root_options(args.chunk_size),
+                    cfg,
+                )
+                .await?;
+                Side::Writer(Arc::new(writer))
+            }
+            Mode::Follower | Mode::Snapshot(_) => {
+                let snapshot = match &mode {
+                    Mode::Snapshot(name) => Some(name.as_str()),
+                    _ => None,
+                };
+                let replica = Replica::open(
+                    store.clone(),
+                    key.clone(),
+                    &index_dir,
+                    snapshot,
+                    root_options(args.chunk_size),
+                    &walrusfs::archive::restore::Quiet,
+                )
+                .await?;
+                Side::Replica(Arc::new(replica), snapshot.is_none())
+            }
+        };
+        anyhow::Ok(side)
+    })?;
+    let index = match &side {
+        Side::Writer(w) => w.index().clone(),
+        Side::Replica(r, _) => r.index().clone(),
+    };
+    let read_only = mode != Mode::Writer;
     let cfg = FsConfig {
-        read_only: args.read_only,
+        read_only,
+        local_only: false,
         dirty_budget: args.dirty_mib << 20,
         chunk_cache_bytes: args.cache_mib << 20,
+        gc_grace: Duration::from_secs(args.gc_grace_secs),
         ..FsConfig::default()
     };
     let disk_cache = match args.disk_cache_mib {
@@ -195,7 +521,14 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
                 .context("cannot open the chunk cache")?,
         ),
     };
-    let fs = Fs::with_disk_cache(index, store, master, rt.handle().clone(), cfg, disk_cache)?;
+    let fs = Fs::with_disk_cache(
+        index,
+        store,
+        key.data_key(),
+        rt.handle().clone(),
+        cfg,
+        disk_cache,
+    )?;
 
     let mut options = vec![
         fuser::MountOption::FSName(format!("walrusfs:{}", state.display())),
@@ -203,7 +536,7 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];
-    if args.read_only {
+    if read_only {
         options.push(fuser::MountOption::RO);
     }
     let mut config = fuser::Config::default();
@@ -211,11 +544,35 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let session = fuser::spawn_mount(FuseAdapter::new(fs), mountpoint, &config)
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), mountpoint, &config)
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let notifier = session.notifier();
     let pid_path = state.join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
-    tracing::info!(mountpoint = %mountpoint.display(), "serving");
+    tracing::info!(mountpoint = %mountpoint.display(), archive = %key.archive_id(), ?mode, "serving");
+
+    // Background work of the archive side, stopped when the session ends.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = match &side {
+        Side::Writer(w) => rt.spawn(publisher(
+            w.clone(),
+            fs.clone(),
+            Duration::from_secs(args.publish_interval.max(1)),
+            stop_rx.clone(),
+        )),
+        Side::Replica(r, true) => rt.spawn(follower(
+            r.clone(),
+            notifier,
+            Duration::from_secs(args.follow_interval.max(1)),
+            stop_rx.clone(),
+        )),
+        Side::Replica(_, false) => rt.spawn(async {}),
+    };
+    let listener = {
+        let _guard = rt.enter();
+        control::bind(state).context("cannot create the control socket")?
+    };
+    let control_task = rt.spawn(control::serve(listener, handler(&side, &fs, &key)));
 
     // SIGTERM/SIGINT unmount through the kernel, which ends the session like `fusermount3 -u`.
     let mp = mountpoint.to_owned();
@@ -235,10 +592,190 @@ fn serve(args: &MountArgs, state: &Path, mountpoint: &Path) -> anyhow::Result<()
     });
     let result = session.join();
     // The session ended: the kernel has unmounted and `destroy` stored all buffered data.
+    control_task.abort();
+    let _ = std::fs::remove_file(state.join(control::SOCKET_FILE));
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(background);
+    if let Side::Writer(w) = &side {
+        // INV (DESIGN 3): unmount returns after the index is published and the lease released.
+        match rt.block_on(w.release()) {
+            Ok(()) => tracing::info!("index published; lease released"),
+            Err(e) => tracing::error!("publishing at unmount failed: {e}; the next mount of this state directory publishes it"),
+        }
+    }
     rt.block_on(client.close(Duration::from_secs(10)));
     let _ = std::fs::remove_file(&pid_path);
     tracing::info!("mount process exiting");
     result.context("FUSE session failed")
+}
+
+/// The writer's background loop: publishes at the interval, soon after an fsync, and renews
+/// the lease; turns the filesystem read-only if the lease is lost.
+async fn publisher(
+    writer: Arc<Writer<NetworkStore>>,
+    fs: Fs<NetworkStore>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let durable = fs.durable_notify();
+    let interval = interval.min(LEASE_DURATION / 3);
+    loop {
+        let kicked = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = durable.notified() => true,
+            _ = stop.changed() => return,
+        };
+        if kicked {
+            tokio::time::sleep(PUBLISH_DEBOUNCE).await;
+        }
+        match writer.maintain().await {
+            Ok(_) => fs.set_read_only(false),
+            Err(e @ ArchiveError::LeaseLost { .. }) => {
+                tracing::error!("{e}");
+                fs.set_read_only(true);
+            }
+            Err(e) => tracing::warn!("publishing the index failed (retrying): {e}"),
+        }
+        if writer.lost() {
+            fs.set_read_only(true);
+        }
+    }
+}
+
+/// A read-only mount's loop: applies each newly published version and tells the kernel to
+/// drop what it cached of what changed.
+async fn follower(
+    replica: Arc<Replica<NetworkStore>>,
+    notifier: fuser::Notifier,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        match replica.follow(&walrusfs::archive::restore::Quiet).await {
+            Ok(Some(changed)) => invalidate(&notifier, &changed),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("following the archive failed (retrying): {e}"),
+        }
+    }
+}
+
+fn invalidate(notifier: &fuser::Notifier, changed: &Changed) {
+    tracing::info!(
+        version = changed.version,
+        inodes = changed.inodes.len(),
+        "applied a new version"
+    );
+    for (parent, name) in &changed.entries {
+        let _ = notifier.inval_entry(fuser::INodeNo(*parent), OsStr::from_bytes(name));
+    }
+    for ino in &changed.inodes {
+        let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+    }
+}
+
+/// The control socket's handler for this mount.
+fn handler(
+    side: &Side,
+    fs: &Fs<NetworkStore>,
+    key: &ArchiveKey,
+) -> impl Fn(Op) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
+       + Send
+       + Sync
+       + Clone
+       + 'static {
+    let writer = match side {
+        Side::Writer(w) => Some(w.clone()),
+        Side::Replica(..) => None,
+    };
+    let role = match side {
+        Side::Writer(_) => "writer",
+        Side::Replica(_, true) => "replica",
+        Side::Replica(_, false) => "snapshot",
+    };
+    let fs = fs.clone();
+    let archive = key.archive_id().to_string();
+    move |op| {
+        let writer = writer.clone();
+        let fs = fs.clone();
+        let archive = archive.clone();
+        Box::pin(async move {
+            let result: Result<String, String> = match op {
+                Op::Sync => sync_mount(&fs, writer.as_deref()).await,
+                Op::Status => {
+                    let version = match &writer {
+                        Some(w) => w.version().await,
+                        None => 0,
+                    };
+                    return Response::Status(control::Status {
+                        archive,
+                        role: role.into(),
+                        version,
+                        unpublished_changes: fs.index().unpublished_changes() as u64,
+                        dirty_bytes: fs.dirty_bytes(),
+                        gc_backlog: fs.gc_backlog(),
+                        read_only: writer.as_ref().is_none_or(|w| w.lost()),
+                    });
+                }
+                Op::SnapshotCreate { name } => match &writer {
+                    None => Err(
+                        "this mount is read-only; create snapshots through the writer's mount"
+                            .into(),
+                    ),
+                    Some(w) => match sync_mount(&fs, Some(w)).await {
+                        Err(e) => Err(e),
+                        Ok(_) => w
+                            .create_snapshot(&name)
+                            .await
+                            .map(|s| format!("snapshot {} created (version {})", s.name, s.version))
+                            .map_err(|e| e.to_string()),
+                    },
+                },
+                Op::SnapshotDelete { name } => match &writer {
+                    None => Err(
+                        "this mount is read-only; delete snapshots through the writer's mount"
+                            .into(),
+                    ),
+                    Some(w) => w
+                        .delete_snapshot(&name)
+                        .await
+                        .map(|()| format!("snapshot {name} deleted"))
+                        .map_err(|e| e.to_string()),
+                },
+            };
+            match result {
+                Ok(message) => Response::Ok { message },
+                Err(message) => Response::Error { message },
+            }
+        })
+    }
+}
+
+/// `walrusfs sync`: stores everything written before it, commits it and (writer) publishes.
+async fn sync_mount(
+    fs: &Fs<NetworkStore>,
+    writer: Option<&Writer<NetworkStore>>,
+) -> Result<String, String> {
+    let f = fs.clone();
+    let stored = tokio::task::spawn_blocking(move || f.sync_all())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(failed) = stored {
+        return Err(format!(
+            "the data of {} file(s) could not be stored on the network (it stays buffered and is retried); see the mount log",
+            failed.len()
+        ));
+    }
+    match writer {
+        None => Ok("nothing to publish (read-only mount)".into()),
+        Some(w) => match w.publish(true).await {
+            Ok(_) => Ok(format!("synced; archive at version {}", w.version().await)),
+            Err(e) => Err(format!("data stored, but publishing the index failed: {e}")),
+        },
+    }
 }
 
 /// This process's uid: /proc/self belongs to it (no unsafe libc call needed).
@@ -275,53 +812,6 @@ fn kernel_unmount(mountpoint: &Path) -> anyhow::Result<()> {
         bail!("fusermount3 -u {} failed", mountpoint.display());
     }
     Ok(())
-}
-
-/// One line of /proc/self/mountinfo that concerns us.
-struct MountEntry {
-    mountpoint: PathBuf,
-    source: String,
-}
-
-fn mounts() -> Vec<MountEntry> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let mountpoint = unescape(fields.get(4)?);
-            let source = fields.get(sep + 2)?.to_string();
-            Some(MountEntry {
-                mountpoint: PathBuf::from(mountpoint),
-                source: unescape(&source),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn is_mounted(mountpoint: &Path) -> bool {
-    mounts().iter().any(|m| m.mountpoint == mountpoint)
 }
 
 /// Runs `walrusfs unmount MOUNTPOINT`: unmounts and waits until the mount process has stored
@@ -385,15 +875,23 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         net: NetworkArgs {
             testnet: Some(testnet.clone()),
             committee: None,
-            key: None,
+            client_key: None,
         },
+        key: KeyArgs::default(),
         state: Some(args.dir.join("fs")),
         read_only: false,
+        snapshot: None,
+        take_over: false,
         foreground: false,
         chunk_size: DEFAULT_CHUNK_SIZE,
         dirty_mib: 256,
         cache_mib: 256,
         disk_cache_mib: 1024,
+        publish_interval: 10,
+        follow_interval: 10,
+        lease_secs: LEASE_DURATION.as_secs(),
+        gc_grace_secs: 60,
+        secret_stdin: false,
         mountpoint: mp.clone(),
     })?;
     println!(

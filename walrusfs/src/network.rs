@@ -1,5 +1,5 @@
 //! How a command finds the storage network: a local testnet directory, or a committee file
-//! plus a client key.
+//! plus a client key (the network identity, `--client-key`; the archive key is `--key`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,23 +17,23 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 #[derive(clap::Args, Debug, Clone)]
 pub struct NetworkArgs {
     /// A local testnet directory (made by `walrusfs testnet up`).
-    #[arg(long, conflicts_with_all = ["committee", "key"], required_unless_present = "committee")]
+    #[arg(long, conflicts_with_all = ["committee", "client_key"], required_unless_present = "committee")]
     pub testnet: Option<PathBuf>,
     /// A committee file describing the network.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "client_key")]
     pub committee: Option<PathBuf>,
-    /// The client key to authenticate with (see `walrusfs keygen`).
+    /// The client key to authenticate to the nodes with (see `walrusfs keygen`).
     #[arg(long)]
-    pub key: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl NetworkArgs {
     /// The committee file and client key paths these options select.
     pub fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
-        match (&self.testnet, &self.committee, &self.key) {
+        match (&self.testnet, &self.committee, &self.client_key) {
             (Some(dir), _, _) => Ok((dir.join(COMMITTEE_FILE), dir.join(CLIENT_KEY_FILE))),
             (None, Some(c), Some(k)) => Ok((c.clone(), k.clone())),
-            _ => anyhow::bail!("give --testnet DIR, or --committee FILE with --key FILE"),
+            _ => anyhow::bail!("give --testnet DIR, or --committee FILE with --client-key FILE"),
         }
     }
 

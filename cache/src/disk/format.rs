@@ -24,11 +24,11 @@ pub(crate) const HEADER_LEN: usize = 24;
 /// Identifies the entry format; the last byte is the version, bumped on any layout change.
 const MAGIC: [u8; 8] = *b"WFSCACH1";
 
-/// Length of a file name made by [`DiskKey::file_name`]: 64 hex digits, `-`, 4 hex digits.
-const FILE_NAME_LEN: usize = 64 + 1 + 4;
+/// Length of a file name made by [`DiskKey::file_name`]: 64 hex digits, `-`, 16 hex digits.
+const FILE_NAME_LEN: usize = 64 + 1 + 16;
 
-/// Key of a [`DiskCache`](crate::DiskCache) entry: a 32-byte blob id and a 16-bit index (the
-/// sliver number, or any other sub-index the caller chooses).
+/// Key of a [`DiskCache`](crate::DiskCache) entry: a 32-byte blob id and a 64-bit index (an
+/// offset in the blob, a sliver number, or any other sub-index the caller chooses).
 ///
 /// It maps one-to-one onto a lowercase hex file name, so the cache can rebuild its index from a
 /// directory listing.
@@ -36,17 +36,17 @@ const FILE_NAME_LEN: usize = 64 + 1 + 4;
 pub struct DiskKey {
     /// The blob this entry belongs to.
     pub blob_id: [u8; 32],
-    /// Which part of the blob (for example the sliver index).
-    pub index: u16,
+    /// Which part of the blob (for example an offset in it).
+    pub index: u64,
 }
 
 impl DiskKey {
     /// Creates a key from a blob id and an index.
-    pub fn new(blob_id: [u8; 32], index: u16) -> Self {
+    pub fn new(blob_id: [u8; 32], index: u64) -> Self {
         Self { blob_id, index }
     }
 
-    /// The entry's file name: the blob id in lowercase hex, `-`, the index as 4 hex digits.
+    /// The entry's file name: the blob id in lowercase hex, `-`, the index as 16 hex digits.
     pub fn file_name(&self) -> String {
         let mut name = String::with_capacity(FILE_NAME_LEN);
         for byte in self.blob_id {
@@ -69,7 +69,11 @@ impl DiskKey {
         for (out, pair) in blob_id.iter_mut().zip(bytes[..64].chunks_exact(2)) {
             *out = hex_byte(pair)?;
         }
-        let index = u16::from_be_bytes([hex_byte(&bytes[65..67])?, hex_byte(&bytes[67..69])?]);
+        let mut index = [0u8; 8];
+        for (out, pair) in index.iter_mut().zip(bytes[65..].chunks_exact(2)) {
+            *out = hex_byte(pair)?;
+        }
+        let index = u64::from_be_bytes(index);
         Some(Self { blob_id, index })
     }
 }
@@ -186,7 +190,7 @@ mod tests {
         let key = DiskKey::new(id, 0x1f2e);
         let name = key.file_name();
         assert_eq!(name.len(), FILE_NAME_LEN);
-        assert!(name.starts_with("ab00") && name.ends_with("01-1f2e"));
+        assert!(name.starts_with("ab00") && name.ends_with("01-0000000000001f2e"));
         assert_eq!(DiskKey::from_file_name(&name), Some(key));
         for bad in [
             name.to_uppercase(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::*;
 
 fn key(n: u8) -> DiskKey {
-    DiskKey::new([n; 32], u16::from(n))
+    DiskKey::new([n; 32], u64::from(n))
 }
 
 /// File size of an entry holding `len` payload bytes.

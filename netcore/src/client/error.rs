@@ -107,6 +107,33 @@ pub enum ClientError {
         /// Why each other node failed.
         failures: Failures,
     },
+    /// Fewer than `n - f` nodes answered a root read: the latest version cannot be known.
+    #[error("archive root: only {answered} nodes answered, {needed} needed ({failures})")]
+    RootUnavailable {
+        /// Nodes that answered.
+        answered: u16,
+        /// Answers needed (`n - f`).
+        needed: u16,
+        /// Why the other nodes failed.
+        failures: Failures,
+    },
+    /// Fewer than `n - f` nodes stored a root record.
+    #[error(
+        "archive root version {version} stored on {stored} nodes, {needed} needed ({failures})"
+    )]
+    RootNotStored {
+        /// The version offered.
+        version: u64,
+        /// Nodes that stored it.
+        stored: u16,
+        /// Acceptances needed (`n - f`).
+        needed: u16,
+        /// Nodes that hold this version or a newer one (another writer got there first), and
+        /// the version each holds.
+        stale: Vec<(SliverIndex, u64)>,
+        /// Why each other node failed.
+        failures: Failures,
+    },
     /// The local QUIC endpoint could not be created.
     #[error("cannot create QUIC endpoint: {0}")]
     Endpoint(std::io::Error),

@@ -14,12 +14,14 @@ mod conn;
 mod error;
 mod get;
 mod put;
+mod root;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ClientError, Failures, NodeError, NodeFailure};
 pub use put::PutOutcome;
+pub use root::RootWrite;
 
 use crate::codec::{BlobId, SliverIndex};
 use crate::committee::Committee;

@@ -3,7 +3,7 @@
 //! ```text
 //! D/node.toml   this configuration            D/node.key   the node's ed25519 key (0600)
 //! D/node.pid    pid while the node runs       D/store/     the sliver store (see `store`)
-//! D/node.lock   locked while a node serves D
+//! D/node.lock   locked while a node serves D    D/roots/     archive root records (see `roots`)
 //! ```
 
 use std::net::SocketAddr;
@@ -24,6 +24,8 @@ pub const PID_FILE: &str = "node.pid";
 pub const LOCK_FILE: &str = "node.lock";
 /// Name of the sliver store directory inside a node directory.
 pub const STORE_DIR: &str = "store";
+/// Name of the root record directory inside a node directory.
+pub const ROOTS_DIR: &str = "roots";
 
 /// Errors loading a node configuration.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 //! stores it durably on local disk and serves it back to clients, who verify everything.
 
 pub mod config;
+pub mod roots;
 pub mod server;
 pub mod store;
 

@@ -17,7 +17,8 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::config::{NodeConfig, KEY_FILE, LOCK_FILE, PID_FILE, STORE_DIR};
+use super::config::{NodeConfig, KEY_FILE, LOCK_FILE, PID_FILE, ROOTS_DIR, STORE_DIR};
+use super::roots::{RootStore, RootStoreError};
 use super::store::{SliverStore, StoreError};
 use crate::codec::{BlobId, SliverIndex};
 use crate::identity::{peer_key, Identity, PublicKey};
@@ -41,6 +42,9 @@ pub enum NodeError {
     /// The sliver store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The root record store could not be opened.
+    #[error(transparent)]
+    Roots(#[from] RootStoreError),
     /// The QUIC endpoint could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -71,6 +75,7 @@ pub enum NodeError {
 struct State {
     identity: Identity,
     store: SliverStore,
+    roots: RootStore,
     trusted: HashSet<PublicKey>,
     config: NodeConfig,
     budget: Semaphore,
@@ -103,6 +108,7 @@ impl Node {
             .map_err(|_| NodeError::Locked { path: lock_path })?;
         let identity = Identity::load_or_generate(&dir.join(KEY_FILE))?;
         let store = SliverStore::open(&dir.join(STORE_DIR))?;
+        let roots = RootStore::open(&dir.join(ROOTS_DIR))?;
         let budget_units = usize::try_from(config.max_inflight_bytes / BUDGET_UNIT)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -114,6 +120,7 @@ impl Node {
                 budget: Semaphore::new(budget_units),
                 identity,
                 store,
+                roots,
                 config,
                 started: Instant::now(),
             }),
@@ -366,8 +373,50 @@ async fn handle(
                     .map(|existed| (Response::Deleted { existed }, None))
             }
         }
+        Request::PutRoot { record } => {
+            let span = info_span!("put_root", archive = %record.archive, version = record.version);
+            put_root(state, trusted, record)
+                .instrument(span)
+                .await
+                .map(|version| (Response::RootStored { version }, None))
+        }
+        Request::GetRoot { archive } => roots_blocking(|| state.roots.get(&archive))
+            .await
+            .map(|r| (Response::Root(r), None)),
     };
     result.unwrap_or_else(|e| (Response::Error(e), None))
+}
+
+async fn put_root(
+    state: &State,
+    trusted: bool,
+    record: crate::root::RootRecord,
+) -> Result<u64, WireError> {
+    if !trusted {
+        warn!("root write from untrusted client refused");
+        return Err(WireError::Unauthorized);
+    }
+    let version = record.version;
+    roots_blocking(|| state.roots.put(&record)).await?;
+    // INV: acknowledged only once the record is durable (RootStore::put fsyncs).
+    debug!("root stored");
+    Ok(version)
+}
+
+/// Runs a root store operation off the async workers and maps its error to the wire.
+async fn roots_blocking<T>(f: impl FnOnce() -> Result<T, RootStoreError>) -> Result<T, WireError> {
+    tokio::task::block_in_place(f).map_err(|e| match e {
+        RootStoreError::Invalid(e) => WireError::InvalidRequest(e.to_string()),
+        RootStoreError::Stale { held } => WireError::StaleRoot { held },
+        RootStoreError::Corrupt { path, reason } => {
+            warn!(path = %path.display(), "damaged root file: {reason}");
+            WireError::Corrupt(reason)
+        }
+        RootStoreError::Io { path, source } => {
+            warn!(path = %path.display(), "disk error: {source}");
+            WireError::Internal(format!("disk error: {source}"))
+        }
+    })
 }
 
 async fn store_sliver(

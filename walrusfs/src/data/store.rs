@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use netcore::client::{Client, ClientError};
 use netcore::codec::{BlobId, BlobMetadata, EncodingParams};
+use netcore::identity::PublicKey;
+use netcore::root::{RootAnswers, RootRecord};
 
 /// A blob as stored: its id and metadata (kept in the index to read it back).
 #[derive(Debug, Clone)]
@@ -53,7 +55,18 @@ impl From<ClientError> for StoreError {
     }
 }
 
-/// Where sealed chunks go. Implementations verify what they return.
+/// Why a root record write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RootWriteError {
+    /// What went wrong.
+    pub message: String,
+    /// The highest version held by nodes that refused because they hold this version or a
+    /// newer one: another writer got there first.
+    pub stale: Option<u64>,
+}
+
+/// Where sealed chunks and archive roots go. Implementations verify what they return.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores a blob durably (for the network: `n - f` confirmations).
     fn put(&self, data: Vec<u8>) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send;
@@ -63,9 +76,25 @@ pub trait BlobStore: Send + Sync + 'static {
         blob_id: BlobId,
         metadata: BlobMetadata,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Reads a blob back by id alone (the metadata comes from the nodes, checked against the id).
+    fn get_by_id(
+        &self,
+        blob_id: BlobId,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Deletes a blob; `Ok(true)` when every node has acknowledged, `Ok(false)` when some
     /// could not be reached (try again later).
     fn delete(&self, blob_id: BlobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Reads an archive's root record from at least `n - f` nodes (only verified records are
+    /// returned; see [`netcore::root`]).
+    fn read_root(
+        &self,
+        archive: PublicKey,
+    ) -> impl Future<Output = Result<RootAnswers, StoreError>> + Send;
+    /// Writes a root record; succeeds once `n - f` nodes stored it durably.
+    fn write_root(
+        &self,
+        record: RootRecord,
+    ) -> impl Future<Output = Result<(), RootWriteError>> + Send;
 }
 
 /// The real store: the storage network.
@@ -98,9 +127,33 @@ impl BlobStore for NetworkStore {
         Ok(self.client.get_with_metadata(&blob_id, &metadata).await?)
     }
 
+    async fn get_by_id(&self, blob_id: BlobId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.client.get(&blob_id).await?)
+    }
+
     async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
         let results = self.client.delete(&blob_id).await;
         Ok(results.iter().all(|(_, r)| r.is_ok()))
+    }
+
+    async fn read_root(&self, archive: PublicKey) -> Result<RootAnswers, StoreError> {
+        Ok(self.client.get_root(&archive).await?)
+    }
+
+    async fn write_root(&self, record: RootRecord) -> Result<(), RootWriteError> {
+        match self.client.put_root(&record).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let stale = match &e {
+                    ClientError::RootNotStored { stale, .. } => stale.iter().map(|(_, v)| *v).max(),
+                    _ => None,
+                };
+                Err(RootWriteError {
+                    message: e.to_string(),
+                    stale,
+                })
+            }
+        }
     }
 }
 
@@ -112,7 +165,15 @@ pub struct MemoryStore {
     pub fail_puts: AtomicBool,
     /// When set, gets fail.
     pub fail_gets: AtomicBool,
+    /// When set, root reads and writes fail (fewer than `n - f` nodes reachable).
+    pub fail_roots: AtomicBool,
+    /// The root records of [`MEMORY_ROOT_NODES`] simulated nodes, by archive.
+    roots: Mutex<HashMap<PublicKey, Vec<Option<RootRecord>>>>,
 }
+
+/// Nodes [`MemoryStore`] simulates for root records (n = 4: f = 1, quorum 3).
+pub const MEMORY_ROOT_NODES: usize = 4;
+const MEMORY_ROOT_QUORUM: usize = 3;
 
 impl MemoryStore {
     /// Number of blobs held.
@@ -161,9 +222,96 @@ impl BlobStore for MemoryStore {
             .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))
     }
 
+    async fn get_by_id(&self, blob_id: BlobId) -> Result<Vec<u8>, StoreError> {
+        if self.fail_gets.load(Ordering::SeqCst) {
+            return Err(StoreError::new("injected get failure"));
+        }
+        let blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
+        blobs
+            .get(&blob_id)
+            .cloned()
+            .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))
+    }
+
     async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
         let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs.remove(&blob_id);
         Ok(true)
+    }
+
+    async fn read_root(&self, archive: PublicKey) -> Result<RootAnswers, StoreError> {
+        if self.fail_roots.load(Ordering::SeqCst) {
+            return Err(StoreError::new("injected root read failure"));
+        }
+        let roots = self.roots.lock().map_err(|_| StoreError::new("poisoned"))?;
+        let slots = roots.get(&archive).cloned().unwrap_or_default();
+        // Like the network client: a record that does not verify is no answer at all.
+        let answers = (0..MEMORY_ROOT_NODES)
+            .filter_map(|i| match slots.get(i).cloned().flatten() {
+                Some(r) if r.verify_for(&archive).is_err() => None,
+                r => Some((i as u16, r)),
+            })
+            .collect();
+        Ok(RootAnswers { answers })
+    }
+
+    async fn write_root(&self, record: RootRecord) -> Result<(), RootWriteError> {
+        if self.fail_roots.load(Ordering::SeqCst) {
+            return Err(RootWriteError {
+                message: "injected root write failure".into(),
+                stale: None,
+            });
+        }
+        if let Err(e) = record.verify() {
+            return Err(RootWriteError {
+                message: e.to_string(),
+                stale: None,
+            });
+        }
+        let mut roots = self.roots.lock().map_err(|_| RootWriteError {
+            message: "poisoned".into(),
+            stale: None,
+        })?;
+        let slots = roots
+            .entry(record.archive)
+            .or_insert_with(|| vec![None; MEMORY_ROOT_NODES]);
+        let mut stored = 0;
+        let mut stale = None;
+        for slot in slots.iter_mut() {
+            let held = slot.as_ref().map(|r| r.version);
+            if record.accepts(held) {
+                *slot = Some(record.clone());
+                stored += 1;
+            } else {
+                stale = stale.max(held);
+            }
+        }
+        if stored >= MEMORY_ROOT_QUORUM {
+            Ok(())
+        } else {
+            Err(RootWriteError {
+                message: format!("root stored on {stored} nodes, {MEMORY_ROOT_QUORUM} needed"),
+                stale,
+            })
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Sets simulated node `node`'s root record of `archive` (tests of rollback and forgery).
+    pub fn set_node_root(&self, archive: PublicKey, node: usize, record: Option<RootRecord>) {
+        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = roots
+            .entry(archive)
+            .or_insert_with(|| vec![None; MEMORY_ROOT_NODES]);
+        slots[node] = record;
+    }
+
+    /// Every blob id held.
+    pub fn blob_ids(&self) -> Vec<BlobId> {
+        self.blobs
+            .lock()
+            .map(|b| b.keys().copied().collect())
+            .unwrap_or_default()
     }
 }

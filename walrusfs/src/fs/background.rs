@@ -40,9 +40,10 @@ pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) {
     let wake = fs.inner.gc_wake.clone();
     fs.inner.rt.spawn(async move {
         let mut seen = std::collections::HashMap::new();
+        let mut cursor = None;
         loop {
             let Some(inner) = weak.upgrade() else { break };
-            let more = Fs { inner }.gc_round(&mut seen).await;
+            let more = Fs { inner }.gc_round(&mut cursor, &mut seen).await;
             if !more {
                 // Only the Notify is held while waiting, so dropping the filesystem ends this
                 // task at its next tick.
@@ -65,6 +66,7 @@ impl<B: BlobStore> Fs<B> {
             if st.bufs.is_empty() && st.uploading == 0 && st.attr_dirty {
                 match self.inner.index.commit_chunks(
                     file.ino,
+                    &[],
                     Vec::new(),
                     st.size,
                     st.mtime,
@@ -83,34 +85,66 @@ impl<B: BlobStore> Fs<B> {
         }
     }
 
-    /// One round of garbage collection; returns whether more work is ready now. `seen` holds
-    /// when each queued blob was first seen, for the grace period.
+    /// The highest change sequence number whose GC entries may be acted on: changes that are
+    /// durable and published. A filesystem outside an archive (`local_only`) publishes
+    /// nothing, so durable on local disk is all there is; this flushes the index for that.
+    fn gc_horizon(&self) -> crate::index::Result<u64> {
+        if self.inner.cfg.local_only {
+            self.inner.index.mark_local_only_published()
+        } else {
+            self.inner.index.published_seq()
+        }
+    }
+
+    /// One round of garbage collection over the next batch of the queue (after `cursor`);
+    /// returns whether more work is ready now. `seen` holds when each ripe blob was first seen,
+    /// for the grace period.
     async fn gc_round(
         &self,
+        cursor: &mut Option<netcore::codec::BlobId>,
         seen: &mut std::collections::HashMap<netcore::codec::BlobId, Instant>,
     ) -> bool {
-        let pending = match self.inner.index.gc_pending(GC_BATCH) {
+        let horizon = match self.gc_horizon() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("GC cannot tell what is published: {e}");
+                return false;
+            }
+        };
+        let pending = match self.inner.index.gc_pending(*cursor, GC_BATCH) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("reading the GC queue failed: {e}");
                 return false;
             }
         };
+        let wrapped = pending.len() < GC_BATCH;
+        *cursor = if wrapped {
+            None
+        } else {
+            pending.last().map(|(id, _)| *id)
+        };
         if pending.is_empty() {
-            seen.clear();
             return false;
         }
         let now = Instant::now();
-        seen.retain(|id, _| pending.contains(id));
+        // INV (DESIGN 8): a blob is deleted only once the change that dropped it is durable
+        // and published, and a grace period after that, for readers still on the old state.
         let ripe: Vec<_> = pending
             .iter()
-            .filter(|id| {
-                now.duration_since(*seen.entry(**id).or_insert(now)) >= self.inner.cfg.gc_grace
+            .filter(|(_, e)| e.dropped_seq <= horizon)
+            // INV (DESIGN 8): nor while a snapshot refers to it.
+            .filter(|(id, _)| !matches!(self.inner.index.is_held(id), Ok(true) | Err(_)))
+            .filter(|(id, _)| {
+                now.duration_since(*seen.entry(*id).or_insert(now)) >= self.inner.cfg.gc_grace
             })
-            .copied()
+            .map(|(id, _)| *id)
             .collect();
+        if seen.len() > 4 * GC_BATCH * 64 {
+            seen.retain(|_, t| now.duration_since(*t) < 10 * self.inner.cfg.gc_grace);
+        }
         if ripe.is_empty() {
-            return false;
+            return !wrapped;
         }
         let started = Instant::now();
         let deletes = ripe.iter().map(|id| async move {
@@ -124,11 +158,12 @@ impl<B: BlobStore> Fs<B> {
                 if let Err(e) = self.inner.index.gc_done(id) {
                     tracing::warn!(blob = %id, "removing from GC queue failed: {e}");
                 }
+                seen.remove(id);
                 deleted += 1;
             }
         }
-        tracing::debug!(deleted, queued = results.len(), took = ?started.elapsed(), "GC round");
-        // If some nodes are unreachable, wait for the next tick instead of spinning.
-        deleted == results.len() && pending.len() == GC_BATCH
+        tracing::debug!(deleted, ripe = results.len(), took = ?started.elapsed(), "GC round");
+        // Move on to the next batch at once, unless the queue wrapped around.
+        !wrapped
     }
 }

@@ -53,6 +53,7 @@ impl FsError {
                 IndexError::NoData => libc::ENODATA,
                 IndexError::XattrExists => libc::EEXIST,
                 IndexError::Corrupt(_) => libc::EIO,
+                IndexError::Format { .. } => libc::EIO,
                 IndexError::Db(_) => libc::EIO,
             },
             FsError::Network(_) => libc::EIO,

@@ -192,7 +192,11 @@ impl<B: BlobStore> Fs<B> {
         }
         open.remove(&file.ino);
         drop(open);
-        if !self.inner.cfg.read_only {
+        if !self
+            .inner
+            .read_only
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             match self.inner.index.release(file.ino) {
                 Ok(true) => self.inner.gc_wake.notify_one(),
                 Ok(false) => {}

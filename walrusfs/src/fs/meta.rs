@@ -202,7 +202,7 @@ impl<B: BlobStore> Fs<B> {
             let commit =
                 self.inner
                     .index
-                    .commit_chunks(ino, Vec::new(), st.size, st.mtime, st.ctime);
+                    .commit_chunks(ino, &[], Vec::new(), st.size, st.mtime, st.ctime);
             st.attr_dirty = commit.is_err();
             drop(st);
             return Ok(self.with_pending(self.inner.index.get_attr(ino)?));

@@ -18,14 +18,14 @@ mod tests;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use error::{FsError, FsResult};
 pub use meta::{Attr, RequestCtx, StatFs};
 
-use crate::data::crypto::MasterKey;
+use crate::data::crypto::DataKey;
 use crate::data::store::BlobStore;
 use crate::index::Index;
 use netcore::codec::BlobId;
@@ -35,6 +35,10 @@ use netcore::codec::BlobId;
 pub struct FsConfig {
     /// Refuse every change.
     pub read_only: bool,
+    /// The filesystem is not part of an archive: nothing is published, so a change counts as
+    /// final (for garbage collection) once it is durable on local disk. Unit tests only; a
+    /// mount is always an archive's.
+    pub local_only: bool,
     /// Dirty (not yet stored) bytes held in memory across all files; writers wait beyond it.
     pub dirty_budget: u64,
     /// Bytes of plaintext chunks cached in memory.
@@ -54,6 +58,7 @@ impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
             read_only: false,
+            local_only: true,
             dirty_budget: 256 << 20,
             chunk_cache_bytes: 256 << 20,
             readahead_chunks: 4,
@@ -78,12 +83,32 @@ impl<B: BlobStore> Clone for Fs<B> {
     }
 }
 
-type FetchCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, String>>>;
+type FetchCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, FetchError>>>;
+
+/// A stored chunk's place: the blob and the offset of the sealed chunk in it.
+pub(crate) type ChunkKey = (BlobId, u64);
+
+/// Why a chunk fetch failed, shared by every reader waiting on it.
+#[derive(Debug, Clone)]
+pub(crate) enum FetchError {
+    /// The network could not return the blob.
+    Network(String),
+    /// The blob came back verified but the chunk failed authentication.
+    Integrity(String),
+    /// The index has no record of the blob the chunk points into.
+    Index(String),
+}
 
 pub(crate) struct Inner<B: BlobStore> {
-    pub(crate) index: Index,
+    pub(crate) index: Arc<Index>,
+    /// Refuse changes: set at mount for a read-only mount, and later if the archive's writer
+    /// lease is lost.
+    pub(crate) read_only: AtomicBool,
+    /// Signalled whenever data became durable (an fsync, a sync): the archive publishes soon
+    /// after.
+    pub(crate) durable: Arc<tokio::sync::Notify>,
     pub(crate) store: Arc<B>,
-    pub(crate) key: MasterKey,
+    pub(crate) key: DataKey,
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) cfg: FsConfig,
     pub(crate) chunk_size: u64,
@@ -93,12 +118,12 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) handles: Mutex<HashMap<u64, Arc<files::Handle>>>,
     pub(crate) next_fh: AtomicU64,
     /// Verified plaintext chunks by blob id.
-    pub(crate) chunk_cache: cache::MemoryCache<BlobId, Arc<Vec<u8>>>,
+    pub(crate) chunk_cache: cache::MemoryCache<ChunkKey, Arc<Vec<u8>>>,
     /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
     /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
     pub(crate) disk_cache: Option<cache::DiskCache>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
-    pub(crate) fetching: Mutex<HashMap<BlobId, FetchCell>>,
+    pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
     /// Bytes in chunk buffers not yet stored, and a condvar signalled when it drops.
     pub(crate) dirty_bytes: Mutex<u64>,
     pub(crate) dirty_dropped: Condvar,
@@ -111,9 +136,9 @@ impl<B: BlobStore> Fs<B> {
     /// Builds the filesystem over an opened index. Frees orphans left by a crash (files
     /// unlinked while open) and starts the background flusher and garbage collector on `rt`.
     pub fn new(
-        index: Index,
+        index: Arc<Index>,
         store: Arc<B>,
-        key: MasterKey,
+        key: DataKey,
         rt: tokio::runtime::Handle,
         cfg: FsConfig,
     ) -> FsResult<Self> {
@@ -122,9 +147,9 @@ impl<B: BlobStore> Fs<B> {
 
     /// [`Fs::new`] with an on-disk cache of sealed chunks.
     pub fn with_disk_cache(
-        index: Index,
+        index: Arc<Index>,
         store: Arc<B>,
-        key: MasterKey,
+        key: DataKey,
         rt: tokio::runtime::Handle,
         cfg: FsConfig,
         disk_cache: Option<cache::DiskCache>,
@@ -141,6 +166,8 @@ impl<B: BlobStore> Fs<B> {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
                 upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
+                read_only: AtomicBool::new(cfg.read_only),
+                durable: Arc::new(tokio::sync::Notify::new()),
                 index,
                 store,
                 key,
@@ -171,22 +198,52 @@ impl<B: BlobStore> Fs<B> {
     /// Returns the number of files whose data could not be stored (their data is lost when
     /// the process exits; each is logged).
     pub fn shutdown(&self) -> usize {
+        match self.sync_all() {
+            Ok(()) => 0,
+            Err(failed) => failed.len(),
+        }
+    }
+
+    /// Stores every file's unstored data on the network, commits it and makes the index
+    /// durable (`walrusfs sync`). On failure, lists the inodes whose data could not be stored
+    /// (each logged; the data stays buffered).
+    pub fn sync_all(&self) -> Result<(), Vec<u64>> {
         let files: Vec<_> = self.inner.lock_open().values().cloned().collect();
-        let mut failed = 0;
+        let mut failed = Vec::new();
         for file in files {
             if let Err(e) = self.sync_file(&file) {
                 tracing::error!(
                     ino = file.ino,
-                    "data of inode {} could not be stored at unmount: {e}",
+                    "data of inode {} could not be stored: {e}",
                     file.ino
                 );
-                failed += 1;
+                failed.push(file.ino);
             }
         }
         if let Err(e) = self.inner.index.flush() {
-            tracing::error!("index flush at unmount failed: {e}");
+            tracing::error!("index flush failed: {e}");
+            failed.push(0);
         }
-        failed
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Refuses (or again accepts) changes from now on.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.inner.read_only.store(read_only, Ordering::SeqCst);
+    }
+
+    /// Notified whenever data became durable (fsync); the archive publishes soon after.
+    pub fn durable_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.durable.clone()
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.inner.index
     }
 
     /// Cache counters (hits, misses, bytes) of the plaintext chunk cache.
@@ -213,7 +270,7 @@ impl<B: BlobStore> Inner<B> {
     }
 
     pub(crate) fn check_writable(&self) -> FsResult<()> {
-        if self.cfg.read_only {
+        if self.read_only.load(Ordering::Relaxed) {
             Err(FsError::ReadOnly)
         } else {
             Ok(())

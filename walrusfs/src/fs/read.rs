@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::files::{Handle, OpenFile};
-use super::{Fs, FsError, FsResult};
+use super::{ChunkKey, FetchError, Fs, FsError, FsResult};
 use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
 use crate::index::types::ChunkRef;
@@ -158,7 +158,7 @@ impl<B: BlobStore> Fs<B> {
             return;
         };
         for (idx, r) in refs {
-            if self.inner.chunk_cache.contains(&r.blob_id) {
+            if self.inner.chunk_cache.contains(&(r.blob_id, r.offset)) {
                 continue;
             }
             let fs = self.clone();
@@ -171,15 +171,17 @@ impl<B: BlobStore> Fs<B> {
         }
     }
 
-    /// A stored chunk's plaintext: from the cache, from a fetch already in flight, or fetched
-    /// now (verified by the client, opened with the chunk's key) and cached.
+    /// A stored chunk's plaintext (its `stored_len` bytes): from the cache, from a fetch already
+    /// in flight, or fetched now (verified by the client, opened with the chunk's key) and
+    /// cached.
     pub(crate) async fn fetch_chunk(
         &self,
         ino: u64,
         idx: u64,
         r: ChunkRef,
     ) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(hit) = self.inner.chunk_cache.get(&r.blob_id) {
+        let key: ChunkKey = (r.blob_id, r.offset);
+        if let Some(hit) = self.inner.chunk_cache.get(&key) {
             return Ok(hit);
         }
         let cell = {
@@ -188,70 +190,100 @@ impl<B: BlobStore> Fs<B> {
                 .fetching
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            inflight.entry(r.blob_id).or_default().clone()
+            inflight.entry(key).or_default().clone()
         };
-        let blob_id = r.blob_id;
         let result = cell
-            .get_or_init(|| async {
-                let place = ChunkPlace {
-                    ino,
-                    index: idx,
-                    version: r.version,
-                    salt: r.salt,
-                };
-                let disk_key = cache::DiskKey::new(r.blob_id.0, 0);
-                if let Some(disk) = &self.inner.disk_cache {
-                    if let Ok(Some(sealed)) = disk.get(&disk_key) {
-                        // INV: a cached sealed chunk is used only if it authenticates.
-                        match self.inner.key.open(&place, sealed) {
-                            Ok(plain) => {
-                                let plain = Arc::new(plain);
-                                self.inner.chunk_cache.insert(r.blob_id, plain.clone());
-                                return Ok(plain);
-                            }
-                            Err(_) => {
-                                tracing::warn!(blob = %r.blob_id, "disk cache entry failed authentication; refetching");
-                                let _ = disk.remove(&disk_key);
-                            }
-                        }
-                    }
-                }
-                let sealed = self
-                    .inner
-                    .store
-                    .get(r.blob_id, r.metadata.clone())
-                    .await
-                    .map_err(|e| format!("network: {e}"))?;
-                if let Some(disk) = &self.inner.disk_cache {
-                    if let Err(e) = disk.insert(disk_key, &sealed) {
-                        tracing::debug!("disk cache insert failed: {e}");
-                    }
-                }
-                // INV: bytes reach a reader only after the client verified the blob and the
-                // AEAD authenticated it for exactly this file, position and version.
-                let plain = self
-                    .inner
-                    .key
-                    .open(&place, sealed)
-                    .map_err(|e| format!("integrity: {e}"))?;
-                let plain = Arc::new(plain);
-                self.inner.chunk_cache.insert(r.blob_id, plain.clone());
-                Ok(plain)
-            })
+            .get_or_init(|| self.fetch_uncached(ino, idx, &r))
             .await
             .clone();
         self.inner
             .fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&blob_id);
+            .remove(&key);
         result.map_err(|e| {
-            tracing::warn!(ino, chunk = idx, blob = %blob_id, "chunk read failed: {e}");
-            if e.starts_with("integrity") {
-                FsError::Integrity(e)
-            } else {
-                FsError::Network(e)
+            tracing::warn!(ino, chunk = idx, blob = %r.blob_id, "chunk read failed: {e:?}");
+            match e {
+                FetchError::Integrity(e) => FsError::Integrity(e),
+                FetchError::Network(e) => FsError::Network(e),
+                FetchError::Index(e) => FsError::Network(e),
             }
         })
+    }
+
+    async fn fetch_uncached(
+        &self,
+        ino: u64,
+        idx: u64,
+        r: &ChunkRef,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        let place = ChunkPlace {
+            ino,
+            index: idx,
+            version: r.version,
+            salt: r.salt,
+        };
+        let key: ChunkKey = (r.blob_id, r.offset);
+        let plain_len = r.stored_len as usize;
+        let disk_key = cache::DiskKey::new(r.blob_id.0, r.offset);
+        if let Some(disk) = &self.inner.disk_cache {
+            if let Ok(Some(sealed)) = disk.get(&disk_key) {
+                // INV: a cached sealed chunk is used only if it authenticates.
+                match self.inner.key.open(&place, plain_len, sealed) {
+                    Ok(plain) => {
+                        let plain = Arc::new(plain);
+                        self.inner.chunk_cache.insert(key, plain.clone());
+                        return Ok(plain);
+                    }
+                    Err(_) => {
+                        tracing::warn!(blob = %r.blob_id, "disk cache entry failed authentication; refetching");
+                        let _ = disk.remove(&disk_key);
+                    }
+                }
+            }
+        }
+        let info = self
+            .inner
+            .index
+            .blob(&r.blob_id)
+            .map_err(|e| FetchError::Index(e.to_string()))?
+            .ok_or_else(|| FetchError::Index(format!("no record of blob {}", r.blob_id)))?;
+        let blob = self
+            .inner
+            .store
+            .get(r.blob_id, info.metadata)
+            .await
+            .map_err(|e| FetchError::Network(e.to_string()))?;
+        let (from, to) = (
+            r.offset as usize,
+            r.offset as usize + r.sealed_len() as usize,
+        );
+        if blob.len() < to {
+            return Err(FetchError::Integrity(format!(
+                "blob {} of {} bytes cannot hold a chunk at {from}..{to}",
+                r.blob_id,
+                blob.len()
+            )));
+        }
+        let sealed = if from == 0 && to == blob.len() {
+            blob
+        } else {
+            blob[from..to].to_vec()
+        };
+        if let Some(disk) = &self.inner.disk_cache {
+            if let Err(e) = disk.insert(disk_key, &sealed) {
+                tracing::debug!("disk cache insert failed: {e}");
+            }
+        }
+        // INV: bytes reach a reader only after the client verified the blob and the AEAD
+        // authenticated it for exactly this file, position and version.
+        let plain = self
+            .inner
+            .key
+            .open(&place, plain_len, sealed)
+            .map_err(|e| FetchError::Integrity(e.to_string()))?;
+        let plain = Arc::new(plain);
+        self.inner.chunk_cache.insert(key, plain.clone());
+        Ok(plain)
     }
 }

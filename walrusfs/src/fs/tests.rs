@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Fs, FsConfig, FsError, RequestCtx};
-use crate::data::crypto::MasterKey;
+use crate::data::crypto::DataKey;
 use crate::data::store::MemoryStore;
 use crate::index::{FileKind, Index, IndexOptions, SetAttr, ROOT_INO};
 
@@ -47,11 +47,11 @@ fn open_fs(
     cfg: FsConfig,
 ) -> Fs<MemoryStore> {
     let opts = index_options();
-    let index = Index::open(&dir.join("index"), opts).unwrap();
+    let index = std::sync::Arc::new(Index::open(&dir.join("index"), opts).unwrap());
     Fs::new(
         index,
         store,
-        MasterKey::from_bytes([7; 32]),
+        DataKey::from_bytes([7; 32]),
         rt.handle().clone(),
         cfg,
     )
@@ -333,11 +333,11 @@ fn wrong_master_key_is_an_integrity_error_not_garbage() {
     let Setup { fs, store, dir, rt } = s;
     crash(fs);
     let opts = index_options();
-    let index = Index::open(&dir.path().join("index"), opts).unwrap();
+    let index = std::sync::Arc::new(Index::open(&dir.path().join("index"), opts).unwrap());
     let fs = Fs::new(
         index,
         store,
-        MasterKey::from_bytes([8; 32]),
+        DataKey::from_bytes([8; 32]),
         rt.handle().clone(),
         config(),
     )
@@ -475,12 +475,12 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let store = Arc::new(MemoryStore::default());
     let opts = index_options();
     let open = |store: Arc<MemoryStore>| {
-        let index = Index::open(&dir.path().join("index"), opts).unwrap();
+        let index = std::sync::Arc::new(Index::open(&dir.path().join("index"), opts).unwrap());
         let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();
         Fs::with_disk_cache(
             index,
             store,
-            MasterKey::from_bytes([7; 32]),
+            DataKey::from_bytes([7; 32]),
             rt.handle().clone(),
             config(),
             Some(disk),

@@ -164,7 +164,7 @@ impl<B: BlobStore> Fs<B> {
         if st.attr_dirty {
             self.inner
                 .index
-                .commit_chunks(file.ino, Vec::new(), st.size, st.mtime, st.ctime)
+                .commit_chunks(file.ino, &[], Vec::new(), st.size, st.mtime, st.ctime)
                 .map_err(|e| {
                     tracing::warn!(ino = file.ino, "committing file size failed: {e}");
                     e
@@ -174,6 +174,7 @@ impl<B: BlobStore> Fs<B> {
         drop(st);
         // INV: success is returned only after the index (chunk map + size) is on disk.
         self.inner.index.flush()?;
+        self.inner.durable.notify_one();
         self.forget_if_idle(file);
         Ok(())
     }
@@ -216,7 +217,7 @@ impl<B: BlobStore> Fs<B> {
         });
     }
 
-    async fn upload_chunk(&self, ino: u64, idx: u64, data: &[u8]) -> FsResult<ChunkRef> {
+    async fn upload_chunk(&self, ino: u64, idx: u64, data: &[u8]) -> FsResult<Uploaded> {
         let _slot = self
             .inner
             .upload_slots
@@ -243,12 +244,16 @@ impl<B: BlobStore> Fs<B> {
                 return Err(FsError::Network(e.message));
             }
         };
-        Ok(ChunkRef {
-            blob_id: stored.blob_id,
+        Ok(Uploaded {
+            chunk: ChunkRef {
+                blob_id: stored.blob_id,
+                offset: 0,
+                stored_len: data.len() as u32,
+                len: data.len() as u32,
+                version,
+                salt: place.salt,
+            },
             metadata: stored.metadata,
-            version,
-            salt: place.salt,
-            len: data.len() as u32,
         })
     }
 
@@ -259,17 +264,18 @@ impl<B: BlobStore> Fs<B> {
         file: &Arc<OpenFile>,
         idx: u64,
         gen: u64,
-        result: FsResult<ChunkRef>,
+        result: FsResult<Uploaded>,
         len: usize,
     ) {
         let mut st = file.lock();
         st.uploading -= 1;
         let current = st.bufs.get(&idx).map(|b| b.gen) == Some(gen);
         match result {
-            Ok(chunk) if current => {
+            Ok(Uploaded { chunk, metadata }) if current => {
                 let blob_id = chunk.blob_id;
                 let commit = self.inner.index.commit_chunks(
                     file.ino,
+                    &[(blob_id, metadata)],
                     vec![(idx, chunk)],
                     st.size,
                     st.mtime,
@@ -278,7 +284,7 @@ impl<B: BlobStore> Fs<B> {
                 match commit {
                     Ok(_) => {
                         if let Some(buf) = st.bufs.remove(&idx) {
-                            self.inner.chunk_cache.insert(blob_id, buf.data);
+                            self.inner.chunk_cache.insert((blob_id, 0), buf.data);
                             self.sub_dirty(self.inner.chunk_size);
                         }
                     }
@@ -296,7 +302,7 @@ impl<B: BlobStore> Fs<B> {
                     }
                 }
             }
-            Ok(chunk) => {
+            Ok(Uploaded { chunk, .. }) => {
                 // Overtaken by a newer write: this blob is garbage already.
                 if let Err(e) = self.inner.index.gc_enqueue(&[chunk.blob_id]) {
                     tracing::warn!("cannot queue overtaken blob for deletion: {e}");
@@ -432,6 +438,12 @@ impl<B: BlobStore> Fs<B> {
         }
         Ok(())
     }
+}
+
+/// A chunk stored on the network, ready to commit.
+struct Uploaded {
+    chunk: ChunkRef,
+    metadata: netcore::codec::BlobMetadata,
 }
 
 fn next_gen(st: &mut FileState) -> u64 {

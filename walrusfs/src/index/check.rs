@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::error::{IndexError, Result};
 use super::layout::{
-    decode, ino_key, pair_key, parse_blob_id, parse_ino_key, parse_named_key, parse_pair_key,
-    validate_name, DirentVal, FIRST_COOKIE,
+    decode, ino_key, pair_key, parse_blob_id, parse_change_key, parse_ino_key, parse_named_key,
+    parse_pair_key, validate_name, DirentVal, FIRST_COOKIE,
 };
-use super::types::{ChunkRef, FileKind, Ino, InodeAttr, ROOT_INO};
+use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, ROOT_INO};
 use super::Index;
 
 /// What [`Index::check`] counted.
@@ -25,6 +25,8 @@ pub struct CheckReport {
     pub orphans: u64,
     /// Blobs queued for GC.
     pub gc: u64,
+    /// Blobs chunk refs point into.
+    pub blobs: u64,
 }
 
 /// Fails with `Corrupt(msg)` unless `ok`.
@@ -43,7 +45,7 @@ impl Index {
         let _w = self.write_lock();
         let t = &self.trees;
         let counters = t.counters()?;
-        let cs = u64::from(self.chunk_size);
+        let cs = u64::from(self.chunk_size());
         let mut report = CheckReport::default();
 
         let mut inodes = BTreeMap::<Ino, InodeAttr>::new();
@@ -176,6 +178,7 @@ impl Index {
             })?;
         }
 
+        let mut refs = HashMap::<netcore::codec::BlobId, (u64, u64)>::new();
         for item in t.chunks.iter() {
             let (key, value) = item?;
             let (ino, index) = parse_pair_key(&key)?;
@@ -201,8 +204,39 @@ impl Index {
             ensure(!t.gc.contains_key(c.blob_id.0)?, || {
                 format!("chunk {index} of {ino} refers to a blob queued for GC")
             })?;
+            ensure(c.len <= c.stored_len, || {
+                format!(
+                    "chunk {index} of {ino}: len {} > stored {}",
+                    c.len, c.stored_len
+                )
+            })?;
+            let counted = refs.entry(c.blob_id).or_insert((0, 0));
+            counted.0 += 1;
+            counted.1 += c.sealed_len();
             report.chunks += 1;
         }
+        // Blob records: exactly the blobs refs point into, with the right counts.
+        let mut blobs = 0usize;
+        for item in t.blobs.iter() {
+            let (key, value) = item?;
+            let blob = parse_blob_id(&key)?;
+            let info: BlobInfo = decode(&value, "blob record")?;
+            let (n, live) = refs.get(&blob).copied().unwrap_or((0, 0));
+            ensure(info.refs == n && info.live_bytes == live && n > 0, || {
+                format!(
+                    "blob {blob}: record says {} refs / {} bytes, found {n} / {live}",
+                    info.refs, info.live_bytes
+                )
+            })?;
+            ensure(info.metadata.blob_id() == blob, || {
+                format!("blob {blob}: metadata of another blob")
+            })?;
+            blobs += 1;
+        }
+        ensure(blobs == refs.len(), || {
+            format!("{} blobs referenced, {blobs} blob records", refs.len())
+        })?;
+        report.blobs = blobs as u64;
         for item in t.xattrs.iter().keys() {
             let key = item?;
             let (ino, _) = parse_named_key(&key)?;
@@ -210,9 +244,26 @@ impl Index {
                 format!("xattr of missing inode {ino}")
             })?;
         }
-        for item in t.gc.iter().keys() {
-            parse_blob_id(&item?)?;
+        for item in t.gc.iter() {
+            let (key, value) = item?;
+            parse_blob_id(&key)?;
+            let entry: GcEntry = decode(&value, "GC entry")?;
+            ensure(entry.dropped_seq <= counters.seq, || {
+                format!("GC entry from the future: seq {}", entry.dropped_seq)
+            })?;
             report.gc += 1;
+        }
+        for item in t.changes.iter() {
+            let (key, value) = item?;
+            parse_change_key(&key)?;
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| IndexError::Corrupt("change stamp of the wrong size".into()))?;
+            ensure(seq <= counters.seq, || {
+                format!("change stamped {seq}, counter at {}", counters.seq)
+            })?;
         }
         ensure(counters.inodes == report.inodes, || {
             format!(

@@ -1,7 +1,7 @@
 //! Directory operations: lookup, readdir, create, link, unlink, rmdir.
 
 use super::error::{IndexError, Result};
-use super::layout::{decode, ino_key, pair_key, validate_name, Counters, SYMLINK_MAX};
+use super::layout::{decode, ino_key, pair_key, validate_name, Counters, TreeId, SYMLINK_MAX};
 use super::params::{NewNode, Unlinked};
 use super::scan::Scan;
 use super::tx::{abort, pair_index};
@@ -163,7 +163,7 @@ impl Index {
             };
             tx.put_inode(&attr)?;
             if let Some(target) = &node.symlink_target {
-                tx.symlinks.insert(&ino_key(ino), target.as_slice())?;
+                tx.put(TreeId::Symlinks, &ino_key(ino), target.as_slice())?;
             }
             if node.kind == FileKind::Dir {
                 // INV: a directory's nlink is 2 + its subdirectories; it records its parent.

@@ -42,6 +42,15 @@ pub enum IndexError {
     /// The stored data breaks an invariant of the index (EIO). Never caused by caller input.
     #[error("index corrupt: {0}")]
     Corrupt(String),
+    /// The index on disk was written in another format version (EIO). An index of format 1
+    /// (before archives) is not converted: its data lives under a per-machine key.
+    #[error("index format {found}, this build reads format {supported}")]
+    Format {
+        /// The format found.
+        found: u32,
+        /// The format this build reads.
+        supported: u32,
+    },
     /// The database failed (EIO).
     #[error("index database: {0}")]
     Db(#[from] sled::Error),

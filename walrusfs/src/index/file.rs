@@ -2,12 +2,13 @@
 //! orphans.
 
 use super::error::{IndexError, Result};
-use super::layout::{decode, ino_key, pair_key, parse_ino_key};
+use super::layout::{decode, ino_key, pair_key, parse_ino_key, TreeId};
 use super::params::SetAttr;
 use super::scan::Scan;
 use super::tx::{abort, pair_index, Tx, TxResult};
-use super::types::{ChunkRef, FileKind, Ino, InodeAttr, Timestamp};
+use super::types::{BlobInfo, ChunkRef, FileKind, Ino, InodeAttr, Timestamp};
 use super::Index;
+use netcore::codec::{BlobId, BlobMetadata};
 
 /// Outcome of the commit transaction: a rejected commit still commits its GC entries.
 enum Commit {
@@ -81,7 +82,7 @@ impl Index {
     /// the byte total right. Does not write `attr`.
     fn resize(&self, tx: &Tx<'_>, attr: &mut InodeAttr, size: u64) -> TxResult<()> {
         if size < attr.size {
-            tx.truncate_chunks(attr.ino, size, self.chunk_size)?;
+            tx.truncate_chunks(attr.ino, size, self.chunk_size())?;
         }
         let old = attr.size;
         // INV: `counters.bytes` is the sum of file sizes.
@@ -101,6 +102,12 @@ impl Index {
             .get(pair_key(ino, index))?
             .map(|v| decode(&v, "chunk ref"))
             .transpose()
+    }
+
+    /// The record of a blob chunk refs point into, if any.
+    pub fn blob(&self, blob: &BlobId) -> Result<Option<BlobInfo>> {
+        let _r = self.read_lock();
+        self.trees.blob(blob)
     }
 
     /// The chunk refs of `ino` with index in `first..=last_inclusive`, in index order
@@ -125,12 +132,14 @@ impl Index {
             .collect()
     }
 
-    /// Commits uploaded chunks of file `ino` in one transaction: sets each chunk ref (a
-    /// replaced ref's blob goes to GC), then the size, mtime and ctime.
+    /// Commits uploaded chunks of file `ino` in one transaction: registers the newly stored
+    /// `blobs` the refs point into, sets each chunk ref (dropping the replaced one's ref to its
+    /// blob), then the size, mtime and ctime. Attributes alone: no blobs, no updates.
     ///
     /// `size` is the file's new size. Shrinking below the stored size cuts the chunk map as
     /// [`Index::setattr`] does. Refs starting at or beyond `size` (a truncate raced the
-    /// upload) go straight to GC; a ref's `len` is clamped to end at `size`.
+    /// upload) are discarded; a ref's `len` is clamped to end at `size`. A new blob left with
+    /// no ref goes to GC.
     ///
     /// If the inode no longer exists, every new blob goes to GC and the result is `NotFound`
     /// (data written to a deleted file must not leak); likewise, with nothing else changed,
@@ -139,18 +148,22 @@ impl Index {
     pub fn commit_chunks(
         &self,
         ino: Ino,
+        blobs: &[(BlobId, BlobMetadata)],
         updates: Vec<(u64, ChunkRef)>,
         size: u64,
         mtime: Timestamp,
         ctime: Timestamp,
     ) -> Result<InodeAttr> {
-        let cs = u64::from(self.chunk_size);
+        let cs = u64::from(self.chunk_size());
         let _w = self.write_lock();
         let scan = self.scan_cut(ino, Some(size))?;
         let outcome = self.transact(&scan, |tx| {
             let reject = |err| {
-                for (_, c) in &updates {
-                    tx.gc_add(&c.blob_id)?;
+                // INV: a stored blob no ref will point into is queued for GC, not leaked.
+                for (blob, _) in blobs {
+                    if tx.blob(blob)?.is_none() {
+                        tx.gc_add(blob)?;
+                    }
                 }
                 Ok(Commit::Rejected(err))
             };
@@ -169,11 +182,14 @@ impl Index {
             if size != attr.size {
                 self.resize(tx, &mut attr, size)?;
             }
+            for (blob, metadata) in blobs {
+                tx.register_blob(blob, metadata)?;
+            }
             for (index, c) in &updates {
                 let start = index.checked_mul(cs).filter(|&start| start < size);
                 let Some(start) = start else {
-                    // INV: no chunk ref lies beyond the size; its blob is garbage.
-                    tx.gc_add(&c.blob_id)?;
+                    // INV: no chunk ref lies beyond the size (its blob, unless other refs
+                    // point into it, is dropped below).
                     continue;
                 };
                 let mut c = c.clone();
@@ -183,6 +199,8 @@ impl Index {
                 }
                 tx.put_chunk(ino, *index, &c)?;
             }
+            let ids: Vec<BlobId> = blobs.iter().map(|(b, _)| *b).collect();
+            tx.drop_unreferenced(&ids)?;
             attr.mtime = mtime;
             attr.ctime = ctime;
             tx.put_inode(&attr)?;
@@ -191,7 +209,7 @@ impl Index {
         match outcome {
             Commit::Done(attr) => Ok(attr),
             Commit::Rejected(err) => {
-                tracing::debug!(ino, %err, blobs = updates.len(), "chunk commit rejected, blobs to GC");
+                tracing::debug!(ino, %err, blobs = blobs.len(), "chunk commit rejected, blobs to GC");
                 Err(err)
             }
         }
@@ -252,7 +270,7 @@ impl Index {
                 // INV: orphans have nlink 0; this one does not (or is gone): drop the record.
                 let _w = self.write_lock();
                 self.transact(&Scan::default(), |tx| {
-                    tx.orphans.remove(&ino_key(ino))?;
+                    tx.del(TreeId::Orphans, &ino_key(ino))?;
                     Ok(())
                 })?;
             }

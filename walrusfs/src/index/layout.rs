@@ -11,30 +11,98 @@ use super::error::{IndexError, Result};
 use super::types::{FileKind, Ino};
 
 /// Version of the on-disk layout, stored in `meta`. Bump it on any change to a key or record.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+///
+/// History: 1, the first local index; 2, blobs with reference counts, compact chunk refs
+/// (blob, offset, segmented sealing), GC entries stamped with a change sequence number, and the
+/// change log and local records that publishing needs.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
-/// Tree names.
-pub(crate) mod tree {
+/// The trees of the index. The number is part of the published format (it names the tree in
+/// change keys and published records); the name is sled's tree name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum TreeId {
     /// `ino -> InodeAttr`.
-    pub const INODES: &str = "inodes";
+    Inodes = 0,
     /// `parent ++ name -> DirentVal`.
-    pub const DIRENTS: &str = "dirents";
+    Dirents = 1,
     /// `parent ++ cookie -> name`.
-    pub const DIRCOOKIES: &str = "dircookies";
+    Dircookies = 2,
     /// `dir ino -> parent ino`.
-    pub const PARENTS: &str = "parents";
+    Parents = 3,
     /// `ino -> target bytes`.
-    pub const SYMLINKS: &str = "symlinks";
+    Symlinks = 4,
     /// `ino ++ name -> value`.
-    pub const XATTRS: &str = "xattrs";
+    Xattrs = 5,
     /// `ino ++ chunk index -> ChunkRef`.
-    pub const CHUNKS: &str = "chunks";
-    /// `blob id -> ()`.
-    pub const GC: &str = "gc";
+    Chunks = 6,
+    /// `blob id -> BlobInfo`.
+    Blobs = 7,
+    /// `blob id -> GcEntry`.
+    Gc = 8,
     /// `ino -> ()`.
-    pub const ORPHANS: &str = "orphans";
+    Orphans = 9,
     /// Named singletons, see [`meta_key`](super::meta_key).
-    pub const META: &str = "meta";
+    Meta = 10,
+    /// Local only: `tree id ++ key -> be64 seq` of every published key changed since the last
+    /// publish.
+    Changes = 11,
+    /// Local only: this machine's records about the archive, see [`local_key`](super::local_key).
+    Local = 12,
+    /// Local only: `blob id ++ be64 snapshot version -> ()` for every blob a snapshot refers
+    /// to (derived from the snapshot's published index; garbage collection skips them).
+    Held = 13,
+}
+
+impl TreeId {
+    /// Every tree, in number order (the index of each is its number).
+    pub const ALL: [TreeId; 14] = [
+        TreeId::Inodes,
+        TreeId::Dirents,
+        TreeId::Dircookies,
+        TreeId::Parents,
+        TreeId::Symlinks,
+        TreeId::Xattrs,
+        TreeId::Chunks,
+        TreeId::Blobs,
+        TreeId::Gc,
+        TreeId::Orphans,
+        TreeId::Meta,
+        TreeId::Changes,
+        TreeId::Local,
+        TreeId::Held,
+    ];
+
+    /// sled's name of the tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            TreeId::Inodes => "inodes",
+            TreeId::Dirents => "dirents",
+            TreeId::Dircookies => "dircookies",
+            TreeId::Parents => "parents",
+            TreeId::Symlinks => "symlinks",
+            TreeId::Xattrs => "xattrs",
+            TreeId::Chunks => "chunks",
+            TreeId::Blobs => "blobs",
+            TreeId::Gc => "gc",
+            TreeId::Orphans => "orphans",
+            TreeId::Meta => "meta",
+            TreeId::Changes => "changes",
+            TreeId::Local => "local",
+            TreeId::Held => "held",
+        }
+    }
+
+    /// Whether the tree is part of the archive (published, restored on other machines), as
+    /// opposed to this machine's bookkeeping.
+    pub fn published(self) -> bool {
+        !matches!(self, TreeId::Changes | TreeId::Local | TreeId::Held)
+    }
+
+    /// The tree with number `n`.
+    pub fn from_u8(n: u8) -> Option<TreeId> {
+        TreeId::ALL.get(usize::from(n)).copied()
+    }
 }
 
 /// Keys of the `meta` tree.
@@ -47,6 +115,15 @@ pub(crate) mod meta_key {
     pub const CHUNK_SIZE: &[u8] = b"chunk_size";
     /// [`Counters`](super::Counters).
     pub const COUNTERS: &[u8] = b"counters";
+}
+
+/// Keys of the `local` tree: this machine's records, never published.
+pub(crate) mod local_key {
+    /// `u64`: every change with a sequence number up to this one is published.
+    pub const PUBLISHED_SEQ: &[u8] = b"published_seq";
+    /// Opaque bytes the archive layer keeps next to the index (its view of the root record),
+    /// written in the same transaction as `published_seq`.
+    pub const ARCHIVE_STATE: &[u8] = b"archive_state";
 }
 
 /// The first directory cookie handed out: 0, 1 and 2 are left to the FUSE layer (start of
@@ -76,6 +153,9 @@ pub(crate) struct DirentVal {
 /// Counters kept in `meta` and updated inside every transaction that changes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Counters {
+    /// Sequence number of the last transaction that changed a published tree; each such
+    /// transaction takes the next one, stamps its keys in `changes` and its GC entries with it.
+    pub seq: u64,
     /// Next inode number to allocate (never reused).
     pub next_ino: Ino,
     /// Next directory cookie to hand out (global, never reused).
@@ -160,7 +240,26 @@ pub(crate) fn parse_named_key(key: &[u8]) -> Result<(Ino, &[u8])> {
     Ok((parse_ino_key(&key[..8])?, &key[8..]))
 }
 
-/// Parses a `gc` key.
+/// Key of a `changes` entry: the tree's number, then the key.
+pub(crate) fn change_key(tree: TreeId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(tree as u8);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits a `changes` key.
+pub(crate) fn parse_change_key(key: &[u8]) -> Result<(TreeId, &[u8])> {
+    let (&tree, rest) = key
+        .split_first()
+        .ok_or_else(|| IndexError::Corrupt("empty change key".into()))?;
+    let tree = TreeId::from_u8(tree)
+        .filter(|t| t.published())
+        .ok_or_else(|| IndexError::Corrupt(format!("change key of unknown tree {tree}")))?;
+    Ok((tree, rest))
+}
+
+/// Parses a `gc` or `blobs` key.
 pub(crate) fn parse_blob_id(key: &[u8]) -> Result<BlobId> {
     let bytes: [u8; 32] = key
         .try_into()

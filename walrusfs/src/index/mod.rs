@@ -57,6 +57,7 @@ mod file;
 mod gc;
 mod layout;
 mod params;
+mod records;
 mod rename;
 mod scan;
 mod tx;
@@ -67,6 +68,7 @@ mod xattr;
 mod tests;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 pub use check::CheckReport;
@@ -75,8 +77,12 @@ pub use layout::{NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
 pub use params::{
     IndexOptions, IndexStats, NewNode, RenameFlags, RenameOutcome, SetAttr, Unlinked, XattrFlags,
 };
-pub use types::{ChunkRef, DirEntry, FileKind, Ino, InodeAttr, Timestamp, ROOT_INO};
+pub use records::{Capture, RecordEntry};
+pub use types::{
+    BlobInfo, ChunkRef, DirEntry, FileKind, GcEntry, Ino, InodeAttr, Timestamp, ROOT_INO,
+};
 
+pub use layout::TreeId;
 use layout::{decode, encode, ino_key, meta_key, Counters, FIRST_COOKIE, FORMAT_VERSION};
 use scan::Scan;
 use tx::Trees;
@@ -90,61 +96,116 @@ pub struct Index {
     flush_lock: Mutex<()>,
     /// sled's log file, fsynced by `flush`.
     log_file: std::fs::File,
-    chunk_size: u32,
-    fs_id: [u8; 16],
+    /// From `meta` (0 until an index being restored has one).
+    chunk_size: AtomicU32,
+    /// From `meta`.
+    fs_id: Mutex<[u8; 16]>,
 }
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Index")
-            .field("chunk_size", &self.chunk_size)
-            .field("fs_id", &self.fs_id)
+            .field("chunk_size", &self.chunk_size())
+            .field("fs_id", &self.filesystem_id())
             .finish_non_exhaustive()
     }
 }
 
 impl Index {
     /// Opens the index in directory `path`, creating it (with a root directory, ino
-    /// [`ROOT_INO`], owned as `options` say) if it does not exist.
+    /// [`ROOT_INO`], owned as `options` say, and `options.chunk_size`) if it does not exist.
+    /// An existing index keeps the chunk size it was created with.
     ///
-    /// Fails with `InvalidArgument` if `options.chunk_size` is 0 or differs from the one the
-    /// index was created with, and with `Corrupt` on an unknown format version.
+    /// Fails with `InvalidArgument` if `options.chunk_size` is 0, and with `Format` on an
+    /// index of another format version.
     pub fn open(path: &Path, options: IndexOptions) -> Result<Self> {
         if options.chunk_size == 0 {
             return Err(IndexError::InvalidArgument("chunk size must be non-zero"));
         }
+        let index = Self::open_raw(path)?;
+        if index.trees.meta.get(meta_key::FORMAT)?.is_none() {
+            index.create_root(options)?;
+        }
+        index.load_meta()?;
+        tracing::debug!(path = %path.display(), chunk_size = index.chunk_size(), "index opened");
+        Ok(index)
+    }
+
+    /// Creates the root directory and meta records of an empty index (see
+    /// [`Index::open_replica`]); does nothing to one that has them.
+    pub fn initialize(&self, options: IndexOptions) -> Result<()> {
+        if options.chunk_size == 0 {
+            return Err(IndexError::InvalidArgument("chunk size must be non-zero"));
+        }
+        if self.trees.meta.get(meta_key::FORMAT)?.is_none() {
+            self.create_root(options)?;
+        }
+        self.load_meta()
+    }
+
+    /// Empties every tree but the local records (an index about to be rebuilt).
+    pub fn reset(&self) -> Result<()> {
+        let _w = self.write_lock();
+        for tree in TreeId::ALL {
+            if tree != TreeId::Local {
+                self.trees.tree(tree).clear()?;
+            }
+        }
+        self.chunk_size.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Opens an existing index, or an empty one (no root, no meta) to be filled by
+    /// [`Index::apply_entries`] from published records: a replica, or a restore. Everything but
+    /// `apply_entries` expects the meta records, which a full record brings.
+    pub fn open_replica(path: &Path) -> Result<Self> {
+        let index = Self::open_raw(path)?;
+        if index.trees.meta.get(meta_key::FORMAT)?.is_some() {
+            index.load_meta()?;
+        }
+        Ok(index)
+    }
+
+    /// Whether the index has its meta records (a replica being restored has none yet).
+    pub fn is_initialized(&self) -> bool {
+        self.chunk_size() != 0
+    }
+
+    fn open_raw(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).open()?;
         // sled 0.34 keeps its log in `PATH/db`; opened here only to fsync it (see `flush`).
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| IndexError::Db(sled::Error::Io(e)))?;
-        let mut index = Self {
+        Ok(Self {
             trees: Trees::open(db)?,
             log_file,
             lock: RwLock::new(()),
             flush_lock: Mutex::new(()),
-            chunk_size: options.chunk_size,
-            fs_id: [0; 16],
-        };
-        if index.trees.meta.get(meta_key::FORMAT)?.is_none() {
-            index.create_root(options)?;
-        }
-        let meta = &index.trees.meta;
+            chunk_size: AtomicU32::new(0),
+            fs_id: Mutex::new([0; 16]),
+        })
+    }
+
+    /// Reads and checks the meta records (format version, chunk size, filesystem id,
+    /// counters).
+    pub(crate) fn load_meta(&self) -> Result<()> {
+        let meta = &self.trees.meta;
         let format: u32 = decode(&required(meta, meta_key::FORMAT)?, "format version")?;
         if format != FORMAT_VERSION {
-            return Err(IndexError::Corrupt(format!(
-                "format version {format}, this build reads {FORMAT_VERSION}"
-            )));
+            return Err(IndexError::Format {
+                found: format,
+                supported: FORMAT_VERSION,
+            });
         }
         let chunk_size: u32 = decode(&required(meta, meta_key::CHUNK_SIZE)?, "chunk size")?;
-        if chunk_size != options.chunk_size {
-            return Err(IndexError::InvalidArgument(
-                "chunk size differs from the one the index was created with",
-            ));
+        if chunk_size == 0 {
+            return Err(IndexError::Corrupt("chunk size 0".into()));
         }
-        index.fs_id = decode(&required(meta, meta_key::FS_ID)?, "filesystem id")?;
-        index.trees.counters()?;
-        tracing::debug!(path = %path.display(), chunk_size, "index opened");
-        Ok(index)
+        let fs_id: [u8; 16] = decode(&required(meta, meta_key::FS_ID)?, "filesystem id")?;
+        self.trees.counters()?;
+        self.chunk_size.store(chunk_size, Ordering::Relaxed);
+        *self.fs_id.lock().unwrap_or_else(|p| p.into_inner()) = fs_id;
+        Ok(())
     }
 
     /// Writes the meta records and the root directory of a new index, in one transaction.
@@ -168,6 +229,7 @@ impl Index {
         };
         let fs_id: [u8; 16] = rand::random();
         let counters = Counters {
+            seq: 0,
             next_ino: ROOT_INO + 1,
             next_cookie: FIRST_COOKIE,
             inodes: 1,
@@ -179,11 +241,11 @@ impl Index {
         self.transact(&Scan::default(), |tx| {
             // INV: the format version is written in the same transaction as everything else,
             // so an index that has one is complete.
-            tx.meta.insert(meta_key::FORMAT, format.as_slice())?;
-            tx.meta
-                .insert(meta_key::CHUNK_SIZE, chunk_size.as_slice())?;
-            tx.meta.insert(meta_key::FS_ID, fs_id.as_slice())?;
+            // The counters first: every later write takes its sequence number from them.
             tx.put_counters(&counters)?;
+            tx.put(TreeId::Meta, meta_key::FORMAT, format.as_slice())?;
+            tx.put(TreeId::Meta, meta_key::CHUNK_SIZE, chunk_size.as_slice())?;
+            tx.put(TreeId::Meta, meta_key::FS_ID, fs_id.as_slice())?;
             tx.put_inode(&root)?;
             tx.set_parent(ROOT_INO, ROOT_INO)
         })?;
@@ -205,12 +267,12 @@ impl Index {
 
     /// The chunk size fixed at creation.
     pub fn chunk_size(&self) -> u32 {
-        self.chunk_size
+        self.chunk_size.load(Ordering::Relaxed)
     }
 
     /// The random 16-byte filesystem id created with the index.
     pub fn filesystem_id(&self) -> [u8; 16] {
-        self.fs_id
+        *self.fs_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Filesystem totals for statfs, O(1).

@@ -110,7 +110,7 @@ impl Index {
     pub(crate) fn scan_cut(&self, ino: Ino, size: Option<u64>) -> Result<Scan> {
         let mut scan = Scan::default();
         if let Some(size) = size {
-            let first_gone = size.div_ceil(u64::from(self.chunk_size));
+            let first_gone = size.div_ceil(u64::from(self.chunk_size()));
             scan.add_chunks_from(&self.trees, ino, first_gone)?;
         }
         Ok(scan)

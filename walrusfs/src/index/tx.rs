@@ -6,21 +6,22 @@
 //! `scan`). Inside the closure only the transactional trees may be touched: sled holds its
 //! global transaction lock while the closure runs, so a plain-tree read there deadlocks.
 
+use std::cell::Cell;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
-use netcore::codec::BlobId;
+use netcore::codec::{BlobId, BlobMetadata};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
-use sled::Tree;
+use sled::{IVec, Tree};
 
 use super::error::{IndexError, Result};
 use super::layout::{
-    decode, encode, ino_key, meta_key, named_key, pair_key, parse_pair_key, tree, Counters,
-    DirentVal,
+    change_key, decode, encode, ino_key, meta_key, named_key, pair_key, parse_pair_key, Counters,
+    DirentVal, TreeId,
 };
 use super::scan::Scan;
-use super::types::{ChunkRef, FileKind, Ino, InodeAttr, Timestamp};
+use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, Timestamp};
 use super::Index;
 
 /// Result inside a transaction closure.
@@ -46,27 +47,48 @@ pub(crate) struct Trees {
     pub symlinks: Tree,
     pub xattrs: Tree,
     pub chunks: Tree,
+    pub blobs: Tree,
     pub gc: Tree,
     pub orphans: Tree,
     pub meta: Tree,
+    pub changes: Tree,
+    pub local: Tree,
+    pub held: Tree,
+    /// Every tree, indexed by [`TreeId`] number.
+    pub all: Vec<Tree>,
 }
 
 impl Trees {
     /// Opens (creating if needed) every tree of `db`.
     pub fn open(db: sled::Db) -> Result<Self> {
+        let all = TreeId::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let t = |id: TreeId| all[id as usize].clone();
         Ok(Self {
-            inodes: db.open_tree(tree::INODES)?,
-            dirents: db.open_tree(tree::DIRENTS)?,
-            dircookies: db.open_tree(tree::DIRCOOKIES)?,
-            parents: db.open_tree(tree::PARENTS)?,
-            symlinks: db.open_tree(tree::SYMLINKS)?,
-            xattrs: db.open_tree(tree::XATTRS)?,
-            chunks: db.open_tree(tree::CHUNKS)?,
-            gc: db.open_tree(tree::GC)?,
-            orphans: db.open_tree(tree::ORPHANS)?,
-            meta: db.open_tree(tree::META)?,
+            inodes: t(TreeId::Inodes),
+            dirents: t(TreeId::Dirents),
+            dircookies: t(TreeId::Dircookies),
+            parents: t(TreeId::Parents),
+            symlinks: t(TreeId::Symlinks),
+            xattrs: t(TreeId::Xattrs),
+            chunks: t(TreeId::Chunks),
+            blobs: t(TreeId::Blobs),
+            gc: t(TreeId::Gc),
+            orphans: t(TreeId::Orphans),
+            meta: t(TreeId::Meta),
+            changes: t(TreeId::Changes),
+            local: t(TreeId::Local),
+            held: t(TreeId::Held),
+            all,
             db,
         })
+    }
+
+    /// The tree numbered `id`.
+    pub fn tree(&self, id: TreeId) -> &Tree {
+        &self.all[id as usize]
     }
 
     /// Reads an inode outside a transaction.
@@ -92,22 +114,26 @@ impl Trees {
             None => Err(IndexError::Corrupt("counters missing".into())),
         }
     }
+
+    /// Reads a blob's record outside a transaction.
+    pub fn blob(&self, blob: &BlobId) -> Result<Option<BlobInfo>> {
+        self.blobs
+            .get(blob.0)?
+            .map(|v| decode(&v, "blob record"))
+            .transpose()
+    }
 }
 
-/// One transaction's view of every tree, with typed accessors.
+/// One transaction's view of every tree, with typed accessors. Every write to a published tree
+/// goes through [`Tx::put`] or [`Tx::del`], which stamp the key in `changes` with the
+/// transaction's sequence number, so publishing finds every change.
 pub(crate) struct Tx<'a> {
     /// Keys scanned before the transaction.
     scan: &'a Scan,
-    inodes: &'a TransactionalTree,
-    dirents: &'a TransactionalTree,
-    dircookies: &'a TransactionalTree,
-    parents: &'a TransactionalTree,
-    pub symlinks: &'a TransactionalTree,
-    pub xattrs: &'a TransactionalTree,
-    pub chunks: &'a TransactionalTree,
-    gc: &'a TransactionalTree,
-    pub orphans: &'a TransactionalTree,
-    pub meta: &'a TransactionalTree,
+    /// The transactional trees, indexed by [`TreeId`] number.
+    trees: &'a [TransactionalTree],
+    /// This transaction's sequence number, taken at its first change.
+    seq: Cell<Option<u64>>,
 }
 
 impl Index {
@@ -133,47 +159,16 @@ impl Index {
     /// have made `scan` under it (see the module doc). `f` may run more than once; it must act
     /// only through `Tx`.
     pub(crate) fn transact<R>(&self, scan: &Scan, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> Result<R> {
-        let t = &self.trees;
-        (
-            &t.inodes,
-            &t.dirents,
-            &t.dircookies,
-            &t.parents,
-            &t.symlinks,
-            &t.xattrs,
-            &t.chunks,
-            &t.gc,
-            &t.orphans,
-            &t.meta,
-        )
-            .transaction(
-                |(
-                    inodes,
-                    dirents,
-                    dircookies,
-                    parents,
-                    symlinks,
-                    xattrs,
-                    chunks,
-                    gc,
-                    orphans,
-                    meta,
-                )| {
-                    f(&Tx {
-                        scan,
-                        inodes,
-                        dirents,
-                        dircookies,
-                        parents,
-                        symlinks,
-                        xattrs,
-                        chunks,
-                        gc,
-                        orphans,
-                        meta,
-                    })
-                },
-            )
+        let trees: Vec<&Tree> = self.trees.all.iter().collect();
+        trees
+            .as_slice()
+            .transaction(|views: &Vec<TransactionalTree>| {
+                f(&Tx {
+                    scan,
+                    trees: views,
+                    seq: Cell::new(None),
+                })
+            })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => IndexError::Db(e),
@@ -182,9 +177,66 @@ impl Index {
 }
 
 impl Tx<'_> {
+    fn tree(&self, id: TreeId) -> &TransactionalTree {
+        &self.trees[id as usize]
+    }
+
+    /// Reads a key.
+    pub fn get(&self, id: TreeId, key: &[u8]) -> TxResult<Option<IVec>> {
+        Ok(self.tree(id).get(key)?)
+    }
+
+    /// Writes a key (recording the change if the tree is published); returns the old value.
+    pub fn put(&self, id: TreeId, key: &[u8], value: impl Into<IVec>) -> TxResult<Option<IVec>> {
+        let old = self.tree(id).insert(key, value)?;
+        self.record(id, key)?;
+        Ok(old)
+    }
+
+    /// Removes a key (recording the change if the tree is published); returns the old value.
+    pub fn del(&self, id: TreeId, key: &[u8]) -> TxResult<Option<IVec>> {
+        let old = self.tree(id).remove(key)?;
+        self.record(id, key)?;
+        Ok(old)
+    }
+
+    /// Stamps `key` of published tree `id` as changed by this transaction.
+    fn record(&self, id: TreeId, key: &[u8]) -> TxResult<()> {
+        if !id.published() {
+            return Ok(());
+        }
+        let seq = self.seq()?;
+        // INV: every change to a published tree is stamped in `changes`, in the transaction
+        // that makes it, so no change can be left out of the next published record.
+        self.tree(TreeId::Changes)
+            .insert(change_key(id, key), &seq.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// This transaction's sequence number: the counters' `seq` plus one, taken (and the
+    /// counters updated) at the first change.
+    pub fn seq(&self) -> TxResult<u64> {
+        if let Some(seq) = self.seq.get() {
+            return Ok(seq);
+        }
+        let mut c = self.counters()?;
+        c.seq = match c.seq.checked_add(1) {
+            Some(s) => s,
+            None => return abort(IndexError::Corrupt("sequence counter exhausted".into())),
+        };
+        self.seq.set(Some(c.seq));
+        self.tree(TreeId::Meta)
+            .insert(meta_key::COUNTERS, ok(encode(&c))?)?;
+        self.tree(TreeId::Changes).insert(
+            change_key(TreeId::Meta, meta_key::COUNTERS),
+            &c.seq.to_be_bytes()[..],
+        )?;
+        Ok(c.seq)
+    }
+
     /// Reads an inode.
     pub fn inode(&self, ino: Ino) -> TxResult<Option<InodeAttr>> {
-        match self.inodes.get(ino_key(ino))? {
+        match self.get(TreeId::Inodes, &ino_key(ino))? {
             Some(v) => ok(decode(&v, "inode").map(Some)),
             None => Ok(None),
         }
@@ -222,7 +274,7 @@ impl Tx<'_> {
 
     /// Writes an inode.
     pub fn put_inode(&self, attr: &InodeAttr) -> TxResult<()> {
-        self.inodes.insert(&ino_key(attr.ino), ok(encode(attr))?)?;
+        self.put(TreeId::Inodes, &ino_key(attr.ino), ok(encode(attr))?)?;
         Ok(())
     }
 
@@ -261,7 +313,7 @@ impl Tx<'_> {
 
     /// Reads the counters.
     pub fn counters(&self) -> TxResult<Counters> {
-        match self.meta.get(meta_key::COUNTERS)? {
+        match self.get(TreeId::Meta, meta_key::COUNTERS)? {
             Some(v) => ok(decode(&v, "counters")),
             None => abort(IndexError::Corrupt("counters missing".into())),
         }
@@ -269,7 +321,7 @@ impl Tx<'_> {
 
     /// Writes the counters.
     pub fn put_counters(&self, c: &Counters) -> TxResult<()> {
-        self.meta.insert(meta_key::COUNTERS, ok(encode(c))?)?;
+        self.put(TreeId::Meta, meta_key::COUNTERS, ok(encode(c))?)?;
         Ok(())
     }
 
@@ -282,7 +334,7 @@ impl Tx<'_> {
 
     /// Reads a directory entry.
     pub fn dirent(&self, parent: Ino, name: &[u8]) -> TxResult<Option<DirentVal>> {
-        match self.dirents.get(named_key(parent, name))? {
+        match self.get(TreeId::Dirents, &named_key(parent, name))? {
             Some(v) => ok(decode(&v, "dirent").map(Some)),
             None => Ok(None),
         }
@@ -290,8 +342,7 @@ impl Tx<'_> {
 
     /// Writes a directory entry with a fixed cookie (the `dircookies` entry must match).
     pub fn put_dirent(&self, parent: Ino, name: &[u8], val: &DirentVal) -> TxResult<()> {
-        self.dirents
-            .insert(named_key(parent, name), ok(encode(val))?)?;
+        self.put(TreeId::Dirents, &named_key(parent, name), ok(encode(val))?)?;
         Ok(())
     }
 
@@ -315,21 +366,21 @@ impl Tx<'_> {
         // INV: `dirents` and `dircookies` are two views of one set: each entry is in both,
         // with the same cookie, and a cookie is never reused, so readdir resumes correctly.
         self.put_dirent(parent, name, &DirentVal { ino, kind, cookie })?;
-        self.dircookies.insert(&pair_key(parent, cookie), name)?;
+        self.put(TreeId::Dircookies, &pair_key(parent, cookie), name)?;
         Ok(())
     }
 
     /// Removes entry `name` (whose value is `val`) from `parent`.
     pub fn remove_dirent(&self, parent: Ino, name: &[u8], val: &DirentVal) -> TxResult<()> {
         // INV: see `insert_dirent`.
-        self.dirents.remove(named_key(parent, name))?;
-        self.dircookies.remove(&pair_key(parent, val.cookie))?;
+        self.del(TreeId::Dirents, &named_key(parent, name))?;
+        self.del(TreeId::Dircookies, &pair_key(parent, val.cookie))?;
         Ok(())
     }
 
     /// Reads a directory's parent.
     pub fn parent(&self, dir: Ino) -> TxResult<Ino> {
-        match self.parents.get(ino_key(dir))? {
+        match self.get(TreeId::Parents, &ino_key(dir))? {
             Some(v) => ok(decode(&v, "parent")),
             None => abort(IndexError::Corrupt(format!(
                 "directory {dir} has no parent"
@@ -339,7 +390,7 @@ impl Tx<'_> {
 
     /// Records a directory's parent.
     pub fn set_parent(&self, dir: Ino, parent: Ino) -> TxResult<()> {
-        self.parents.insert(&ino_key(dir), ok(encode(&parent))?)?;
+        self.put(TreeId::Parents, &ino_key(dir), ok(encode(&parent))?)?;
         Ok(())
     }
 
@@ -348,9 +399,88 @@ impl Tx<'_> {
         ok(self.scan.has_entries(dir)).map(|has| !has)
     }
 
-    /// Queues a blob for deletion from the network.
+    /// Queues a blob for deletion from the network, stamped with this transaction's sequence
+    /// number (see [`GcEntry`]).
     pub fn gc_add(&self, blob: &BlobId) -> TxResult<()> {
-        self.gc.insert(&blob.0[..], &[][..])?;
+        let entry = GcEntry {
+            dropped_seq: self.seq()?,
+        };
+        self.put(TreeId::Gc, &blob.0, ok(encode(&entry))?)?;
+        Ok(())
+    }
+
+    /// Reads a blob's record.
+    pub fn blob(&self, blob: &BlobId) -> TxResult<Option<BlobInfo>> {
+        match self.get(TreeId::Blobs, &blob.0)? {
+            Some(v) => ok(decode(&v, "blob record").map(Some)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a newly stored blob (with no refs yet) unless it is known; takes it off the GC
+    /// queue if a rejected or overtaken upload had put it there.
+    pub fn register_blob(&self, blob: &BlobId, metadata: &BlobMetadata) -> TxResult<()> {
+        if self.blob(blob)?.is_none() {
+            let info = BlobInfo {
+                metadata: metadata.clone(),
+                refs: 0,
+                live_bytes: 0,
+            };
+            self.put(TreeId::Blobs, &blob.0, ok(encode(&info))?)?;
+        }
+        Ok(())
+    }
+
+    /// Counts one more ref of `sealed` bytes into a registered blob.
+    fn ref_blob(&self, blob: &BlobId, sealed: u64) -> TxResult<()> {
+        let Some(mut info) = self.blob(blob)? else {
+            return abort(IndexError::Corrupt(format!(
+                "chunk ref to unregistered blob {blob}"
+            )));
+        };
+        info.refs += 1;
+        info.live_bytes += sealed;
+        self.put(TreeId::Blobs, &blob.0, ok(encode(&info))?)?;
+        Ok(())
+    }
+
+    /// Counts one ref of `sealed` bytes less; at zero the blob is dropped and queued for GC.
+    fn unref_blob(&self, blob: &BlobId, sealed: u64) -> TxResult<()> {
+        let Some(mut info) = self.blob(blob)? else {
+            return abort(IndexError::Corrupt(format!(
+                "chunk ref to unregistered blob {blob}"
+            )));
+        };
+        info.refs = info.refs.saturating_sub(1);
+        info.live_bytes = info.live_bytes.saturating_sub(sealed);
+        if info.refs == 0 {
+            // INV: a blob leaves `blobs` exactly when its last ref goes, and is queued for GC
+            // in the same transaction: no blob leaks, none is freed while referenced.
+            self.del(TreeId::Blobs, &blob.0)?;
+            self.gc_add(blob)?;
+        } else {
+            self.put(TreeId::Blobs, &blob.0, ok(encode(&info))?)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every registered blob that no ref points into (a commit registered it but all of
+    /// its refs were discarded), queueing it for GC.
+    pub fn drop_unreferenced(&self, blobs: &[BlobId]) -> TxResult<()> {
+        for blob in blobs {
+            if let Some(info) = self.blob(blob)? {
+                if info.refs == 0 {
+                    self.del(TreeId::Blobs, &blob.0)?;
+                    self.gc_add(blob)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a key of the local (unpublished) tree.
+    pub fn put_local(&self, key: &[u8], value: impl Into<IVec>) -> TxResult<()> {
+        self.put(TreeId::Local, key, value)?;
         Ok(())
     }
 
@@ -375,7 +505,7 @@ impl Tx<'_> {
             // INV: an inode has nlink 0 exactly when it is in `orphans`; its data stays until
             // `release` or `purge_orphans` frees it.
             self.put_inode(&attr)?;
-            self.orphans.insert(&ino_key(attr.ino), &[][..])?;
+            self.put(TreeId::Orphans, &ino_key(attr.ino), &[][..])?;
             return Ok(false);
         }
         self.free_inode(&attr)?;
@@ -389,12 +519,12 @@ impl Tx<'_> {
         // INV: no chunk ref outlives its inode; every dropped ref's blob is queued in `gc`.
         self.remove_chunks_from(ino, 0)?;
         for key in ok(self.scan.xattr_keys(ino))? {
-            self.xattrs.remove(key)?;
+            self.del(TreeId::Xattrs, key)?;
         }
-        self.symlinks.remove(&ino_key(ino))?;
-        self.orphans.remove(&ino_key(ino))?;
-        self.parents.remove(&ino_key(ino))?;
-        self.inodes.remove(&ino_key(ino))?;
+        self.del(TreeId::Symlinks, &ino_key(ino))?;
+        self.del(TreeId::Orphans, &ino_key(ino))?;
+        self.del(TreeId::Parents, &ino_key(ino))?;
+        self.del(TreeId::Inodes, &ino_key(ino))?;
         // INV: `counters.inodes` counts the `inodes` tree, `counters.bytes` the sizes of files.
         self.update_counters(|c| {
             c.inodes = c.inodes.saturating_sub(1);
@@ -406,19 +536,19 @@ impl Tx<'_> {
     }
 
     /// Removes the chunk refs of `ino` with index `>= first` (present before this
-    /// transaction, per the scan), queueing their blobs in `gc`.
+    /// transaction, per the scan), dropping their refs to their blobs.
     pub fn remove_chunks_from(&self, ino: Ino, first: u64) -> TxResult<()> {
         for index in ok(self.scan.chunks_from(ino, first))? {
-            if let Some(old) = self.chunks.remove(&pair_key(ino, index))? {
+            if let Some(old) = self.del(TreeId::Chunks, &pair_key(ino, index))? {
                 let old: ChunkRef = ok(decode(&old, "chunk ref"))?;
-                self.gc_add(&old.blob_id)?;
+                self.unref_blob(&old.blob_id, old.sealed_len())?;
             }
         }
         Ok(())
     }
 
-    /// Cuts the chunk map of `ino` to `new_size` bytes: refs wholly beyond go to `gc`, the last
-    /// partial chunk's `len` is shortened.
+    /// Cuts the chunk map of `ino` to `new_size` bytes: refs wholly beyond are dropped, the
+    /// last partial chunk's `len` is shortened.
     pub fn truncate_chunks(&self, ino: Ino, new_size: u64, chunk_size: u32) -> TxResult<()> {
         let cs = u64::from(chunk_size);
         // INV: every chunk ref `i` of a file covers `[i*cs, i*cs + len)` within `[0, size)`.
@@ -426,26 +556,26 @@ impl Tx<'_> {
         let tail = new_size % cs;
         if tail != 0 {
             let key = pair_key(ino, new_size / cs);
-            if let Some(v) = self.chunks.get(key)? {
+            if let Some(v) = self.get(TreeId::Chunks, &key)? {
                 let mut c: ChunkRef = ok(decode(&v, "chunk ref"))?;
                 if u64::from(c.len) > tail {
                     // `tail < cs <= u32::MAX`.
                     c.len = tail as u32;
-                    self.chunks.insert(&key, ok(encode(&c))?)?;
+                    self.put(TreeId::Chunks, &key, ok(encode(&c))?)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Sets chunk ref `index` of `ino`, queueing the replaced ref's blob in `gc`.
+    /// Sets chunk ref `index` of `ino` into a registered blob, dropping the replaced ref.
     pub fn put_chunk(&self, ino: Ino, index: u64, c: &ChunkRef) -> TxResult<()> {
         let key = pair_key(ino, index);
-        if let Some(old) = self.chunks.insert(&key, ok(encode(c))?)? {
+        // Count the new ref before dropping the old one: both may point into one blob.
+        self.ref_blob(&c.blob_id, c.sealed_len())?;
+        if let Some(old) = self.put(TreeId::Chunks, &key, ok(encode(c))?)? {
             let old: ChunkRef = ok(decode(&old, "chunk ref"))?;
-            if old.blob_id != c.blob_id {
-                self.gc_add(&old.blob_id)?;
-            }
+            self.unref_blob(&old.blob_id, old.sealed_len())?;
         }
         Ok(())
     }

@@ -113,22 +113,54 @@ pub struct InodeAttr {
     pub next_version: u64,
 }
 
-/// Where one chunk of a file lives: the blob holding its sealed bytes, and what is needed to
-/// read and open it.
+/// Where one chunk of a file lives: a byte range of a blob holding the chunk sealed (see
+/// [`crate::data::crypto`]), and what is needed to open it. A blob may hold one chunk or many
+/// (a pack of small files); [`BlobInfo`] counts the refs into it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
     /// The blob holding the sealed chunk.
     pub blob_id: BlobId,
-    /// The blob's metadata, kept so reads need not ask a node for it (and cannot be fooled:
-    /// it is checked against `blob_id`).
-    pub metadata: BlobMetadata,
+    /// Offset of the sealed chunk in the blob.
+    pub offset: u64,
+    /// Plaintext bytes that were sealed; the sealed chunk is
+    /// [`sealed_len`](crate::data::crypto::sealed_len)`(stored_len)` bytes long.
+    pub stored_len: u32,
+    /// Plaintext bytes of the chunk that are valid, at most `stored_len`. Bytes of the chunk
+    /// beyond this (up to the chunk size) read as zeros; truncation shortens it without
+    /// rewriting the blob.
+    pub len: u32,
     /// Version the chunk was sealed under (bound into the AEAD associated data).
     pub version: u64,
     /// Random salt the chunk's key was derived with.
     pub salt: [u8; 16],
-    /// Plaintext bytes in the sealed chunk. Bytes of the chunk beyond this (up to the chunk
-    /// size) read as zeros; truncation shortens it without rewriting the blob.
-    pub len: u32,
+}
+
+impl ChunkRef {
+    /// Sealed bytes this ref occupies in its blob.
+    pub fn sealed_len(&self) -> u64 {
+        crate::data::crypto::sealed_len(self.stored_len as usize) as u64
+    }
+}
+
+/// A blob that chunk refs point into: its metadata (to read it without asking a node for it,
+/// checked against the id) and how many refs point into it. A blob whose count drops to zero
+/// leaves this tree and is queued for garbage collection in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// The blob's metadata.
+    pub metadata: BlobMetadata,
+    /// Chunk refs pointing into the blob.
+    pub refs: u64,
+    /// Sealed bytes those refs cover (for compacting packs whose live bytes run low).
+    pub live_bytes: u64,
+}
+
+/// A blob waiting to be deleted from the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcEntry {
+    /// Sequence number of the change that dropped the blob's last reference. The blob may be
+    /// deleted only once that change is durable and published (and no snapshot holds it).
+    pub dropped_seq: u64,
 }
 
 /// A directory entry as returned by readdir.

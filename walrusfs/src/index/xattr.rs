@@ -1,7 +1,9 @@
 //! Extended attributes: `ino ++ name -> value` in the `xattrs` tree.
 
 use super::error::{IndexError, Result};
-use super::layout::{ino_key, named_key, parse_named_key, validate_xattr_name, XATTR_VALUE_MAX};
+use super::layout::{
+    ino_key, named_key, parse_named_key, validate_xattr_name, TreeId, XATTR_VALUE_MAX,
+};
 use super::params::XattrFlags;
 use super::scan::Scan;
 use super::tx::abort;
@@ -42,14 +44,14 @@ impl Index {
         let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
-            let exists = tx.xattrs.get(&key)?.is_some();
+            let exists = tx.get(TreeId::Xattrs, &key)?.is_some();
             if flags.create && exists {
                 return abort(IndexError::XattrExists);
             }
             if flags.replace && !exists {
                 return abort(IndexError::NoData);
             }
-            tx.xattrs.insert(key.as_slice(), value)?;
+            tx.put(TreeId::Xattrs, &key, value)?;
             attr.ctime = now;
             tx.put_inode(&attr)
         })
@@ -78,7 +80,7 @@ impl Index {
         let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
-            if tx.xattrs.remove(key.as_slice())?.is_none() {
+            if tx.del(TreeId::Xattrs, &key)?.is_none() {
                 return abort(IndexError::NoData);
             }
             attr.ctime = now;

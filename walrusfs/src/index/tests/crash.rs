@@ -17,10 +17,10 @@ const SEED_ENV: &str = "WALRUSFS_INDEX_CRASH_SEED";
 const FLUSHED: &str = "FLUSHED ";
 
 /// A tiny deterministic generator (xorshift64*), so the child needs no dependencies.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -36,7 +36,7 @@ fn tolerate<T>(r: Result<T>) {
 }
 
 /// One random mutation in a small tree: four directories, ten names.
-fn random_op(ix: &Index, rng: &mut Rng) {
+pub(super) fn random_op(ix: &Index, rng: &mut Rng) {
     let subdirs = (0..4).filter_map(|i| ix.lookup(ROOT_INO, format!("d{i}").as_bytes()).ok());
     let dirs: Vec<Ino> = std::iter::once(ROOT_INO)
         .chain(subdirs.map(|a| a.ino))
@@ -73,7 +73,7 @@ fn random_op(ix: &Index, rng: &mut Rng) {
             if let Ok(f) = ix.lookup(dir(rng), &name(rng)) {
                 let n = rng.below(4);
                 let updates = (0..n).map(|i| (i, chunk_ref(CS))).collect();
-                tolerate(ix.commit_chunks(f.ino, updates, rng.below(5000), t(4), t(4)));
+                tolerate(ix.commit(f.ino, updates, rng.below(5000), t(4), t(4)));
             }
         }
         7 => {
@@ -88,7 +88,7 @@ fn random_op(ix: &Index, rng: &mut Rng) {
             }
         }
         _ => {
-            for id in ix.gc_pending(3).unwrap() {
+            for id in gc_ids(ix, 3) {
                 ix.gc_done(&id).unwrap();
             }
             tolerate(ix.purge_orphans());

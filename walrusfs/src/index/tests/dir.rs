@@ -239,7 +239,7 @@ fn unlink_frees_chunks_xattrs_and_symlink() {
     let (_dir, ix) = open();
     let f = mkfile(&ix, ROOT_INO, "f");
     let (c0, c1) = (chunk_ref(CS), chunk_ref(500));
-    ix.commit_chunks(
+    ix.commit(
         f.ino,
         vec![(0, c0.clone()), (1, c1.clone())],
         1500,

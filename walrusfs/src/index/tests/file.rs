@@ -62,7 +62,7 @@ fn truncate_down_frees_chunks_and_shortens_the_last() {
         .enumerate()
         .map(|(i, c)| (i as u64, c))
         .collect();
-    ix.commit_chunks(f.ino, updates, 3300, t(2), t(2)).unwrap();
+    ix.commit(f.ino, updates, 3300, t(2), t(2)).unwrap();
     assert_eq!(ix.stats().unwrap().bytes, 3300);
 
     // Cut inside chunk 1: chunks 2 and 3 go, chunk 1 keeps 500 bytes.
@@ -110,7 +110,7 @@ fn commit_chunks_replaces_refs_and_queues_old_blobs() {
     let f = mkfile(&ix, ROOT_INO, "f");
     let (c0, c1) = (chunk_ref(CS), chunk_ref(200));
     let a = ix
-        .commit_chunks(
+        .commit(
             f.ino,
             vec![(0, c0.clone()), (1, c1.clone())],
             1200,
@@ -127,12 +127,12 @@ fn commit_chunks_replaces_refs_and_queues_old_blobs() {
     assert_eq!(ix.gc_len(), 0);
 
     let c1b = chunk_ref(700);
-    ix.commit_chunks(f.ino, vec![(1, c1b.clone())], 1700, t(5), t(5))
+    ix.commit(f.ino, vec![(1, c1b.clone())], 1700, t(5), t(5))
         .unwrap();
     assert!(in_gc(&ix, &c1.blob_id));
     assert_eq!(ix.chunk(f.ino, 1).unwrap(), Some(c1b.clone()));
     // Re-committing the same blob does not queue it.
-    ix.commit_chunks(f.ino, vec![(1, c1b.clone())], 1700, t(5), t(5))
+    ix.commit(f.ino, vec![(1, c1b.clone())], 1700, t(5), t(5))
         .unwrap();
     assert!(!in_gc(&ix, &c1b.blob_id));
     assert_eq!(ix.stats().unwrap().bytes, 1700);
@@ -151,7 +151,7 @@ fn commit_chunks_beyond_the_size_go_to_gc() {
         .map(|(i, c)| (i as u64, c))
         .collect();
     // A truncate to 1200 raced the upload of a 2999-byte file.
-    let a = ix.commit_chunks(f.ino, updates, 1200, t(2), t(2)).unwrap();
+    let a = ix.commit(f.ino, updates, 1200, t(2), t(2)).unwrap();
     assert_eq!(a.size, 1200);
     let left = ix.chunks_in(f.ino, 0, u64::MAX).unwrap();
     assert_eq!(
@@ -161,14 +161,14 @@ fn commit_chunks_beyond_the_size_go_to_gc() {
     assert!(in_gc(&ix, &refs[2].blob_id));
     // A commit that shrinks the file cuts the stored map too.
     let c0 = chunk_ref(100);
-    ix.commit_chunks(f.ino, vec![(0, c0.clone())], 100, t(3), t(3))
+    ix.commit(f.ino, vec![(0, c0.clone())], 100, t(3), t(3))
         .unwrap();
     assert_eq!(ix.chunks_in(f.ino, 0, u64::MAX).unwrap(), [(0, c0)]);
     assert!(in_gc(&ix, &refs[0].blob_id) && in_gc(&ix, &refs[1].blob_id));
     // A ref longer than the chunk size is refused, its blob queued.
     let too_long = chunk_ref(CS + 1);
     assert_err!(
-        ix.commit_chunks(f.ino, vec![(0, too_long.clone())], 100, t(4), t(4)),
+        ix.commit(f.ino, vec![(0, too_long.clone())], 100, t(4), t(4)),
         IndexError::InvalidArgument(_)
     );
     assert!(in_gc(&ix, &too_long.blob_id));
@@ -179,7 +179,7 @@ fn commit_chunks_beyond_the_size_go_to_gc() {
     );
     // An index whose start overflows u64 is beyond any size.
     let far = chunk_ref(1);
-    ix.commit_chunks(f.ino, vec![(u64::MAX, far.clone())], 100, t(5), t(5))
+    ix.commit(f.ino, vec![(u64::MAX, far.clone())], 100, t(5), t(5))
         .unwrap();
     assert!(in_gc(&ix, &far.blob_id));
     ix.check().unwrap();
@@ -192,7 +192,7 @@ fn commit_chunks_on_a_deleted_inode_sends_the_new_blobs_to_gc() {
     ix.unlink(ROOT_INO, b"f", t(2), &closed).unwrap();
     let (c0, c1) = (chunk_ref(CS), chunk_ref(5));
     assert_err!(
-        ix.commit_chunks(
+        ix.commit(
             f.ino,
             vec![(0, c0.clone()), (1, c1.clone())],
             1005,
@@ -206,7 +206,7 @@ fn commit_chunks_on_a_deleted_inode_sends_the_new_blobs_to_gc() {
     let d = mkdir(&ix, ROOT_INO, "d");
     let c = chunk_ref(5);
     assert_err!(
-        ix.commit_chunks(d.ino, vec![(0, c.clone())], 5, t(3), t(3)),
+        ix.commit(d.ino, vec![(0, c.clone())], 5, t(3), t(3)),
         IndexError::InvalidArgument(_)
     );
     assert!(in_gc(&ix, &c.blob_id));
@@ -240,7 +240,7 @@ fn unlink_of_an_open_file_orphans_it_until_release() {
     let f = mkfile(&ix, ROOT_INO, "f");
     let g = mkfile(&ix, ROOT_INO, "g");
     let c = chunk_ref(10);
-    ix.commit_chunks(f.ino, vec![(0, c.clone())], 10, t(2), t(2))
+    ix.commit(f.ino, vec![(0, c.clone())], 10, t(2), t(2))
         .unwrap();
     let u = ix.unlink(ROOT_INO, b"f", t(3), &open_file).unwrap();
     assert_eq!(
@@ -257,7 +257,7 @@ fn unlink_of_an_open_file_orphans_it_until_release() {
     assert!(!ix.is_orphan(g.ino).unwrap());
     // The open file keeps working: it can still be written and its attributes changed.
     let c1 = chunk_ref(5);
-    ix.commit_chunks(f.ino, vec![(1, c1.clone())], 1005, t(4), t(4))
+    ix.commit(f.ino, vec![(1, c1.clone())], 1005, t(4), t(4))
         .unwrap();
     ix.set_xattr(f.ino, b"user.k", b"v", XattrFlags::default(), t(4))
         .unwrap();
@@ -294,7 +294,7 @@ fn purge_orphans_after_a_crash() {
     let (dir, ix) = open();
     let f = mkfile(&ix, ROOT_INO, "f");
     let c = chunk_ref(10);
-    ix.commit_chunks(f.ino, vec![(0, c.clone())], 10, t(2), t(2))
+    ix.commit(f.ino, vec![(0, c.clone())], 10, t(2), t(2))
         .unwrap();
     ix.unlink(ROOT_INO, b"f", t(3), &open_file).unwrap();
     mkfile(&ix, ROOT_INO, "kept");
@@ -324,16 +324,16 @@ fn gc_queue_is_persistent_and_drains() {
         .enumerate()
         .map(|(i, c)| (i as u64, c))
         .collect();
-    ix.commit_chunks(f.ino, updates, 5 * u64::from(CS), t(1), t(1))
+    ix.commit(f.ino, updates, 5 * u64::from(CS), t(1), t(1))
         .unwrap();
     ix.unlink(ROOT_INO, b"f", t(2), &closed).unwrap();
     assert_eq!(ix.gc_len(), 5);
-    assert_eq!(ix.gc_pending(2).unwrap().len(), 2);
+    assert_eq!(gc_ids(&ix, 2).len(), 2);
     ix.flush().unwrap();
     drop(ix);
 
     let ix = reopen(&dir);
-    let mut pending = ix.gc_pending(100).unwrap();
+    let mut pending = gc_ids(&ix, 100);
     pending.sort();
     let mut expected: Vec<_> = refs.iter().map(|c| c.blob_id).collect();
     expected.sort();
@@ -343,6 +343,6 @@ fn gc_queue_is_persistent_and_drains() {
     }
     ix.gc_done(&blob()).unwrap();
     assert_eq!(ix.gc_len(), 2);
-    assert_eq!(ix.gc_pending(100).unwrap(), pending[3..]);
+    assert_eq!(gc_ids(&ix, 100), pending[3..]);
     ix.check().unwrap();
 }

@@ -69,7 +69,7 @@ fn rename_replaces_a_file_and_frees_it() {
     let a = mkfile(&ix, ROOT_INO, "a");
     let b = mkfile(&ix, ROOT_INO, "b");
     let c = chunk_ref(10);
-    ix.commit_chunks(b.ino, vec![(0, c.clone())], 10, t(1), t(1))
+    ix.commit(b.ino, vec![(0, c.clone())], 10, t(1), t(1))
         .unwrap();
     let out = mv(&ix, ROOT_INO, "a", ROOT_INO, "b", PLAIN).unwrap();
     assert_eq!(
@@ -98,7 +98,7 @@ fn rename_over_an_open_file_orphans_it() {
     mkfile(&ix, ROOT_INO, "a");
     let b = mkfile(&ix, ROOT_INO, "b");
     let c = chunk_ref(10);
-    ix.commit_chunks(b.ino, vec![(0, c.clone())], 10, t(1), t(1))
+    ix.commit(b.ino, vec![(0, c.clone())], 10, t(1), t(1))
         .unwrap();
     let is_open = |ino: Ino| ino == b.ino;
     let out = ix

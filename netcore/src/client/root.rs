@@ -1,0 +1,153 @@
+//! Root record reads and writes across the committee (see [`crate::root`] for the quorum rule).
+
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::{debug, warn};
+
+use super::{Client, ClientError, Failures, NodeError, NodeFailure};
+use crate::codec::SliverIndex;
+use crate::identity::PublicKey;
+use crate::root::{RootAnswers, RootRecord};
+use crate::wire::{Request, Response, WireError};
+
+/// Outcome of a root write that reached its quorum.
+#[derive(Debug, Default)]
+pub struct RootWrite {
+    /// Nodes that durably stored the record.
+    pub acks: Vec<SliverIndex>,
+    /// Nodes that refused because they hold this version or a newer one, with that version.
+    pub stale: Vec<(SliverIndex, u64)>,
+}
+
+impl Client {
+    /// Reads an archive's root record from every node. Returns once every node answered, or at
+    /// least `n - f` did and the rest had a hedge delay more; fails if fewer than `n - f` nodes
+    /// answered. A node returning a record that does not verify for `archive` (forged, or
+    /// another archive's) counts as a failure, not an answer.
+    pub async fn get_root(&self, archive: &PublicKey) -> Result<RootAnswers, ClientError> {
+        let quorum = usize::from(self.inner.committee.write_quorum());
+        let cfg = &self.inner.config;
+        let deadline = cfg.request_deadline(0);
+        let mut running: FuturesUnordered<_> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|node| async move {
+                let r = async {
+                    let req = Request::GetRoot { archive: *archive };
+                    let (resp, _) = node.request(cfg, req, None, deadline).await?;
+                    match resp {
+                        Response::Root(None) => Ok(None),
+                        Response::Root(Some(record)) => match record.verify_for(archive) {
+                            // INV (DESIGN 2, 5): only verified records are counted.
+                            Ok(()) => Ok(Some(record)),
+                            Err(e) => {
+                                warn!(
+                                    node = node.info.index,
+                                    "node returned an invalid root record: {e}"
+                                );
+                                Err(NodeError::Unexpected(format!("invalid root record: {e}")))
+                            }
+                        },
+                        other => Err(super::conn::unexpected(other)),
+                    }
+                }
+                .await;
+                (node.info.index, r)
+            })
+            .collect();
+        let mut answers = RootAnswers::default();
+        let mut failures = Vec::new();
+        let grace = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(grace);
+        let mut grace_armed = false;
+        loop {
+            tokio::select! {
+                next = running.next() => match next {
+                    Some((node, Ok(r))) => answers.answers.push((node, r)),
+                    Some((node, Err(error))) => {
+                        debug!(node, "root read failed: {error}");
+                        failures.push(NodeFailure { node, error });
+                    }
+                    None => break,
+                },
+                () = &mut grace, if grace_armed => break,
+            }
+            if !grace_armed && answers.answered() >= quorum {
+                grace_armed = true;
+                grace
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + cfg.hedge_delay);
+            }
+        }
+        if answers.answered() < quorum {
+            return Err(ClientError::RootUnavailable {
+                answered: answers.answered() as u16,
+                needed: quorum as u16,
+                failures: Failures(failures),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Writes a root record to every node; succeeds once `n - f` nodes stored it durably.
+    /// Returns early, leaving the remaining writes to finish in the background, as soon as the
+    /// quorum is reached or has become impossible.
+    pub async fn put_root(&self, record: &RootRecord) -> Result<RootWrite, ClientError> {
+        let quorum = usize::from(self.inner.committee.write_quorum());
+        let n = self.inner.nodes.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..n {
+            let inner = self.inner.clone();
+            let record = record.clone();
+            tasks.spawn(async move {
+                let node = &inner.nodes[index];
+                let cfg = &inner.config;
+                let req = Request::PutRoot { record };
+                let r = node
+                    .request(cfg, req, None, cfg.request_deadline(0))
+                    .await
+                    .and_then(|(resp, _)| match resp {
+                        Response::RootStored { .. } => Ok(()),
+                        other => Err(super::conn::unexpected(other)),
+                    });
+                (node.info.index, r)
+            });
+        }
+        let mut out = RootWrite::default();
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((node, result)) = joined else { continue };
+            match result {
+                Ok(()) => out.acks.push(node),
+                Err(NodeError::Remote(WireError::StaleRoot { held })) => {
+                    out.stale.push((node, held));
+                    failures.push(NodeFailure {
+                        node,
+                        error: NodeError::Remote(WireError::StaleRoot { held }),
+                    });
+                }
+                Err(error) => failures.push(NodeFailure { node, error }),
+            }
+            if out.acks.len() >= quorum || failures.len() > n - quorum {
+                break;
+            }
+        }
+        if !tasks.is_empty() {
+            let mut bg = self.inner.background.lock().await;
+            bg.spawn(async move { while tasks.join_next().await.is_some() {} });
+        }
+        if out.acks.len() >= quorum {
+            Ok(out)
+        } else {
+            Err(ClientError::RootNotStored {
+                version: record.version,
+                stored: out.acks.len() as u16,
+                needed: quorum as u16,
+                stale: out.stale,
+                failures: Failures(failures),
+            })
+        }
+    }
+}
