@@ -345,6 +345,7 @@ fn run_case(m: &Mount, ops: &[Op]) -> Result<(), TestCaseError> {
         dir_nlink: true,
         mtime: false,
         hard_links: true,
+        xattrs: false,
     };
     let diffs = diff_trees(
         &snapshot(&on_mount),

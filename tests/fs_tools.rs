@@ -30,6 +30,7 @@ const PRESERVED: Compare = Compare {
     dir_nlink: false,
     mtime: true,
     hard_links: true,
+    xattrs: false,
 };
 
 /// Panics with install instructions unless `tool` is on PATH.

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod mount;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ pub struct Testnet {
 impl Testnet {
     /// Creates and starts an `n`-node testnet.
     pub fn up(n: u16) -> Self {
+        Self::up_on(n, "127.0.0.1")
+    }
+
+    /// Creates and starts an `n`-node testnet whose nodes listen on local address `ip`.
+    pub fn up_on(n: u16, ip: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let net = Testnet { dir, n };
         net.cli_ok(&[
@@ -44,6 +50,8 @@ impl Testnet {
             net.dir_str(),
             "--nodes",
             &n.to_string(),
+            "--listen-ip",
+            ip,
         ]);
         net
     }

@@ -377,7 +377,7 @@ extern "C" fn shutdown_shared() {
 /// one request. The watchdog then prints that thread's name (the test's name) and kernel stack,
 /// saves the mount processes' backtraces (gdb, when installed) to a file, and kills the mount
 /// processes of this test binary: pending requests fail with ENOTCONN and the tests fail.
-mod watchdog {
+pub mod watchdog {
     use std::collections::HashMap;
     use std::io::Write;
     use std::path::{Path, PathBuf};
@@ -550,7 +550,7 @@ mod watchdog {
 }
 
 /// Panics with a clear message unless FUSE mounts can work here.
-fn require_fuse() {
+pub fn require_fuse() {
     let on_path = std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
     });
@@ -567,7 +567,7 @@ fn require_fuse() {
 
 /// Lazily unmounts mounts left behind by crashed earlier runs (their mount process is gone, so
 /// any access fails with ENOTCONN). Only touches our own temp-dir mountpoints.
-fn reap_dead_mounts() {
+pub fn reap_dead_mounts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for mp in mountpoints() {
@@ -620,7 +620,7 @@ pub fn is_mountpoint(path: &Path) -> bool {
 }
 
 /// `fusermount3 -u -z PATH`, ignoring failure.
-fn lazy_unmount(path: &Path) {
+pub fn lazy_unmount(path: &Path) {
     let _ = Command::new("fusermount3")
         .arg("-u")
         .arg("-z")
@@ -844,6 +844,8 @@ pub struct Entry {
     /// `st_ino`, to tell which names are hard links of each other (compared only as a
     /// partition, see [`diff_trees`]).
     pub ino: u64,
+    /// Extended attributes (`user.*` and the like), sorted by name; empty for symlinks.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A snapshot of a directory tree: relative path -> entry (the root itself excluded).
@@ -864,6 +866,8 @@ pub struct Compare {
     pub mtime: bool,
     /// Which names share an inode (hard links).
     pub hard_links: bool,
+    /// Extended attributes.
+    pub xattrs: bool,
 }
 
 impl Compare {
@@ -875,6 +879,7 @@ impl Compare {
         dir_nlink: true,
         mtime: true,
         hard_links: true,
+        xattrs: true,
     };
 }
 
@@ -921,11 +926,50 @@ pub fn snapshot(root: &Path) -> Tree {
                     nlink: meta.nlink(),
                     mtime: (meta.mtime(), meta.mtime_nsec()),
                     ino: meta.ino(),
+                    xattrs: if ft.is_symlink() {
+                        Vec::new()
+                    } else {
+                        xattrs_of(&path)
+                    },
                 },
             );
         }
     }
     tree
+}
+
+/// The extended attributes of `path` (not following symlinks), sorted by name.
+pub fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    let mut names = vec![0u8; 64 * 1024];
+    // SAFETY: the buffer is valid for its length; the path is NUL-terminated.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let cname = std::ffi::CString::new(name).expect("xattr names have no NUL");
+            let mut value = vec![0u8; 64 * 1024];
+            // SAFETY: as above; the name is NUL-terminated.
+            let len = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            value.truncate(len.max(0) as usize);
+            (name.to_vec(), value)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The differences between trees `a` and `b` (named `a_name`, `b_name` in messages), one line
@@ -983,6 +1027,13 @@ pub fn diff_trees(a: &Tree, b: &Tree, cmp: Compare, a_name: &str, b_name: &str) 
         }
         if cmp.nlink && (!is_dir || cmp.dir_nlink) {
             field("nlink", ea.nlink.to_string(), eb.nlink.to_string());
+        }
+        if cmp.xattrs {
+            field(
+                "xattrs",
+                format!("{:?}", ea.xattrs),
+                format!("{:?}", eb.xattrs),
+            );
         }
         if cmp.mtime && !matches!(ea.kind, Kind::Symlink(_)) {
             field(

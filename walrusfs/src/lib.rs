@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod control;
 pub mod data;
+pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod index;

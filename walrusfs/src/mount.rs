@@ -247,6 +247,15 @@ fn prefetch(
         let store = Arc::new(NetworkStore::new(client.clone()));
         let r = async {
             ensure_archive(&store, key, testnet_key, args.chunk_size).await?;
+            if walrusfs::archive::latest_root(&*store, key)
+                .await?
+                .is_none()
+            {
+                return Err(ArchiveError::NoArchive {
+                    archive: key.archive_id(),
+                }
+                .into());
+            }
             if !state.join(INDEX_DIR).exists() {
                 let snapshot = match args.mode() {
                     Mode::Snapshot(name) => Some(name),
@@ -452,6 +461,7 @@ fn serve(
     testnet_key: bool,
 ) -> anyhow::Result<()> {
     let (committee, client_key) = args.net.paths()?;
+    walrusfs::faults::arm_from(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -863,7 +873,7 @@ pub struct UpArgs {
 /// Runs `walrusfs up`: a local 7-node testnet, mounted.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let testnet = args.dir.join("testnet");
-    crate::testnet::up(&testnet, None)?;
+    crate::testnet::up(&testnet, None, std::net::IpAddr::from([127, 0, 0, 1]))?;
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("cannot create {}", args.mountpoint.display()))?;
     let mp = std::fs::canonicalize(&args.mountpoint)?;

@@ -1,4 +1,6 @@
-//! `walrusfs testnet`: a local storage network of node processes on 127.0.0.1.
+//! `walrusfs testnet`: a local storage network of node processes on 127.0.0.1 (or another local
+//! address, e.g. a veth link's, so a network namespace standing for a second machine reaches
+//! it).
 //!
 //! ```text
 //! DIR/committee.toml   the committee (n, k, node addresses and keys)
@@ -35,6 +37,9 @@ pub enum TestnetCommand {
         /// Number of nodes (only when creating; default 7).
         #[arg(long)]
         nodes: Option<u16>,
+        /// Local IP address the nodes listen on (only when creating).
+        #[arg(long, default_value = "127.0.0.1")]
+        listen_ip: std::net::IpAddr,
     },
     /// Stop every node (SIGTERM, then SIGKILL after a timeout).
     Down {
@@ -53,7 +58,11 @@ pub enum TestnetCommand {
 /// Runs the command.
 pub fn run(cmd: TestnetCommand) -> anyhow::Result<()> {
     match cmd {
-        TestnetCommand::Up { dir, nodes } => up(&dir, nodes),
+        TestnetCommand::Up {
+            dir,
+            nodes,
+            listen_ip,
+        } => up(&dir, nodes, listen_ip),
         TestnetCommand::Down { dir } => down(&dir),
         TestnetCommand::Status { dir } => status(&dir),
     }
@@ -65,7 +74,7 @@ fn node_dir(dir: &Path, index: u16) -> PathBuf {
 
 /// Creates the testnet in `dir` if it has no committee yet, then starts every stopped node and
 /// waits until all answer.
-pub fn up(dir: &Path, nodes: Option<u16>) -> anyhow::Result<()> {
+pub fn up(dir: &Path, nodes: Option<u16>, listen_ip: std::net::IpAddr) -> anyhow::Result<()> {
     let committee_path = dir.join(COMMITTEE_FILE);
     let committee = if committee_path.exists() {
         let c = Committee::load(&committee_path)?;
@@ -78,7 +87,7 @@ pub fn up(dir: &Path, nodes: Option<u16>) -> anyhow::Result<()> {
         }
         c
     } else {
-        create(dir, nodes.unwrap_or(DEFAULT_NODES))?
+        create(dir, nodes.unwrap_or(DEFAULT_NODES), listen_ip)?
     };
     let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
     for node in &committee.nodes {
@@ -111,7 +120,7 @@ pub fn up(dir: &Path, nodes: Option<u16>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create(dir: &Path, n: u16) -> anyhow::Result<Committee> {
+fn create(dir: &Path, n: u16, ip: std::net::IpAddr) -> anyhow::Result<Committee> {
     if n == 0 {
         bail!("a testnet needs at least one node");
     }
@@ -122,7 +131,7 @@ fn create(dir: &Path, n: u16) -> anyhow::Result<Committee> {
         let ndir = node_dir(dir, index);
         std::fs::create_dir_all(&ndir)?;
         let id = Identity::load_or_generate(&ndir.join(config::KEY_FILE))?;
-        let address = free_udp_port()?;
+        let address = free_udp_port(ip)?;
         NodeConfig::new(address, vec![client.public_key()]).save(&ndir)?;
         infos.push(NodeInfo {
             index,
@@ -135,9 +144,10 @@ fn create(dir: &Path, n: u16) -> anyhow::Result<Committee> {
     Ok(committee)
 }
 
-/// A loopback UDP address with a port the OS just handed out, so testnets don't collide.
-fn free_udp_port() -> anyhow::Result<std::net::SocketAddr> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot pick a free UDP port")?;
+/// A UDP address on `ip` with a port the OS just handed out, so testnets don't collide.
+fn free_udp_port(ip: std::net::IpAddr) -> anyhow::Result<std::net::SocketAddr> {
+    let sock = std::net::UdpSocket::bind((ip, 0))
+        .with_context(|| format!("cannot pick a free UDP port on {ip}"))?;
     Ok(sock.local_addr()?)
 }
 

@@ -77,6 +77,10 @@ pub struct NodeConfig {
     /// Time a single request may take end to end before the node drops it.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Injected misbehaviour (test builds only).
+    #[cfg(feature = "faults")]
+    #[serde(default, skip_serializing_if = "super::faults::FaultConfig::is_none")]
+    pub faults: super::faults::FaultConfig,
 }
 
 fn default_max_sliver_bytes() -> u64 {
@@ -106,6 +110,8 @@ impl NodeConfig {
             max_connections: default_max_connections(),
             max_streams_per_connection: default_max_streams(),
             request_timeout_secs: default_request_timeout_secs(),
+            #[cfg(feature = "faults")]
+            faults: Default::default(),
         }
     }
 

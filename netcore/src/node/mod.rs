@@ -2,6 +2,8 @@
 //! stores it durably on local disk and serves it back to clients, who verify everything.
 
 pub mod config;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod roots;
 pub mod server;
 pub mod store;

@@ -380,6 +380,14 @@ async fn handle(
                 .await
                 .map(|version| (Response::RootStored { version }, None))
         }
+        #[cfg(feature = "faults")]
+        Request::GetRoot { archive } if state.config.faults.forge_roots => {
+            warn!("fault injection: serving a forged root record");
+            Ok((
+                Response::Root(Some(super::faults::forged_root(archive))),
+                None,
+            ))
+        }
         Request::GetRoot { archive } => roots_blocking(|| state.roots.get(&archive))
             .await
             .map(|r| (Response::Root(r), None)),

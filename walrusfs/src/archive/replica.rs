@@ -222,8 +222,14 @@ impl<B: BlobStore> Replica<B> {
         st.root_version = version;
         st.role = role;
         st.chain = chain.clone();
-        let seq = chain.as_ref().map_or(0, IndexChain::upto_seq);
-        self.index.set_archive_state(seq, &st.encode())?;
+        // A replica publishes nothing: drop any change stamps (creating an empty root makes
+        // some), so the state directory never looks like it holds unpublished changes.
+        let seq = match &chain {
+            Some(c) => c.upto_seq(),
+            None => self.index.current_seq()?,
+        };
+        self.index
+            .mark_published(seq.max(self.index.current_seq()?), &st.encode())?;
         Ok(Some(changed))
     }
 }

@@ -436,8 +436,9 @@ impl<B: BlobStore> Writer<B> {
         body.lease = Some(self.lease(st.local.holder));
         edit(&mut body, version, &new_chain)?;
         let sealed = body::seal(&self.key, version, &body)?;
+        crate::faults::crash_point("publish.parts_stored");
         match self.store.write_root(sealed).await {
-            Ok(()) => {}
+            Ok(()) => crate::faults::crash_point("publish.root_written"),
             Err(e) => {
                 // Some nodes may hold `version` now: the next attempt must go higher.
                 st.version = version.max(e.stale.unwrap_or(0));

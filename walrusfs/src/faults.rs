@@ -1,0 +1,47 @@
+//! Test-only crash points (the `faults` cargo feature): a process built with the feature kills
+//! itself with SIGKILL when it reaches a named point that is armed, exactly as `kill -9` would
+//! at that moment. A point is armed by `WALRUSFS_CRASH_AT=NAME` in the environment, or, so a
+//! test can arm it at the moment it chooses, by a file `STATE/crash-at` holding NAME (the mount
+//! registers its state directory with [`arm_from`]). Without the feature every point compiles
+//! to nothing.
+//!
+//! Points (named `layer.step`):
+//! - `publish.parts_stored`: an index record is stored, no root record names it yet;
+//! - `publish.root_written`: the root record is on `n - f` nodes, the local index does not yet
+//!   know it was published.
+
+use std::path::Path;
+
+/// Environment variable naming the crash point to die at.
+pub const CRASH_ENV: &str = "WALRUSFS_CRASH_AT";
+/// File in the state directory naming the crash point to die at.
+pub const CRASH_FILE: &str = "crash-at";
+
+#[cfg(feature = "faults")]
+static STATE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Lets a `STATE/crash-at` file arm crash points in this process.
+pub fn arm_from(state: &Path) {
+    #[cfg(feature = "faults")]
+    let _ = STATE.set(state.to_owned());
+    #[cfg(not(feature = "faults"))]
+    let _ = state;
+}
+
+/// Dies here (SIGKILL) if this crash point is armed.
+#[inline]
+pub fn crash_point(name: &str) {
+    #[cfg(feature = "faults")]
+    {
+        let by_env = std::env::var(CRASH_ENV).is_ok_and(|p| p == name);
+        let by_file = STATE.get().is_some_and(|s| {
+            std::fs::read_to_string(s.join(CRASH_FILE)).is_ok_and(|p| p.trim() == name)
+        });
+        if by_env || by_file {
+            eprintln!("fault injection: crashing at {name}");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    #[cfg(not(feature = "faults"))]
+    let _ = name;
+}
