@@ -345,7 +345,8 @@ fn a_follower_sees_each_version_the_writer_publishes() {
     // A descriptor kept open across versions: the kernel's cached pages must be dropped.
     let mut open = fs::File::open(r.join("v")).unwrap();
     for i in 1..4 {
-        let content = format!("version {i}");
+        // Each version longer than the last: the open descriptor must see the new size too.
+        let content = format!("version {i} ").repeat(1 + 1000 * i);
         write(&w.join("v"), content.as_bytes());
         write(&w.join(format!("new{i}")), content.as_bytes());
         w.sync();

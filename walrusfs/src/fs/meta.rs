@@ -46,6 +46,11 @@ impl<B: BlobStore> Fs<B> {
         if attr.kind == FileKind::File {
             if let Some(f) = self.existing_file(attr.ino) {
                 let st = f.lock();
+                // With nothing pending the index is the truth (a follower's index changes
+                // under open files).
+                if !super::files::OpenFile::has_unstored(&st) {
+                    return attr;
+                }
                 attr.size = st.size;
                 attr.mtime = attr.mtime.max(st.mtime);
                 attr.ctime = attr.ctime.max(st.ctime);

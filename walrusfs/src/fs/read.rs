@@ -28,8 +28,12 @@ impl<B: BlobStore> Fs<B> {
         let ino = handle.ino;
         let cs = self.inner.chunk_size;
         let file = self.existing_file(ino);
-        let file_size = match &file {
-            Some(f) => f.lock().size,
+        let pending = file.as_ref().and_then(|f| {
+            let st = f.lock();
+            OpenFile::has_unstored(&st).then_some(st.size)
+        });
+        let file_size = match pending {
+            Some(size) => size,
             None => self.inner.index.get_attr(ino)?.size,
         };
         if offset >= file_size || size == 0 {
