@@ -183,14 +183,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn destroy(&mut self) {
-        let failed = self.fs.shutdown();
-        if failed == 0 {
-            tracing::info!("all data stored; unmounted");
-        } else {
-            tracing::error!(
-                failed,
-                "unmounted with files whose data could not be stored"
-            );
+        match self.fs.shutdown() {
+            Ok(()) => tracing::info!("all data stored; unmounted"),
+            Err(e) => tracing::error!(
+                "unmounted, but not everything could be stored on the network ({e}); \
+                 it is kept in the state directory's journal and stored at the next mount"
+            ),
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`fuse`]: the thin FUSE adapter over the core;
 //! - [`fs`]: the filesystem core (POSIX semantics, write buffering, reads, caching, GC);
 //! - [`data`]: chunk encryption and the blob store the core writes chunks to;
+//! - [`journal`]: the write-back journal of sealed chunks waiting to be stored;
 //! - [`index`]: the local metadata index (sled): inodes, directory entries, chunk maps,
 //!   symlinks, xattrs, the garbage-collection queue.
 
@@ -15,3 +16,4 @@ pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod index;
+pub mod journal;

@@ -22,7 +22,7 @@ use walrusfs::archive::writer::{Writer, WriterConfig};
 use walrusfs::archive::{ArchiveError, LEASE_DURATION};
 use walrusfs::control::{self, Op, Response};
 use walrusfs::data::store::NetworkStore;
-use walrusfs::fs::{Fs, FsConfig};
+use walrusfs::fs::{Fs, FsConfig, FsParts};
 use walrusfs::fuse::FuseAdapter;
 use walrusfs::index::IndexOptions;
 
@@ -43,6 +43,8 @@ pub const PID_FILE: &str = "mount.pid";
 pub const LOG_FILE: &str = "mount.log";
 /// Name of the local index in the state directory.
 const INDEX_DIR: &str = "index";
+/// Name of the write-back journal in the state directory.
+const JOURNAL_DIR: &str = "journal";
 /// What the state directory of walrusfs versions before archives held; their index (format 1)
 /// is not converted.
 const LEGACY_KEY_FILE: &str = "master.key";
@@ -79,9 +81,21 @@ pub struct MountArgs {
     /// Chunk size in bytes for a testnet archive made by this mount.
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u32,
-    /// Memory for buffered writes, in MiB.
+    /// `close` waits until the file's data is stored on the network, as fsync does (default:
+    /// close returns once the data is in the state directory's crash-safe journal).
+    #[arg(long)]
+    sync_close: bool,
+    /// Memory for written data not yet sealed into the journal, in MiB.
     #[arg(long, default_value_t = 256)]
     dirty_mib: u64,
+    /// Disk in the state directory for written data not yet stored on the network, in MiB;
+    /// when it is full, writers wait (nothing else does).
+    #[arg(long, default_value_t = 2048)]
+    journal_mib: u64,
+    /// Seconds a writer waits for journal room while the network stores nothing, before its
+    /// write fails with EIO.
+    #[arg(long, default_value_t = 300)]
+    journal_wait_secs: u64,
     /// Memory for cached plaintext chunks, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mib: usize,
@@ -386,9 +400,14 @@ fn spawn_background(
     if args.take_over {
         cmd.arg("--take-over");
     }
+    if args.sync_close {
+        cmd.arg("--sync-close");
+    }
     for (flag, value) in [
         ("--chunk-size", args.chunk_size.to_string()),
         ("--dirty-mib", args.dirty_mib.to_string()),
+        ("--journal-mib", args.journal_mib.to_string()),
+        ("--journal-wait-secs", args.journal_wait_secs.to_string()),
         ("--cache-mib", args.cache_mib.to_string()),
         ("--disk-cache-mib", args.disk_cache_mib.to_string()),
         ("--publish-interval", args.publish_interval.to_string()),
@@ -519,7 +538,10 @@ fn serve(
     let cfg = FsConfig {
         read_only,
         local_only: false,
+        sync_close: args.sync_close,
         dirty_budget: args.dirty_mib << 20,
+        journal_bytes: args.journal_mib << 20,
+        journal_wait: Duration::from_secs(args.journal_wait_secs),
         chunk_cache_bytes: args.cache_mib << 20,
         gc_grace: Duration::from_secs(args.gc_grace_secs),
         ..FsConfig::default()
@@ -531,13 +553,16 @@ fn serve(
                 .context("cannot open the chunk cache")?,
         ),
     };
-    let fs = Fs::with_disk_cache(
-        index,
-        store,
-        key.data_key(),
-        rt.handle().clone(),
-        cfg,
-        disk_cache,
+    let fs = Fs::start(
+        FsParts {
+            index,
+            store,
+            key: key.data_key(),
+            rt: rt.handle().clone(),
+            cfg,
+            disk_cache,
+        },
+        &state.join(JOURNAL_DIR),
     )?;
 
     let mut options = vec![
@@ -775,8 +800,7 @@ async fn sync_mount(
         .map_err(|e| e.to_string())?;
     if let Err(failed) = stored {
         return Err(format!(
-            "the data of {} file(s) could not be stored on the network (it stays buffered and is retried); see the mount log",
-            failed.len()
+            "not everything could be stored on the network ({failed}); it stays in the state directory's journal and is retried"
         ));
     }
     match writer {
@@ -894,7 +918,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         take_over: false,
         foreground: false,
         chunk_size: DEFAULT_CHUNK_SIZE,
+        sync_close: false,
         dirty_mib: 256,
+        journal_mib: 2048,
+        journal_wait_secs: 300,
         cache_mib: 256,
         disk_cache_mib: 1024,
         publish_interval: 10,

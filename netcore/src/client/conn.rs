@@ -163,7 +163,13 @@ impl NodeConn {
                 }
                 Err(e)
             }
-            Err(_) => Err(NodeError::Timeout),
+            Err(_) => {
+                // A connection to a node that died (or restarted: its new endpoint cannot
+                // reset our old connection) would swallow every request until the idle
+                // timeout: start over with a fresh one.
+                self.reset(&conn).await;
+                Err(NodeError::Timeout)
+            }
         }
     }
 }

@@ -203,15 +203,38 @@ impl Client {
     /// Asks every node to delete `blob_id`; returns each node's answer (whether it held any
     /// of the blob). Deletion is best effort per node: the caller retries failed nodes.
     pub async fn delete(&self, blob_id: &BlobId) -> Vec<(SliverIndex, Result<bool, NodeError>)> {
+        self.delete_on(blob_id, None).await
+    }
+
+    /// [`Client::delete`] on the nodes `only` lists (all if `None`).
+    pub async fn delete_on(
+        &self,
+        blob_id: &BlobId,
+        only: Option<&[SliverIndex]>,
+    ) -> Vec<(SliverIndex, Result<bool, NodeError>)> {
         let blob_id = *blob_id;
-        self.each_node(
-            move || Request::Delete { blob_id },
-            |r| match r {
-                Response::Deleted { existed } => Ok(existed),
-                other => Err(other),
-            },
-        )
-        .await
+        let deadline = self.inner.config.request_deadline(0);
+        let futs = self
+            .inner
+            .nodes
+            .iter()
+            .filter(|n| only.is_none_or(|o| o.contains(&n.info.index)))
+            .map(|node| async move {
+                let r = node
+                    .request(
+                        &self.inner.config,
+                        Request::Delete { blob_id },
+                        None,
+                        deadline,
+                    )
+                    .await
+                    .and_then(|(resp, _)| match resp {
+                        Response::Deleted { existed } => Ok(existed),
+                        other => Err(conn::unexpected(other)),
+                    });
+                (node.info.index, r)
+            });
+        futures::future::join_all(futs).await
     }
 
     /// Waits (at most `limit`) for sliver sends still running after `put` reached its quorum,

@@ -80,6 +80,8 @@ struct State {
     config: NodeConfig,
     budget: Semaphore,
     started: Instant,
+    /// Slivers for the group committer.
+    commits: tokio::sync::mpsc::Sender<CommitJob>,
 }
 
 /// A storage node ready to serve.
@@ -88,6 +90,8 @@ pub struct Node {
     /// Held for the node's lifetime: two processes serving one store would corrupt it.
     _lock: std::fs::File,
     state: Arc<State>,
+    /// The group committer's queue, until `serve` starts it.
+    commit_queue: tokio::sync::mpsc::Receiver<CommitJob>,
 }
 
 impl Node {
@@ -112,10 +116,13 @@ impl Node {
         let budget_units = usize::try_from(config.max_inflight_bytes / BUDGET_UNIT)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        let (commits, commit_queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         Ok(Node {
             dir: dir.to_owned(),
             _lock: lock,
+            commit_queue,
             state: Arc::new(State {
+                commits,
                 trusted: config.trusted_clients.iter().copied().collect(),
                 budget: Semaphore::new(budget_units),
                 identity,
@@ -137,6 +144,7 @@ impl Node {
     /// serving and removes it on the way out.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let state = self.state;
+        let committer = tokio::spawn(committer(state.clone(), self.commit_queue));
         let tls = state
             .identity
             .server_tls()
@@ -203,6 +211,7 @@ impl Node {
         }
         endpoint.close(0u32.into(), b"node shutting down");
         endpoint.wait_idle().await;
+        committer.abort();
         let _ = std::fs::remove_file(&pid_path);
         info!("storage node stopped");
         Ok(())
@@ -467,7 +476,19 @@ async fn store_sliver(
     let body = wire::read_body(recv, len as usize)
         .await
         .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
-    blocking(state, |s| s.put_sliver(&blob_id, &metadata, index, &body)).await?;
+    let (reply, done) = tokio::sync::oneshot::channel();
+    state
+        .commits
+        .send(CommitJob {
+            blob_id,
+            metadata,
+            index,
+            body,
+            reply,
+        })
+        .await
+        .map_err(|_| WireError::Busy)?;
+    done.await.map_err(|_| WireError::Busy)??;
     // INV: the confirmation is signed only after put_sliver returned, i.e. after fsync.
     debug!("stored");
     Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
@@ -506,6 +527,57 @@ async fn acquire_budget(
     }
 }
 
+/// A sliver waiting for the group committer.
+struct CommitJob {
+    blob_id: BlobId,
+    metadata: crate::codec::BlobMetadata,
+    index: SliverIndex,
+    body: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<(), WireError>>,
+}
+
+/// Slivers stored per group commit at most.
+const MAX_BATCH: usize = 64;
+
+/// The group committer: stores the slivers that arrived while the previous batch was being
+/// made durable as one batch (two filesystem syncs for all of them, see
+/// `SliverStore::put_batch`), then answers each.
+async fn committer(state: Arc<State>, mut jobs: tokio::sync::mpsc::Receiver<CommitJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let st = state.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let items: Vec<super::store::PutItem<'_>> = batch
+                .iter()
+                .map(|j| super::store::PutItem {
+                    blob_id: j.blob_id,
+                    metadata: &j.metadata,
+                    index: j.index,
+                    data: &j.body,
+                })
+                .collect();
+            let results = st.store.put_batch(&items);
+            drop(items);
+            (batch, results)
+        })
+        .await;
+        let Ok((batch, results)) = done else {
+            warn!("group commit task failed");
+            continue;
+        };
+        debug!(slivers = batch.len(), "group commit");
+        for (job, r) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(r.map(|_| ()).map_err(wire_error));
+        }
+    }
+}
+
 /// Runs a (disk-bound, fsyncing) store operation and maps its error to the wire.
 /// `block_in_place` hands this worker's other tasks to another thread meanwhile, so a slow
 /// disk delays only this request. Needs the multi-threaded runtime the node runs on.
@@ -513,8 +585,12 @@ async fn blocking<T, F>(state: &State, f: F) -> Result<T, WireError>
 where
     F: FnOnce(&SliverStore) -> Result<T, StoreError>,
 {
-    let r = tokio::task::block_in_place(|| f(&state.store));
-    r.map_err(|e| match e {
+    tokio::task::block_in_place(|| f(&state.store)).map_err(wire_error)
+}
+
+/// A store error as the client sees it.
+fn wire_error(e: StoreError) -> WireError {
+    match e {
         StoreError::NotFound { .. } => WireError::NotFound,
         StoreError::Invalid(e) => WireError::InvalidRequest(e.to_string()),
         StoreError::Corrupt { path, reason } => {
@@ -525,5 +601,5 @@ where
             warn!(path = %path.display(), "disk error: {source}");
             WireError::Internal(format!("disk error: {source}"))
         }
-    })
+    }
 }

@@ -702,6 +702,9 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
+mod batch;
+pub use batch::PutItem;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests unwrap freely: a panic is a failure with a backtrace.
 mod tests;

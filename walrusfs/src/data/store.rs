@@ -81,9 +81,13 @@ pub trait BlobStore: Send + Sync + 'static {
         &self,
         blob_id: BlobId,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
-    /// Deletes a blob; `Ok(true)` when every node has acknowledged, `Ok(false)` when some
-    /// could not be reached (try again later).
-    fn delete(&self, blob_id: BlobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Deletes a blob from the nodes `only` lists (every node if `None`); returns the nodes
+    /// that could not be reached or refused (to ask again later).
+    fn delete(
+        &self,
+        blob_id: BlobId,
+        only: Option<Vec<u16>>,
+    ) -> impl Future<Output = Vec<u16>> + Send;
     /// Reads an archive's root record from at least `n - f` nodes (only verified records are
     /// returned; see [`netcore::root`]).
     fn read_root(
@@ -131,9 +135,18 @@ impl BlobStore for NetworkStore {
         Ok(self.client.get(&blob_id).await?)
     }
 
-    async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
-        let results = self.client.delete(&blob_id).await;
-        Ok(results.iter().all(|(_, r)| r.is_ok()))
+    async fn delete(&self, blob_id: BlobId, only: Option<Vec<u16>>) -> Vec<u16> {
+        let results = self.client.delete_on(&blob_id, only.as_deref()).await;
+        results
+            .into_iter()
+            .filter_map(|(node, r)| match r {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(blob = %blob_id, node, "delete failed: {e}");
+                    Some(node)
+                }
+            })
+            .collect()
     }
 
     async fn read_root(&self, archive: PublicKey) -> Result<RootAnswers, StoreError> {
@@ -165,6 +178,8 @@ pub struct MemoryStore {
     pub fail_puts: AtomicBool,
     /// When set, gets fail.
     pub fail_gets: AtomicBool,
+    /// When set, deletes fail (the node cannot be reached).
+    pub fail_deletes: AtomicBool,
     /// When set, root reads and writes fail (fewer than `n - f` nodes reachable).
     pub fail_roots: AtomicBool,
     /// The root records of [`MEMORY_ROOT_NODES`] simulated nodes, by archive.
@@ -233,10 +248,14 @@ impl BlobStore for MemoryStore {
             .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))
     }
 
-    async fn delete(&self, blob_id: BlobId) -> Result<bool, StoreError> {
-        let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
-        blobs.remove(&blob_id);
-        Ok(true)
+    async fn delete(&self, blob_id: BlobId, _only: Option<Vec<u16>>) -> Vec<u16> {
+        if self.fail_deletes.load(Ordering::SeqCst) {
+            return vec![0];
+        }
+        if let Ok(mut blobs) = self.blobs.lock() {
+            blobs.remove(&blob_id);
+        }
+        Vec::new()
     }
 
     async fn read_root(&self, archive: PublicKey) -> Result<RootAnswers, StoreError> {

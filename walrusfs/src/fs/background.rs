@@ -1,169 +1,230 @@
-//! Background work: the write-back flusher and the garbage collector.
+//! The work that runs by itself, owned by one [`Background`] with a `shutdown`:
 //!
-//! - The flusher uploads buffers that have been dirty longer than the write-back delay (or
-//!   all dirty buffers while the dirty budget is more than half used), commits pending sizes
-//!   and times, retries files whose earlier uploads failed, and forgets closed files whose data
-//!   is stored.
-//! - The garbage collector deletes blobs no longer referenced (overwritten chunks, truncated or
-//!   deleted files) from the nodes. Its queue lives in the index, so it survives restarts; a
-//!   blob leaves the queue only once every node acknowledged the delete.
+//! - the flusher seals buffers that have been dirty longer than the write-back delay (all of
+//!   them while memory is more than half used) into the journal, commits pending attributes,
+//!   and forgets closed files with nothing dirty;
+//! - the uploader stores journal records on the network as they come (waiting a moment so
+//!   small ones share a pack), retrying with back-off while the network fails;
+//! - the reclaimer deletes journal segments no chunk points into any more;
+//! - the garbage collector deletes blobs no longer referenced (see `gc`).
+//!
+//! Tasks hold the filesystem weakly: dropping it (a crash, in tests) ends them too.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::files::OpenFile;
-use super::Fs;
+use super::{Fs, Inner};
 use crate::data::store::BlobStore;
 
 /// How often the flusher looks at open files.
 const FLUSH_TICK: Duration = Duration::from_millis(500);
+/// How often the uploader looks at the journal when nothing wakes it.
+const UPLOAD_TICK: Duration = Duration::from_secs(1);
+/// Longest back-off between upload attempts while the network fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the reclaimer runs.
+const RECLAIM_TICK: Duration = Duration::from_secs(2);
 /// How often the garbage collector runs when nothing wakes it.
 const GC_TICK: Duration = Duration::from_secs(10);
-/// Blobs deleted per garbage-collection round, concurrently.
-const GC_BATCH: usize = 32;
 
-/// Starts the flusher and the garbage collector; they stop when the filesystem is dropped.
-pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) {
-    let weak = Arc::downgrade(&fs.inner);
-    fs.inner.rt.spawn(async move {
-        let mut tick = tokio::time::interval(FLUSH_TICK);
-        loop {
-            tick.tick().await;
-            let Some(inner) = weak.upgrade() else { break };
-            let fs = Fs { inner };
-            // Index commits and file locks are quick but blocking; keep them off the runtime
-            // threads' critical path.
-            let _ = tokio::task::spawn_blocking(move || fs.flush_round()).await;
+/// The background tasks of one filesystem.
+pub(crate) struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts every task on the filesystem's runtime.
+    pub(crate) fn start<B: BlobStore>(fs: &Fs<B>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let weak = Arc::downgrade(&fs.inner);
+        let rt = &fs.inner.rt;
+        let tasks = vec![
+            rt.spawn(flusher(weak.clone(), stop_rx.clone())),
+            rt.spawn(uploader(
+                weak.clone(),
+                fs.inner.uploads.wake.clone(),
+                stop_rx.clone(),
+            )),
+            rt.spawn(reclaimer(
+                weak.clone(),
+                fs.inner.reclaim_wake.clone(),
+                stop_rx.clone(),
+            )),
+            rt.spawn(collector(weak, fs.inner.gc_wake.clone(), stop_rx)),
+        ];
+        Background { stop, tasks }
+    }
+
+    /// Stops every task and waits until they have stopped.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
         }
-    });
-    let weak = Arc::downgrade(&fs.inner);
-    let wake = fs.inner.gc_wake.clone();
-    fs.inner.rt.spawn(async move {
-        let mut seen = std::collections::HashMap::new();
-        let mut cursor = None;
+    }
+}
+
+/// Sleeps `d`, or less if woken by `wake`; false if told to stop.
+async fn pause(
+    d: Duration,
+    wake: Option<&tokio::sync::Notify>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    let woken = async {
+        match wake {
+            Some(w) => w.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = woken => true,
+        _ = stop.changed() => false,
+    }
+}
+
+fn upgrade<B: BlobStore>(weak: &Weak<Inner<B>>) -> Option<Fs<B>> {
+    weak.upgrade().map(|inner| Fs { inner })
+}
+
+async fn flusher<B: BlobStore>(weak: Weak<Inner<B>>, mut stop: watch::Receiver<bool>) {
+    while pause(FLUSH_TICK, None, &mut stop).await {
+        let Some(fs) = upgrade(&weak) else { break };
+        // Sealing and index commits block: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || fs.flush_round()).await;
+    }
+}
+
+async fn uploader<B: BlobStore>(
+    weak: Weak<Inner<B>>,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let wait = if backoff.is_zero() {
+            UPLOAD_TICK
+        } else {
+            backoff
+        };
+        if !pause(wait, Some(&wake), &mut stop).await {
+            break;
+        }
+        let Some(fs) = upgrade(&weak) else { break };
+        if backoff.is_zero() {
+            // Small records arriving together share a pack: give the burst a moment.
+            tokio::time::sleep(fs.inner.cfg.pack_delay).await;
+        }
         loop {
-            let Some(inner) = weak.upgrade() else { break };
-            let more = Fs { inner }.gc_round(&mut cursor, &mut seen).await;
-            if !more {
-                // Only the Notify is held while waiting, so dropping the filesystem ends this
-                // task at its next tick.
-                let _ = tokio::time::timeout(GC_TICK, wake.notified()).await;
+            match fs.upload_round().await {
+                Ok(true) => {
+                    backoff = Duration::ZERO;
+                    if *stop.borrow() {
+                        break;
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                    tracing::warn!("storing journal records failed: {e}; retrying in {backoff:?}");
+                    break;
+                }
             }
         }
-    });
+    }
+}
+
+async fn reclaimer<B: BlobStore>(
+    weak: Weak<Inner<B>>,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    while pause(RECLAIM_TICK, Some(&wake), &mut stop).await {
+        let Some(fs) = upgrade(&weak) else { break };
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = fs.reclaim_journal() {
+                tracing::warn!("reclaiming journal space failed: {e}");
+            }
+        })
+        .await;
+    }
+}
+
+async fn collector<B: BlobStore>(
+    weak: Weak<Inner<B>>,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = std::collections::HashMap::new();
+    let mut cursor = None;
+    let mut more = false;
+    loop {
+        let wait = if more { Duration::ZERO } else { GC_TICK };
+        if !pause(wait, Some(&wake), &mut stop).await {
+            break;
+        }
+        let Some(fs) = upgrade(&weak) else { break };
+        more = fs.gc_round(&mut cursor, &mut seen).await;
+    }
 }
 
 impl<B: BlobStore> Fs<B> {
     fn flush_round(&self) {
         let files: Vec<Arc<OpenFile>> = self.inner.lock_open().values().cloned().collect();
-        let pressure = self.dirty_bytes() > self.inner.cfg.dirty_budget / 2;
-        let delay = self.inner.cfg.writeback_delay;
+        let pressure = self.inner.dirty.above(1, 2);
+        let cutoff = Instant::now()
+            .checked_sub(self.inner.cfg.writeback_delay)
+            .unwrap_or_else(Instant::now);
         for file in files {
-            let mut st = file.lock();
-            self.upload_dirty(&file, &mut st, |b| {
-                pressure || b.dirty_since.elapsed() >= delay
-            });
-            if st.bufs.is_empty() && st.uploading == 0 && st.attr_dirty {
-                match self.inner.index.commit_chunks(
-                    file.ino,
-                    &[],
-                    Vec::new(),
-                    st.size,
-                    st.mtime,
-                    st.ctime,
-                ) {
-                    Ok(_) => st.attr_dirty = false,
-                    Err(crate::index::IndexError::NotFound) => st.attr_dirty = false,
-                    Err(e) => tracing::warn!(ino = file.ino, "committing attributes failed: {e}"),
-                }
+            let (due, idle) = {
+                let st = file.lock();
+                let due = if pressure {
+                    None
+                } else {
+                    Some(st.buf.older_than(cutoff))
+                };
+                (due, st.handles == 0)
+            };
+            let result = match &due {
+                Some(old) if old.is_empty() && !idle => Ok(()),
+                Some(old) if !old.is_empty() => self.spill(&file, Some(old)),
+                _ => self.spill(&file, None),
+            };
+            if let Err(e) = result {
+                tracing::warn!(
+                    ino = file.ino,
+                    "journaling dirty data failed (retrying): {e}"
+                );
             }
-            let idle = st.handles == 0;
-            drop(st);
             if idle {
                 self.forget_if_idle(&file);
             }
         }
     }
 
-    /// The highest change sequence number whose GC entries may be acted on: changes that are
-    /// durable and published. A filesystem outside an archive (`local_only`) publishes
-    /// nothing, so durable on local disk is all there is; this flushes the index for that.
-    fn gc_horizon(&self) -> crate::index::Result<u64> {
-        if self.inner.cfg.local_only {
-            self.inner.index.mark_local_only_published()
-        } else {
-            self.inner.index.published_seq()
+    /// Deletes journal segments no chunk points into, once the index saying so is durable.
+    fn reclaim_journal(&self) -> super::FsResult<u64> {
+        let journal = &self.inner.journal;
+        if journal.bytes() == 0 {
+            return Ok(0);
         }
-    }
-
-    /// One round of garbage collection over the next batch of the queue (after `cursor`);
-    /// returns whether more work is ready now. `seen` holds when each ripe blob was first seen,
-    /// for the grace period.
-    async fn gc_round(
-        &self,
-        cursor: &mut Option<netcore::codec::BlobId>,
-        seen: &mut std::collections::HashMap<netcore::codec::BlobId, Instant>,
-    ) -> bool {
-        let horizon = match self.gc_horizon() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("GC cannot tell what is published: {e}");
-                return false;
-            }
-        };
-        let pending = match self.inner.index.gc_pending(*cursor, GC_BATCH) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("reading the GC queue failed: {e}");
-                return false;
-            }
-        };
-        let wrapped = pending.len() < GC_BATCH;
-        *cursor = if wrapped {
-            None
-        } else {
-            pending.last().map(|(id, _)| *id)
-        };
-        if pending.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        // INV (DESIGN 8): a blob is deleted only once the change that dropped it is durable
-        // and published, and a grace period after that, for readers still on the old state.
-        let ripe: Vec<_> = pending
-            .iter()
-            .filter(|(_, e)| e.dropped_seq <= horizon)
-            // INV (DESIGN 8): nor while a snapshot refers to it.
-            .filter(|(id, _)| !matches!(self.inner.index.is_held(id), Ok(true) | Err(_)))
-            .filter(|(id, _)| {
-                now.duration_since(*seen.entry(*id).or_insert(now)) >= self.inner.cfg.gc_grace
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if seen.len() > 4 * GC_BATCH * 64 {
-            seen.retain(|_, t| now.duration_since(*t) < 10 * self.inner.cfg.gc_grace);
-        }
-        if ripe.is_empty() {
-            return !wrapped;
-        }
-        let started = Instant::now();
-        let deletes = ripe.iter().map(|id| async move {
-            let done = matches!(self.inner.store.delete(*id).await, Ok(true));
-            (*id, done)
-        });
-        let results = futures::future::join_all(deletes).await;
-        let mut deleted = 0;
-        for (id, done) in &results {
-            if *done {
-                if let Err(e) = self.inner.index.gc_done(id) {
-                    tracing::warn!(blob = %id, "removing from GC queue failed: {e}");
-                }
-                seen.remove(id);
-                deleted += 1;
-            }
-        }
-        tracing::debug!(deleted, ripe = results.len(), took = ?started.elapsed(), "GC round");
-        // Move on to the next batch at once, unless the queue wrapped around.
-        !wrapped
+        // Taken under the journal's order lock, so no record is appended but not yet
+        // committed: the oldest record a chunk points at is kept, and every later one.
+        let keep_from = journal.quiesced(|next| {
+            self.inner
+                .index
+                .oldest_journal_record()
+                .map(|oldest| oldest.map_or(next, |o| o.min(next)))
+        })?;
+        // INV: a segment is deleted only after the index no longer pointing into it is durable.
+        self.flush_index()?;
+        Ok(journal.reclaim(keep_from)?)
     }
 }

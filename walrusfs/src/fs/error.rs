@@ -34,6 +34,9 @@ pub enum FsError {
     /// fsync, while the data stays buffered for another attempt.
     #[error("earlier write could not be stored: {0}")]
     WriteBack(String),
+    /// The write-back journal failed or stayed full.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 impl FsError {
@@ -64,6 +67,16 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::WriteBack(_) => libc::EIO,
+            FsError::Journal(e) => match e {
+                // The state directory's disk is full or over quota: say so, it is the user's
+                // to fix (the data stays in memory meanwhile).
+                crate::journal::JournalError::Io { source, .. } => match source.raw_os_error() {
+                    Some(code @ (libc::ENOSPC | libc::EDQUOT)) => code,
+                    _ => libc::EIO,
+                },
+                crate::journal::JournalError::Full { .. } => libc::EIO,
+                crate::journal::JournalError::Gone(_) => libc::EIO,
+            },
         }
     }
 }

@@ -1,63 +1,29 @@
 //! Open files and handles.
 //!
-//! An [`OpenFile`] exists for an inode while it has open handles or holds data not yet
-//! stored. It carries the file's in-memory chunk buffers (a full copy of each chunk being
-//! changed: dirty, or being uploaded) and the size and times not yet committed to the index.
-//! Reads see buffers first, so a reader never observes the index lagging behind writes.
+//! An [`OpenFile`] exists for an inode while it has open handles or dirty buffers. Its state
+//! is the file's [`FileBuffers`] (what writes changed that no journal record holds yet) and
+//! the number of handles. Reads see buffers first, so a reader never observes the index
+//! lagging behind writes.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::buffers::FileBuffers;
 use super::{Fs, FsError, FsResult};
 use crate::data::store::BlobStore;
-use crate::index::types::{FileKind, Ino, Timestamp};
-
-/// State of one chunk buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BufState {
-    /// Changed since it was last sent; must be uploaded.
-    Dirty,
-    /// An upload of generation `gen` is in flight and the buffer is unchanged since.
-    Uploading,
-}
-
-/// A chunk's current content while it is being changed. Each buffer counts as one full
-/// chunk against the dirty budget, whatever its length, so the accounting cannot drift.
-pub(crate) struct ChunkBuf {
-    /// Valid bytes of the chunk (bytes beyond read as zeros). Shared with an in-flight upload;
-    /// a writer copies on write.
-    pub(crate) data: Arc<Vec<u8>>,
-    /// Bumped on every change; an upload whose generation is stale is discarded.
-    pub(crate) gen: u64,
-    pub(crate) state: BufState,
-    /// When the buffer first became dirty (for background write-back).
-    pub(crate) dirty_since: Instant,
-}
+use crate::index::types::{FileKind, Ino};
 
 /// Mutable state of an open file.
 pub(crate) struct FileState {
     pub(crate) handles: u32,
-    pub(crate) size: u64,
-    pub(crate) mtime: Timestamp,
-    pub(crate) ctime: Timestamp,
-    /// Size or times changed since the last commit to the index.
-    pub(crate) attr_dirty: bool,
-    pub(crate) bufs: BTreeMap<u64, ChunkBuf>,
-    /// Uploads in flight for this file.
-    pub(crate) uploading: usize,
-    /// The last upload failure, reported once by the next flush/fsync.
-    pub(crate) error: Option<String>,
-    pub(crate) next_gen: u64,
+    /// Dirty buffers and uncommitted attributes.
+    pub(crate) buf: FileBuffers,
 }
 
-/// An inode with open handles or unstored data.
+/// An inode with open handles or dirty buffers.
 pub(crate) struct OpenFile {
     pub(crate) ino: Ino,
     pub(crate) state: Mutex<FileState>,
-    /// Signalled whenever an upload of this file finishes.
-    pub(crate) changed: Condvar,
 }
 
 impl OpenFile {
@@ -65,9 +31,9 @@ impl OpenFile {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether anything of this file is not yet stored and committed.
+    /// Whether anything of this file is not yet journaled or committed.
     pub(crate) fn has_unstored(st: &FileState) -> bool {
-        !st.bufs.is_empty() || st.attr_dirty || st.uploading > 0
+        st.buf.is_dirty()
     }
 }
 
@@ -123,16 +89,8 @@ impl<B: BlobStore> Fs<B> {
             ino,
             state: Mutex::new(FileState {
                 handles: u32::from(new_handle),
-                size: attr.size,
-                mtime: attr.mtime,
-                ctime: attr.ctime,
-                attr_dirty: false,
-                bufs: BTreeMap::new(),
-                uploading: 0,
-                error: None,
-                next_gen: 1,
+                buf: FileBuffers::new(attr.size, attr.mtime, attr.ctime),
             }),
-            changed: Condvar::new(),
         });
         open.insert(ino, file.clone());
         Ok(file)
@@ -174,14 +132,14 @@ impl<B: BlobStore> Fs<B> {
         if !last {
             return Ok(());
         }
-        // The kernel sent flush before release, so data is normally stored by now. If it
-        // could not be, the record stays and the background flusher keeps trying.
+        // The kernel sent flush before release, so the data is normally journaled by now. If
+        // it could not be, the record stays and the background flusher keeps trying.
         self.forget_if_idle(&file);
         Ok(())
     }
 
-    /// Drops the open-file record if it has no handles and nothing unstored; frees the inode
-    /// if it was an orphan (unlinked while open).
+    /// Drops the open-file record if it has no handles and nothing dirty; frees the inode if
+    /// it was an orphan (unlinked while open).
     pub(crate) fn forget_if_idle(&self, file: &Arc<OpenFile>) {
         let mut open = self.inner.lock_open();
         {

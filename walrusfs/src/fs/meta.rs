@@ -51,9 +51,9 @@ impl<B: BlobStore> Fs<B> {
                 if !super::files::OpenFile::has_unstored(&st) {
                     return attr;
                 }
-                attr.size = st.size;
-                attr.mtime = attr.mtime.max(st.mtime);
-                attr.ctime = attr.ctime.max(st.ctime);
+                attr.size = st.buf.size;
+                attr.mtime = attr.mtime.max(st.buf.mtime);
+                attr.ctime = attr.ctime.max(st.buf.ctime);
             }
         }
         attr
@@ -185,9 +185,9 @@ impl<B: BlobStore> Fs<B> {
                 self.truncate_buffers(&file, size);
                 let mut st = file.lock();
                 let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
-                st.mtime = attr.mtime;
-                st.ctime = attr.ctime;
-                st.size = attr.size;
+                st.buf.mtime = attr.mtime;
+                st.buf.ctime = attr.ctime;
+                st.buf.size = attr.size;
                 drop(st);
                 self.inner.gc_wake.notify_one();
                 return Ok(self.with_pending(attr));
@@ -197,20 +197,15 @@ impl<B: BlobStore> Fs<B> {
             return Ok(attr);
         }
         if let Some(file) = self.existing_file(ino) {
-            // Explicit times win over the pending ones of earlier writes.
+            // Earlier writes first (journaled with their size and times), so explicit times
+            // set now win over theirs.
+            self.spill(&file, None)?;
             let mut st = file.lock();
             let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
-            if changes.mtime.is_some() {
-                st.mtime = attr.mtime;
-            }
-            st.ctime = attr.ctime;
-            let commit =
-                self.inner
-                    .index
-                    .commit_chunks(ino, &[], Vec::new(), st.size, st.mtime, st.ctime);
-            st.attr_dirty = commit.is_err();
+            st.buf.mtime = attr.mtime;
+            st.buf.ctime = attr.ctime;
             drop(st);
-            return Ok(self.with_pending(self.inner.index.get_attr(ino)?));
+            return Ok(self.with_pending(attr));
         }
         Ok(self.inner.index.setattr(ino, changes, Timestamp::now())?)
     }

@@ -1,25 +1,43 @@
-//! The filesystem core: POSIX semantics over the metadata index and the blob store, knowing
-//! nothing of FUSE (the adapter in `crate::fuse` translates callbacks into these calls).
+//! The filesystem core: POSIX semantics over the metadata index, the write-back journal and the
+//! blob store, knowing nothing of FUSE (the adapter in `crate::fuse` translates callbacks into
+//! these calls).
 //!
 //! - `meta`: namespace and attribute operations, served from the index alone (never the
 //!   network);
-//! - `files`: open files, their in-memory chunk buffers, and handles;
-//! - `write`: buffering writes, sealing and uploading chunks, flush/fsync durability;
-//! - `read`: reading through buffers, the chunk cache and the network, with readahead;
-//! - `background`: the periodic flusher and the garbage collector of unreferenced blobs.
+//! - `files`: open files and handles;
+//! - `buffers`: the one owner of dirty chunk buffers (what writes changed and no record holds
+//!   yet) and of the memory they take;
+//! - `write`: writes into buffers; flush, spill and fsync: sealing buffers into the journal,
+//!   and (fsync) storing them on the network;
+//! - `upload`: the uploader, storing journal records as blobs (small ones packed together);
+//! - `read`: reading through buffers, the journal, the chunk cache and the network;
+//! - `background`: the tasks that run by themselves (flusher, uploader, journal reclaim, GC),
+//!   owned by one [`background::Background`] with a `shutdown`.
+//!
+//! # Durability (DESIGN invariant 3)
+//!
+//! A write lands in memory. `close` (flush) seals the file's dirty chunks into the journal and
+//! commits them to the index: from then on a killed mount loses nothing (the next mount replays
+//! the journal). `fsync`, `walrusfs sync` and unmount store the journal's records on `n - f`
+//! nodes, commit them, and make the index durable before they return. With `sync_close`, close
+//! does what fsync does.
 
 mod background;
+mod buffers;
 mod error;
 mod files;
+mod gc;
 mod meta;
 mod read;
 #[cfg(test)]
 mod tests;
+mod upload;
 mod write;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use error::{FsError, FsResult};
@@ -28,6 +46,7 @@ pub use meta::{Attr, RequestCtx, StatFs};
 use crate::data::crypto::DataKey;
 use crate::data::store::BlobStore;
 use crate::index::Index;
+use crate::journal::Journal;
 use netcore::codec::BlobId;
 
 /// Tuning of the filesystem core.
@@ -39,18 +58,30 @@ pub struct FsConfig {
     /// final (for garbage collection) once it is durable on local disk. Unit tests only; a
     /// mount is always an archive's.
     pub local_only: bool,
-    /// Dirty (not yet stored) bytes held in memory across all files; writers wait beyond it.
+    /// `close` waits for the network, as `fsync` does (instead of returning once the data is
+    /// in the journal).
+    pub sync_close: bool,
+    /// Memory for dirty chunk buffers across all files; past it, a writer seals its file's
+    /// buffers into the journal.
     pub dirty_budget: u64,
+    /// Bytes the write-back journal may hold; past it, writers wait for the uploader.
+    pub journal_bytes: u64,
+    /// How long a writer waits for room in a full journal (the network is not storing data)
+    /// before its write fails with EIO. A short outage costs writers time, not errors.
+    pub journal_wait: Duration,
     /// Bytes of plaintext chunks cached in memory.
     pub chunk_cache_bytes: usize,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: u64,
-    /// Chunk uploads in flight at once.
+    /// Blob uploads in flight at once.
     pub upload_concurrency: usize,
-    /// Dirty data older than this is uploaded in the background.
+    /// Dirty buffers of open files older than this are sealed into the journal in the
+    /// background.
     pub writeback_delay: Duration,
-    /// An unreferenced blob is deleted from the network only this long after it was queued:
-    /// a reader that looked up the chunk just before may still be fetching it.
+    /// Small journal records wait this long for others to share a pack blob with.
+    pub pack_delay: Duration,
+    /// An unreferenced blob is deleted from the network only this long after its drop was
+    /// published: a reader that looked up the chunk just before may still be fetching it.
     pub gc_grace: Duration,
 }
 
@@ -59,11 +90,15 @@ impl Default for FsConfig {
         FsConfig {
             read_only: false,
             local_only: true,
+            sync_close: false,
             dirty_budget: 256 << 20,
+            journal_bytes: 2 << 30,
+            journal_wait: Duration::from_secs(300),
             chunk_cache_bytes: 256 << 20,
             readahead_chunks: 4,
             upload_concurrency: 8,
             writeback_delay: Duration::from_secs(3),
+            pack_delay: Duration::from_millis(300),
             gc_grace: Duration::from_secs(5),
         }
     }
@@ -101,6 +136,8 @@ pub(crate) enum FetchError {
 
 pub(crate) struct Inner<B: BlobStore> {
     pub(crate) index: Arc<Index>,
+    /// Sealed chunks waiting to be stored.
+    pub(crate) journal: Arc<Journal>,
     /// Refuse changes: set at mount for a read-only mount, and later if the archive's writer
     /// lease is lost.
     pub(crate) read_only: AtomicBool,
@@ -112,49 +149,68 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) rt: tokio::runtime::Handle,
     pub(crate) cfg: FsConfig,
     pub(crate) chunk_size: u64,
-    /// Files with open handles or unstored data, by inode.
+    /// Files with open handles or dirty buffers, by inode.
     pub(crate) open: Mutex<HashMap<u64, Arc<files::OpenFile>>>,
     /// Open handles.
     pub(crate) handles: Mutex<HashMap<u64, Arc<files::Handle>>>,
     pub(crate) next_fh: AtomicU64,
-    /// Verified plaintext chunks by blob id.
+    /// Memory held in dirty buffers.
+    pub(crate) dirty: buffers::DirtyBudget,
+    /// Verified plaintext chunks by place.
     pub(crate) chunk_cache: cache::MemoryCache<ChunkKey, Arc<Vec<u8>>>,
     /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
     /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
     pub(crate) disk_cache: Option<cache::DiskCache>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
-    /// Bytes in chunk buffers not yet stored, and a condvar signalled when it drops.
-    pub(crate) dirty_bytes: Mutex<u64>,
-    pub(crate) dirty_dropped: Condvar,
-    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
-    /// Wakes the garbage collector (shared with its task, which must not keep `Inner` alive).
+    /// The uploader's shared state.
+    pub(crate) uploads: upload::Uploads,
+    /// Wakes the garbage collector.
     pub(crate) gc_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the journal reclaimer (records were stored, or a writer waits for room).
+    pub(crate) reclaim_wake: Arc<tokio::sync::Notify>,
+    /// The background tasks, until shut down.
+    pub(crate) background: Mutex<Option<background::Background>>,
+}
+
+/// What a filesystem is made of.
+pub struct FsParts<B: BlobStore> {
+    /// The metadata index.
+    pub index: Arc<Index>,
+    /// Where blobs go.
+    pub store: Arc<B>,
+    /// The key chunks are sealed under.
+    pub key: DataKey,
+    /// Where network work runs.
+    pub rt: tokio::runtime::Handle,
+    /// Tuning.
+    pub cfg: FsConfig,
+    /// On-disk cache of sealed chunks, if any.
+    pub disk_cache: Option<cache::DiskCache>,
 }
 
 impl<B: BlobStore> Fs<B> {
-    /// Builds the filesystem over an opened index. Frees orphans left by a crash (files
-    /// unlinked while open) and starts the background flusher and garbage collector on `rt`.
-    pub fn new(
-        index: Arc<Index>,
-        store: Arc<B>,
-        key: DataKey,
-        rt: tokio::runtime::Handle,
-        cfg: FsConfig,
-    ) -> FsResult<Self> {
-        Self::with_disk_cache(index, store, key, rt, cfg, None)
-    }
-
-    /// [`Fs::new`] with an on-disk cache of sealed chunks.
-    pub fn with_disk_cache(
-        index: Arc<Index>,
-        store: Arc<B>,
-        key: DataKey,
-        rt: tokio::runtime::Handle,
-        cfg: FsConfig,
-        disk_cache: Option<cache::DiskCache>,
-    ) -> FsResult<Self> {
+    /// Builds the filesystem over an opened index and the journal in `journal_dir`: replays the
+    /// journal records the index does not have yet (a crash), frees orphans left by a crash
+    /// (files unlinked while open), and starts the background tasks.
+    pub fn start(parts: FsParts<B>, journal_dir: &Path) -> FsResult<Self> {
+        let FsParts {
+            index,
+            store,
+            key,
+            rt,
+            cfg,
+            disk_cache,
+        } = parts;
+        let (journal, records) = Journal::open(journal_dir, cfg.journal_bytes)?;
         if !cfg.read_only {
+            let replayed = write::replay(&index, &records)?;
+            if replayed > 0 {
+                tracing::info!(
+                    replayed,
+                    "replayed journal records a crash left uncommitted"
+                );
+            }
             let purged = index.purge_orphans()?;
             if purged > 0 {
                 tracing::info!(purged, "freed files unlinked while open before a crash");
@@ -165,9 +221,11 @@ impl<B: BlobStore> Fs<B> {
             inner: Arc::new(Inner {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
-                upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
                 read_only: AtomicBool::new(cfg.read_only),
                 durable: Arc::new(tokio::sync::Notify::new()),
+                journal: Arc::new(journal),
+                dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
+                uploads: upload::Uploads::new(cfg.upload_concurrency),
                 index,
                 store,
                 key,
@@ -178,13 +236,17 @@ impl<B: BlobStore> Fs<B> {
                 handles: Default::default(),
                 next_fh: AtomicU64::new(1),
                 fetching: Default::default(),
-                dirty_bytes: Mutex::new(0),
-                dirty_dropped: Condvar::new(),
                 gc_wake: Arc::new(tokio::sync::Notify::new()),
+                reclaim_wake: Arc::new(tokio::sync::Notify::new()),
+                background: Mutex::new(None),
             }),
         };
         if !fs.inner.cfg.read_only {
-            background::start(&fs);
+            let bg = background::Background::start(&fs);
+            *fs.inner
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(bg);
         }
         Ok(fs)
     }
@@ -194,40 +256,26 @@ impl<B: BlobStore> Fs<B> {
         self.inner.chunk_size
     }
 
-    /// Stores every file's unstored data and makes the index durable: the unmount path.
-    /// Returns the number of files whose data could not be stored (their data is lost when
-    /// the process exits; each is logged).
-    pub fn shutdown(&self) -> usize {
-        match self.sync_all() {
-            Ok(()) => 0,
-            Err(failed) => failed.len(),
-        }
+    /// The unmount path: stores everything (see [`Fs::sync_all`]), then stops the background
+    /// tasks. On failure, says what could not be stored: it stays in the journal, in the
+    /// state directory, and the next mount stores it.
+    pub fn shutdown(&self) -> Result<(), String> {
+        let stored = self.sync_all();
+        self.stop_background();
+        stored
     }
 
-    /// Stores every file's unstored data on the network, commits it and makes the index
-    /// durable (`walrusfs sync`). On failure, lists the inodes whose data could not be stored
-    /// (each logged; the data stays buffered).
-    pub fn sync_all(&self) -> Result<(), Vec<u64>> {
-        let files: Vec<_> = self.inner.lock_open().values().cloned().collect();
-        let mut failed = Vec::new();
-        for file in files {
-            if let Err(e) = self.sync_file(&file) {
-                tracing::error!(
-                    ino = file.ino,
-                    "data of inode {} could not be stored: {e}",
-                    file.ino
-                );
-                failed.push(file.ino);
-            }
-        }
-        if let Err(e) = self.inner.index.flush() {
-            tracing::error!("index flush failed: {e}");
-            failed.push(0);
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed)
+    /// Stops the background tasks without storing anything (a crash, for tests; and the last
+    /// step of [`Fs::shutdown`]). Waits until they have stopped.
+    pub fn stop_background(&self) {
+        let bg = self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(bg) = bg {
+            self.inner.rt.block_on(bg.shutdown());
         }
     }
 
@@ -259,6 +307,24 @@ impl<B: BlobStore> Fs<B> {
     /// Blobs waiting to be deleted from the network.
     pub fn gc_backlog(&self) -> u64 {
         self.inner.index.gc_len() as u64
+    }
+
+    /// Bytes in dirty buffers (memory).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.inner.dirty.used()
+    }
+
+    /// Bytes in the write-back journal, and the number of chunks it holds not yet stored.
+    pub fn journal_backlog(&self) -> (u64, usize) {
+        (self.inner.journal.bytes(), self.inner.index.journal_len())
+    }
+
+    /// Makes the index durable, the journal first (a durable index must never point at journal
+    /// records a power cut could lose).
+    pub(crate) fn flush_index(&self) -> FsResult<()> {
+        self.inner.journal.sync()?;
+        self.inner.index.flush()?;
+        Ok(())
     }
 }
 

@@ -9,12 +9,15 @@ use super::files::{Handle, OpenFile};
 use super::{ChunkKey, FetchError, Fs, FsError, FsResult};
 use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
-use crate::index::types::ChunkRef;
+use crate::index::types::{ChunkRef, JChunk};
+use crate::journal::{JournalError, Loc};
 
 /// Where the bytes of one chunk come from for a read.
 enum Source {
     /// A buffer of an open file (a snapshot of it).
     Buffer(Arc<Vec<u8>>),
+    /// A chunk whose latest content is in the write-back journal.
+    Journal(JChunk),
     /// A stored chunk.
     Stored(ChunkRef),
     /// A hole: zeros.
@@ -30,7 +33,7 @@ impl<B: BlobStore> Fs<B> {
         let file = self.existing_file(ino);
         let pending = file.as_ref().and_then(|f| {
             let st = f.lock();
-            OpenFile::has_unstored(&st).then_some(st.size)
+            OpenFile::has_unstored(&st).then_some(st.buf.size)
         });
         let file_size = match pending {
             Some(size) => size,
@@ -40,10 +43,29 @@ impl<B: BlobStore> Fs<B> {
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + u64::from(size));
+        let last = (end - 1) / cs;
+        self.note_read(&handle, offset, end, last);
+        match self.read_range(ino, file.as_ref(), offset, end) {
+            // A journal segment was reclaimed between looking the chunk up and reading it: the
+            // chunk is stored now; look again.
+            Err(FsError::Journal(JournalError::Gone(_))) => {
+                self.read_range(ino, file.as_ref(), offset, end)
+            }
+            other => other,
+        }
+    }
+
+    fn read_range(
+        &self,
+        ino: u64,
+        file: Option<&Arc<OpenFile>>,
+        offset: u64,
+        end: u64,
+    ) -> FsResult<Vec<u8>> {
+        let cs = self.inner.chunk_size;
         let first = offset / cs;
         let last = (end - 1) / cs;
-        let sources = self.sources(ino, file.as_ref(), first, last)?;
-        self.note_read(&handle, offset, end, last);
+        let sources = self.sources(ino, file, first, last)?;
 
         // Fetch all stored chunks of the range concurrently.
         let fetches = sources.iter().filter_map(|(idx, s)| match s {
@@ -70,6 +92,7 @@ impl<B: BlobStore> Fs<B> {
                     let data = fetched.next().ok_or(FsError::Invalid("fetch count"))??;
                     (data, u64::from(r.len))
                 }
+                Source::Journal(j) => (self.journal_chunk(ino, idx, &j)?, u64::from(j.len)),
                 Source::Hole => (Arc::new(Vec::new()), 0),
             };
             let valid = valid.min(bytes.len() as u64);
@@ -88,13 +111,29 @@ impl<B: BlobStore> Fs<B> {
     /// file's size (for a partial overwrite).
     pub(crate) fn chunk_content(&self, file: &Arc<OpenFile>, idx: u64) -> FsResult<Vec<u8>> {
         let cs = self.inner.chunk_size;
-        let size = file.lock().size;
+        let size = file.lock().buf.size;
         let visible = size.saturating_sub(idx * cs).min(cs);
-        let Some(r) = self.inner.index.chunk(file.ino, idx)? else {
-            return Ok(vec![0; visible as usize]);
+        // The journal first: a chunk leaves it for `chunks` in one transaction.
+        let (data, valid) = match self.inner.index.jchunk(file.ino, idx)? {
+            Some(j) => match self.journal_chunk(file.ino, idx, &j) {
+                Ok(data) => (data, u64::from(j.len)),
+                Err(FsError::Journal(JournalError::Gone(_))) => {
+                    return self.chunk_content(file, idx)
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let Some(r) = self.inner.index.chunk(file.ino, idx)? else {
+                    return Ok(vec![0; visible as usize]);
+                };
+                let len = u64::from(r.len);
+                (
+                    self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?,
+                    len,
+                )
+            }
         };
-        let valid = u64::from(r.len).min(visible);
-        let data = self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?;
+        let valid = valid.min(visible);
         let mut v = Vec::with_capacity(cs as usize);
         v.extend_from_slice(&data[..(valid as usize).min(data.len())]);
         v.resize(visible as usize, 0);
@@ -111,15 +150,26 @@ impl<B: BlobStore> Fs<B> {
         // Buffers are consulted under the file lock and stored chunks looked up after it;
         // a chunk committed in between was in a buffer until its commit, and the index has it
         // after, so either way the read sees it.
-        let mut buffers = std::collections::HashMap::new();
-        if let Some(f) = file {
-            let st = f.lock();
-            for (idx, b) in st.bufs.range(first..=last) {
-                buffers.insert(*idx, b.data.clone());
-            }
-        }
+        // Buffers, then journal chunks, then stored chunks, each looked up after the one
+        // before: a chunk moves only in that direction (buffer -> journal on a spill, journal
+        // -> stored on an upload commit), each move in one step, so the read sees every chunk
+        // in one of its places.
+        let mut buffers: std::collections::HashMap<u64, Arc<Vec<u8>>> = match file {
+            Some(f) => f.lock().buf.range(first, last).into_iter().collect(),
+            None => Default::default(),
+        };
+        let all = last - first + 1;
+        let mut journal: std::collections::HashMap<u64, JChunk> = if buffers.len() as u64 == all {
+            Default::default()
+        } else {
+            self.inner
+                .index
+                .jchunks_in(ino, first, last)?
+                .into_iter()
+                .collect()
+        };
         let mut stored: std::collections::HashMap<u64, ChunkRef> =
-            if buffers.len() as u64 == last - first + 1 {
+            if (buffers.len() + journal.len()) as u64 == all {
                 Default::default()
             } else {
                 self.inner
@@ -130,10 +180,14 @@ impl<B: BlobStore> Fs<B> {
             };
         Ok((first..=last)
             .map(|idx| {
-                let s = match (buffers.remove(&idx), stored.remove(&idx)) {
-                    (Some(b), _) => Source::Buffer(b),
-                    (None, Some(r)) => Source::Stored(r),
-                    (None, None) => Source::Hole,
+                let s = if let Some(b) = buffers.remove(&idx) {
+                    Source::Buffer(b)
+                } else if let Some(j) = journal.remove(&idx) {
+                    Source::Journal(j)
+                } else if let Some(r) = stored.remove(&idx) {
+                    Source::Stored(r)
+                } else {
+                    Source::Hole
                 };
                 (idx, s)
             })
@@ -173,6 +227,28 @@ impl<B: BlobStore> Fs<B> {
                 }
             });
         }
+    }
+
+    /// A journal chunk's plaintext (its `stored_len` bytes), read from the journal and opened.
+    fn journal_chunk(&self, ino: u64, idx: u64, j: &JChunk) -> FsResult<Arc<Vec<u8>>> {
+        let sealed = self.inner.journal.read(&Loc {
+            segment: j.segment,
+            offset: j.offset,
+            len: j.sealed_len,
+        })?;
+        let place = ChunkPlace {
+            ino,
+            index: idx,
+            version: j.version,
+            salt: j.salt,
+        };
+        // INV: journal bytes reach a reader only if they authenticate for this very chunk.
+        let plain = self
+            .inner
+            .key
+            .open(&place, j.stored_len as usize, sealed)
+            .map_err(|e| FsError::Integrity(format!("journal record {}: {e}", j.seq)))?;
+        Ok(Arc::new(plain))
     }
 
     /// A stored chunk's plaintext (its `stored_len` bytes): from the cache, from a fetch already

@@ -1,26 +1,27 @@
-//! The write path: writes land in per-chunk buffers; full chunks, flushes, fsyncs and the
-//! background flusher seal and upload them; each stored chunk is committed to the index.
+//! The write path: writes land in memory buffers ([`super::buffers`]); a close, a full chunk,
+//! memory pressure or the flusher seals them into the write-back journal and commits them to
+//! the index; fsync (and `walrusfs sync`) also has the uploader store them on the network.
 //!
-//! Durability (DESIGN invariant 3): [`Fs::fsync`] and [`Fs::flush`] return success only once
-//! every buffer of the file is stored on `n - f` nodes, committed to the index, and the index
-//! is flushed to disk. An upload failure leaves the buffer dirty (nothing is dropped) and is
-//! reported as EIO by the next flush/fsync.
+//! Durability (DESIGN invariant 3): [`Fs::flush`] (close) returns once the file's data is in
+//! the journal and committed: a killed mount loses nothing of it. [`Fs::fsync`] returns once
+//! every chunk of the file is stored on `n - f` nodes, committed, and the index is durable. A
+//! failure keeps the data (in memory, or in the journal) and is reported as EIO.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::files::{BufState, ChunkBuf, FileState, OpenFile};
+use super::files::{FileState, OpenFile};
 use super::{Fs, FsError, FsResult};
-use crate::data::crypto::ChunkPlace;
+use crate::data::crypto::{sealed_len, ChunkPlace};
 use crate::data::store::BlobStore;
-use crate::index::types::{ChunkRef, Timestamp};
-
-/// Upload rounds an fsync makes for buffers that keep being rewritten or failing before it
-/// gives up with EIO.
-const MAX_SYNC_ROUNDS: u32 = 64;
+use crate::index::types::{JChunk, Timestamp};
+use crate::index::{Index, JournalCommit};
+use crate::journal::{Append, EntryHeader, Journal, JournalError, Record};
 
 /// Largest file offset supported (keeps chunk arithmetic far from overflow).
 const MAX_FILE_SIZE: u64 = 1 << 50;
+/// Journal records replayed per index transaction.
+const REPLAY_BATCH: usize = 256;
 
 impl<B: BlobStore> Fs<B> {
     /// Writes `data` at `offset` through handle `fh`; returns the bytes written.
@@ -34,419 +35,279 @@ impl<B: BlobStore> Fs<B> {
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge)?;
-        self.wait_for_dirty_budget(handle.ino)?;
         let file = self.open_file(handle.ino, false)?;
         let cs = self.inner.chunk_size;
-        let mut added = 0u64;
+        let now = Instant::now();
+        let mut full = Vec::new();
         let mut st = file.lock();
         let mut pos = offset;
         while pos < end {
             let idx = pos / cs;
-            let in_chunk = (pos % cs) as usize;
-            let n = ((cs - pos % cs).min(end - pos)) as usize;
-            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
-            if !st.bufs.contains_key(&idx) {
-                // A partial write of a chunk holding data needs that data first.
-                let chunk_start = idx * cs;
-                let nothing_to_keep = chunk_start >= st.size
-                    || n as u64 == cs
-                    || (in_chunk == 0 && pos + n as u64 >= st.size);
-                let base = if nothing_to_keep {
-                    Vec::new()
-                } else {
-                    drop(st);
-                    let base = self.chunk_content(&file, idx)?;
-                    st = file.lock();
-                    base
-                };
-                if !st.bufs.contains_key(&idx) {
-                    let gen = next_gen(&mut st);
-                    added += cs;
-                    st.bufs.insert(
-                        idx,
-                        ChunkBuf {
-                            data: Arc::new(base),
-                            gen,
-                            state: BufState::Dirty,
-                            dirty_since: Instant::now(),
-                        },
-                    );
+            let in_chunk = pos % cs;
+            let n = (cs - in_chunk).min(end - pos);
+            let src = &data[(pos - offset) as usize..(pos - offset + n) as usize];
+            let mut base = Vec::new();
+            while st.buf.needs_base(idx, in_chunk, n, cs) {
+                // A partial write of a chunk holding data needs that data first; fetched
+                // without the file's lock (it may come from the network).
+                let generation = st.buf.spill_generation();
+                drop(st);
+                let fetched = self.chunk_content(&file, idx)?;
+                st = file.lock();
+                // INV: a base fetched while a concurrent writer journaled this file's buffers
+                // may predate their data: fetch it again rather than write over it.
+                if st.buf.spill_generation() == generation {
+                    if st.buf.needs_base(idx, in_chunk, n, cs) {
+                        base = fetched;
+                    }
+                    break;
                 }
             }
-            let gen = next_gen(&mut st);
-            let Some(buf) = st.bufs.get_mut(&idx) else {
-                return Err(FsError::Invalid("chunk buffer vanished"));
-            };
-            let bytes = Arc::make_mut(&mut buf.data);
-            if bytes.len() < in_chunk + n {
-                bytes.resize(in_chunk + n, 0);
-            }
-            bytes[in_chunk..in_chunk + n].copy_from_slice(src);
-            let full = bytes.len() as u64 == cs;
-            if buf.state != BufState::Dirty {
-                buf.dirty_since = Instant::now();
-            }
-            buf.state = BufState::Dirty;
-            buf.gen = gen;
-            // A sequential writer filled this chunk: store it now, overlapping with the
-            // writes that follow.
-            if full && in_chunk + n == cs as usize {
-                self.start_upload(&file, &mut st, idx);
-            }
-            pos += n as u64;
+            let wrote = st
+                .buf
+                .write_chunk(idx, in_chunk as usize, src, base, cs, now);
+            self.inner.dirty.charge(wrote.charged);
+            full.extend(wrote.full);
+            pos += n;
         }
-        st.size = st.size.max(end);
-        let now = Timestamp::now();
-        st.mtime = now;
-        st.ctime = now;
-        st.attr_dirty = true;
+        st.buf.touch(Timestamp::now());
         drop(st);
-        self.add_dirty(added);
+        // A sequential writer filled these chunks: journal them now, so memory holds at most
+        // the chunk being written.
+        if !full.is_empty() {
+            self.spill(&file, Some(&full))?;
+        }
+        if self.inner.dirty.above(1, 1) {
+            // INV: dirty memory stays near its budget: past it, a writer journals its file's
+            // buffers before going on.
+            self.spill(&file, None)?;
+        }
         Ok(data.len())
     }
 
-    /// Close-time flush of handle `fh`: stores the file's data (see [`Fs::fsync`]).
+    /// Close-time flush of handle `fh`: journals the file's dirty data (and, with
+    /// `sync_close`, stores it on the network as [`Fs::fsync`] does).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let handle = self.handle(fh)?;
         let Some(file) = self.existing_file(handle.ino) else {
             return Ok(());
         };
-        let pending = {
-            let st = file.lock();
-            OpenFile::has_unstored(&st) || st.error.is_some()
-        };
-        if pending {
-            self.sync_file(&file)
-        } else {
-            Ok(())
+        if self.inner.cfg.sync_close {
+            return self.sync_file(&file);
         }
+        self.spill(&file, None)
     }
 
-    /// Stores every buffered chunk of `ino` on the network, commits the chunk map, size and
-    /// times to the index and flushes the index to disk.
+    /// Stores every chunk of `ino` written so far on the network, commits it, and makes the
+    /// index durable.
     pub fn fsync(&self, ino: u64) -> FsResult<()> {
         match self.existing_file(ino) {
             Some(file) => self.sync_file(&file),
-            None => Ok(self.inner.index.flush()?),
+            None => {
+                self.inner.rt.block_on(self.drain(Some(ino)))?;
+                self.flush_index()
+            }
         }
     }
 
     pub(crate) fn sync_file(&self, file: &Arc<OpenFile>) -> FsResult<()> {
-        let mut st = file.lock();
-        // A failure of a background upload since the last sync is reported now, once.
-        let earlier = st.error.take();
-        // Every buffer present now holds data written before this call: none may remain
-        // unstored when it returns Ok, whoever else is syncing or writing the file meanwhile.
-        let targets: Vec<u64> = st.bufs.keys().copied().collect();
-        let mut rounds = 0;
-        loop {
-            self.upload_dirty(file, &mut st, |_| true);
-            while st.uploading > 0 {
-                st = file.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            if let Some(e) = st.error.take().or_else(|| earlier.clone()) {
-                return Err(FsError::WriteBack(e));
-            }
-            let pending = targets.iter().any(|i| st.bufs.contains_key(i));
-            if !pending {
-                break;
-            }
-            // INV: a target buffer is still here because another waiter took the error of
-            // its failed upload, or a writer changed it again; upload it (again) rather than
-            // report success for data that is not stored.
-            rounds += 1;
-            if rounds >= MAX_SYNC_ROUNDS {
-                return Err(FsError::WriteBack(format!(
-                    "data still changing after {MAX_SYNC_ROUNDS} upload rounds"
-                )));
-            }
-        }
-        if st.attr_dirty {
-            self.inner
-                .index
-                .commit_chunks(file.ino, &[], Vec::new(), st.size, st.mtime, st.ctime)
-                .map_err(|e| {
-                    tracing::warn!(ino = file.ino, "committing file size failed: {e}");
-                    e
-                })?;
-            st.attr_dirty = false;
-        }
-        drop(st);
+        self.spill(file, None)?;
+        self.inner.rt.block_on(self.drain(Some(file.ino)))?;
         // INV: success is returned only after the index (chunk map + size) is on disk.
-        self.inner.index.flush()?;
+        self.flush_index()?;
         self.inner.durable.notify_one();
         self.forget_if_idle(file);
         Ok(())
     }
 
-    /// Starts uploads of the file's dirty buffers that `due` selects.
-    pub(crate) fn upload_dirty(
-        &self,
-        file: &Arc<OpenFile>,
-        st: &mut FileState,
-        due: impl Fn(&ChunkBuf) -> bool,
-    ) {
-        let dirty: Vec<u64> = st
-            .bufs
-            .iter()
-            .filter(|(_, b)| b.state == BufState::Dirty && due(b))
-            .map(|(i, _)| *i)
-            .collect();
-        for idx in dirty {
-            self.start_upload(file, st, idx);
-        }
-    }
-
-    /// Starts uploading chunk `idx`'s buffer (sealed under a fresh version) in the background.
-    pub(crate) fn start_upload(&self, file: &Arc<OpenFile>, st: &mut FileState, idx: u64) {
-        let Some(buf) = st.bufs.get_mut(&idx) else {
-            return;
-        };
-        if buf.state != BufState::Dirty {
-            return;
-        }
-        buf.state = BufState::Uploading;
-        let gen = buf.gen;
-        let data = buf.data.clone();
-        st.uploading += 1;
-        let fs = self.clone();
-        let file = file.clone();
-        self.inner.rt.spawn(async move {
-            let result = fs.upload_chunk(file.ino, idx, &data).await;
-            fs.finish_upload(&file, idx, gen, result, data.len());
-        });
-    }
-
-    async fn upload_chunk(&self, ino: u64, idx: u64, data: &[u8]) -> FsResult<Uploaded> {
-        let _slot = self
-            .inner
-            .upload_slots
-            .acquire()
-            .await
-            .map_err(|_| FsError::Network("shutting down".into()))?;
-        let version = self.inner.index.reserve_versions(ino, 1)?;
-        let place = ChunkPlace {
-            ino,
-            index: idx,
-            version,
-            salt: rand::random(),
-        };
-        let sealed = self.inner.key.seal(&place, data);
-        let stored = match self.inner.store.put(sealed).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                // Nodes that did store a sliver of the failed blob must not keep it forever.
-                if let Some(blob) = e.partial_blob {
-                    if let Err(qe) = self.inner.index.gc_enqueue(&[blob]) {
-                        tracing::warn!(blob = %blob, "cannot queue a failed blob for deletion: {qe}");
-                    }
-                }
-                return Err(FsError::Network(e.message));
-            }
-        };
-        Ok(Uploaded {
-            chunk: ChunkRef {
-                blob_id: stored.blob_id,
-                offset: 0,
-                stored_len: data.len() as u32,
-                len: data.len() as u32,
-                version,
-                salt: place.salt,
-            },
-            metadata: stored.metadata,
-        })
-    }
-
-    /// Records an upload's outcome: commits the chunk if the buffer is unchanged since, or
-    /// discards the blob if it was overtaken; on failure the buffer stays dirty.
-    fn finish_upload(
-        &self,
-        file: &Arc<OpenFile>,
-        idx: u64,
-        gen: u64,
-        result: FsResult<Uploaded>,
-        len: usize,
-    ) {
-        let mut st = file.lock();
-        st.uploading -= 1;
-        let current = st.bufs.get(&idx).map(|b| b.gen) == Some(gen);
-        match result {
-            Ok(Uploaded { chunk, metadata }) if current => {
-                let blob_id = chunk.blob_id;
-                let commit = self.inner.index.commit_chunks(
-                    file.ino,
-                    &[(blob_id, metadata)],
-                    vec![(idx, chunk)],
-                    st.size,
-                    st.mtime,
-                    st.ctime,
+    /// Stores everything written so far on the network, commits it and makes the index
+    /// durable (`walrusfs sync`, unmount). On failure, says what could not be stored (it stays
+    /// in memory or in the journal).
+    pub fn sync_all(&self) -> Result<(), String> {
+        let files: Vec<_> = self.inner.lock_open().values().cloned().collect();
+        let mut failed = Vec::new();
+        for file in &files {
+            if let Err(e) = self.spill(file, None) {
+                tracing::error!(
+                    ino = file.ino,
+                    "data of inode {} could not be journaled: {e}",
+                    file.ino
                 );
-                match commit {
-                    Ok(_) => {
-                        if let Some(buf) = st.bufs.remove(&idx) {
-                            self.inner.chunk_cache.insert((blob_id, 0), buf.data);
-                            self.sub_dirty(self.inner.chunk_size);
-                        }
-                    }
-                    Err(e) => {
-                        // The inode is gone (unlinked and released) or the index failed; the
-                        // index queued the blob for deletion in the first case.
-                        if let Some(buf) = st.bufs.get_mut(&idx) {
-                            buf.state = BufState::Dirty;
-                        }
-                        if !matches!(e, crate::index::IndexError::NotFound) {
-                            st.error = Some(e.to_string());
-                        } else if st.bufs.remove(&idx).is_some() {
-                            self.sub_dirty(self.inner.chunk_size);
-                        }
-                    }
-                }
-            }
-            Ok(Uploaded { chunk, .. }) => {
-                // Overtaken by a newer write: this blob is garbage already.
-                if let Err(e) = self.inner.index.gc_enqueue(&[chunk.blob_id]) {
-                    tracing::warn!("cannot queue overtaken blob for deletion: {e}");
-                }
-                self.inner.gc_wake.notify_one();
-            }
-            Err(e) => {
-                tracing::warn!(ino = file.ino, chunk = idx, len, "upload failed: {e}");
-                if let Some(buf) = st.bufs.get_mut(&idx) {
-                    if buf.gen == gen {
-                        buf.state = BufState::Dirty;
-                        // The background flusher retries after the write-back delay, not at
-                        // once: the network is failing.
-                        buf.dirty_since = Instant::now();
-                    }
-                }
-                st.error = Some(e.to_string());
+                failed.push(format!("inode {}: {e}", file.ino));
             }
         }
-        drop(st);
-        file.changed.notify_all();
+        if let Err(e) = self.inner.rt.block_on(self.drain(None)) {
+            let (bytes, chunks) = self.journal_backlog();
+            tracing::error!(chunks, bytes, "data could not be stored on the network: {e}; it stays in the journal and is stored later");
+            failed.push(format!("{chunks} chunk(s) not stored on the network: {e}"));
+        }
+        if let Err(e) = self.flush_index() {
+            tracing::error!("index flush failed: {e}");
+            failed.push(format!("index flush: {e}"));
+        }
+        self.inner.durable.notify_one();
+        for file in &files {
+            self.forget_if_idle(file);
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Seals the dirty buffers of `file` (those of `only`, or all) into the journal and commits
+    /// them, with the file's size and times, to the index; with nothing to seal, commits
+    /// pending attributes. While the journal is full it waits (up to the configured wait)
+    /// without holding the file's lock, so nothing else waits for the network with it.
+    pub(crate) fn spill(&self, file: &OpenFile, only: Option<&[u64]>) -> FsResult<()> {
+        let deadline = Instant::now() + self.inner.cfg.journal_wait;
+        loop {
+            let need = {
+                let st = file.lock();
+                Journal::needed(st.buf.dirty(only).iter().map(|(_, d)| sealed_len(d.len())))
+            };
+            if need + self.inner.journal.bytes() > self.inner.journal.max_bytes() {
+                // Full: make sure the uploader and the reclaimer are at it, then wait.
+                self.inner.uploads.wake.notify_one();
+                self.inner.reclaim_wake.notify_one();
+            }
+            self.inner.journal.wait_for_space(need, deadline)?;
+            let mut st = file.lock();
+            match self.spill_locked(file, &mut st, only) {
+                Err(FsError::Journal(JournalError::Full { .. })) if Instant::now() < deadline => {
+                    // Another writer took the room meanwhile: wait again, unlocked.
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Fs::spill`] with the file's lock held (`st`) and no waiting for journal room.
+    pub(crate) fn spill_locked(
+        &self,
+        file: &OpenFile,
+        st: &mut FileState,
+        only: Option<&[u64]>,
+    ) -> FsResult<()> {
+        let ino = file.ino;
+        let dirty = st.buf.dirty(only);
+        if dirty.is_empty() {
+            if only.is_none() && st.buf.attr_dirty {
+                let b = &st.buf;
+                match self
+                    .inner
+                    .index
+                    .commit_chunks(ino, &[], Vec::new(), b.size, b.mtime, b.ctime)
+                {
+                    Ok(_) | Err(crate::index::IndexError::NotFound) => st.buf.attrs_committed(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(());
+        }
+        let first_version = self.inner.index.reserve_versions(ino, dirty.len() as u64)?;
+        let sealed: Vec<(u64, ChunkPlace, u32, Vec<u8>)> = dirty
+            .iter()
+            .enumerate()
+            .map(|(i, (idx, data))| {
+                let place = ChunkPlace {
+                    ino,
+                    index: *idx,
+                    version: first_version + i as u64,
+                    salt: rand::random(),
+                };
+                (
+                    *idx,
+                    place,
+                    data.len() as u32,
+                    self.inner.key.seal(&place, data),
+                )
+            })
+            .collect();
+        crate::faults::crash_point("spill.sealed");
+        let b = &st.buf;
+        let items: Vec<Append<'_>> = sealed
+            .iter()
+            .map(|(idx, place, stored_len, body)| Append {
+                header: EntryHeader {
+                    seq: 0,
+                    ino,
+                    chunk: *idx,
+                    version: place.version,
+                    salt: place.salt,
+                    stored_len: *stored_len,
+                    size: b.size,
+                    mtime: b.mtime,
+                    ctime: b.ctime,
+                },
+                body,
+            })
+            .collect();
+        let index = &self.inner.index;
+        let committed =
+            self.inner
+                .journal
+                .append(&items, std::time::Duration::ZERO, |assigned| {
+                    let commits: Vec<JournalCommit> = items
+                        .iter()
+                        .zip(assigned)
+                        .map(|(item, (seq, loc))| commit_of(&item.header, *seq, loc))
+                        .collect();
+                    let mark = assigned.last().map_or(0, |(s, _)| *s);
+                    index.commit_journal(&commits, mark)
+                })?;
+        committed?;
+        let done: Vec<u64> = sealed.iter().map(|(idx, ..)| *idx).collect();
+        let freed = st.buf.journaled(&done);
+        self.inner.dirty.release(freed);
+        self.inner.uploads.wake.notify_one();
+        Ok(())
     }
 
     /// Truncates or extends an open file's buffers to `size` (the index is updated by the
     /// caller in the same operation).
     pub(crate) fn truncate_buffers(&self, file: &Arc<OpenFile>, size: u64) {
         let cs = self.inner.chunk_size;
-        let mut st = file.lock();
-        let mut freed = 0u64;
-        let beyond: Vec<u64> = st
-            .bufs
-            .range(size.div_ceil(cs)..)
-            .map(|(i, _)| *i)
+        let freed = file.lock().buf.truncate(size, cs, Timestamp::now());
+        self.inner.dirty.release(freed);
+    }
+}
+
+/// The index commit of a journal record.
+fn commit_of(h: &EntryHeader, seq: u64, loc: &crate::journal::Loc) -> JournalCommit {
+    JournalCommit {
+        ino: h.ino,
+        chunk: h.chunk,
+        jchunk: JChunk {
+            seq,
+            segment: loc.segment,
+            offset: loc.offset,
+            sealed_len: loc.len,
+            stored_len: h.stored_len,
+            len: h.stored_len,
+            version: h.version,
+            salt: h.salt,
+        },
+        size: h.size,
+        mtime: h.mtime,
+        ctime: h.ctime,
+    }
+}
+
+/// Commits the journal records the index does not have yet (those after its journal mark),
+/// in order: what a crash between a record's append and its commit left. Returns how many.
+pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
+    let mark = index.journal_mark()?;
+    let todo: Vec<&Record> = records.iter().filter(|r| r.header.seq > mark).collect();
+    for batch in todo.chunks(REPLAY_BATCH) {
+        let commits: Vec<JournalCommit> = batch
+            .iter()
+            .filter(|r| r.loc.len as usize == sealed_len(r.header.stored_len as usize))
+            .map(|r| commit_of(&r.header, r.header.seq, &r.loc))
             .collect();
-        for idx in beyond {
-            if st.bufs.remove(&idx).is_some() {
-                freed += cs;
-            }
-        }
-        if !size.is_multiple_of(cs) {
-            let gen = next_gen(&mut st);
-            if let Some(buf) = st.bufs.get_mut(&(size / cs)) {
-                let keep = (size % cs) as usize;
-                if buf.data.len() > keep {
-                    Arc::make_mut(&mut buf.data).truncate(keep);
-                    buf.gen = gen;
-                    buf.state = BufState::Dirty;
-                }
-            }
-        }
-        st.size = size;
-        let now = Timestamp::now();
-        st.mtime = now;
-        st.ctime = now;
-        drop(st);
-        self.sub_dirty(freed);
+        let last = batch.last().map_or(mark, |r| r.header.seq);
+        index.commit_journal(&commits, last)?;
     }
-
-    fn add_dirty(&self, bytes: u64) {
-        if bytes > 0 {
-            *self
-                .inner
-                .dirty_bytes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) += bytes;
-        }
-    }
-
-    fn sub_dirty(&self, bytes: u64) {
-        if bytes > 0 {
-            let mut d = self
-                .inner
-                .dirty_bytes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            *d = d.saturating_sub(bytes);
-            drop(d);
-            self.inner.dirty_dropped.notify_all();
-        }
-    }
-
-    /// Bytes buffered and not yet stored, across all files.
-    pub fn dirty_bytes(&self) -> u64 {
-        *self
-            .inner
-            .dirty_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// INV: memory held in write buffers stays near `dirty_budget`: past it, a writer first
-    /// uploads its own file's buffers and waits for uploads to drain.
-    fn wait_for_dirty_budget(&self, ino: u64) -> FsResult<()> {
-        let budget = self.inner.cfg.dirty_budget;
-        if self.dirty_bytes() <= budget {
-            return Ok(());
-        }
-        if let Some(file) = self.existing_file(ino) {
-            let mut st = file.lock();
-            if let Some(e) = st.error.clone() {
-                // Stores are failing: do not keep accepting data that cannot be stored.
-                return Err(FsError::WriteBack(e));
-            }
-            self.upload_dirty(&file, &mut st, |_| true);
-        }
-        let mut d = self
-            .inner
-            .dirty_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while *d > budget {
-            let (guard, timeout) = self
-                .inner
-                .dirty_dropped
-                .wait_timeout(d, std::time::Duration::from_secs(1))
-                .unwrap_or_else(|p| p.into_inner());
-            d = guard;
-            if timeout.timed_out() {
-                // Other files' buffers hold the budget; the background flusher is storing
-                // them. Re-check our own file's health while waiting.
-                drop(d);
-                if let Some(file) = self.existing_file(ino) {
-                    if let Some(e) = file.lock().error.clone() {
-                        return Err(FsError::WriteBack(e));
-                    }
-                }
-                d = self
-                    .inner
-                    .dirty_bytes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A chunk stored on the network, ready to commit.
-struct Uploaded {
-    chunk: ChunkRef,
-    metadata: netcore::codec::BlobMetadata,
-}
-
-fn next_gen(st: &mut FileState) -> u64 {
-    st.next_gen += 1;
-    st.next_gen
+    Ok(todo.len())
 }

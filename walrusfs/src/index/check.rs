@@ -9,7 +9,7 @@ use super::layout::{
     decode, ino_key, pair_key, parse_blob_id, parse_change_key, parse_ino_key, parse_named_key,
     parse_pair_key, validate_name, DirentVal, FIRST_COOKIE,
 };
-use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, ROOT_INO};
+use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, JChunk, ROOT_INO};
 use super::Index;
 
 /// What [`Index::check`] counted.
@@ -27,6 +27,8 @@ pub struct CheckReport {
     pub gc: u64,
     /// Blobs chunk refs point into.
     pub blobs: u64,
+    /// Chunks whose latest content is in the write-back journal.
+    pub journal: u64,
 }
 
 /// Fails with `Corrupt(msg)` unless `ok`.
@@ -215,6 +217,44 @@ impl Index {
             counted.1 += c.sealed_len();
             report.chunks += 1;
         }
+        // Journal chunks: within their file, listed in the queue under their record.
+        let mut queued = 0u64;
+        for item in t.jchunks.iter() {
+            let (key, value) = item?;
+            let (ino, index) = parse_pair_key(&key)?;
+            let j: JChunk = decode(&value, "journal chunk")?;
+            let attr = inodes.get(&ino).filter(|a| a.kind == FileKind::File);
+            let Some(attr) = attr else {
+                return Err(IndexError::Corrupt(format!(
+                    "journal chunk {index} of non-file {ino}"
+                )));
+            };
+            let start = index.saturating_mul(cs);
+            ensure(
+                start < attr.size && start + u64::from(j.len) <= attr.size && j.len <= j.stored_len,
+                || {
+                    format!(
+                        "journal chunk {index} of {ino} (len {}) beyond size {}",
+                        j.len, attr.size
+                    )
+                },
+            )?;
+            let back = t.jqueue.get(j.seq.to_be_bytes())?;
+            ensure(back.as_deref() == Some(&key[..]), || {
+                format!(
+                    "journal chunk {index} of {ino}: record {} not queued",
+                    j.seq
+                )
+            })?;
+            queued += 1;
+        }
+        ensure(t.jqueue.len() as u64 == queued, || {
+            format!(
+                "{} queued journal records for {queued} journal chunks",
+                t.jqueue.len()
+            )
+        })?;
+        report.journal = queued;
         // Blob records: exactly the blobs refs point into, with the right counts.
         let mut blobs = 0usize;
         for item in t.blobs.iter() {

@@ -80,7 +80,7 @@ impl Index {
 
     /// Sets a file's size inside a transaction: cuts the chunk map when shrinking and keeps
     /// the byte total right. Does not write `attr`.
-    fn resize(&self, tx: &Tx<'_>, attr: &mut InodeAttr, size: u64) -> TxResult<()> {
+    pub(crate) fn resize(&self, tx: &Tx<'_>, attr: &mut InodeAttr, size: u64) -> TxResult<()> {
         if size < attr.size {
             tx.truncate_chunks(attr.ino, size, self.chunk_size())?;
         }

@@ -56,6 +56,19 @@ impl Index {
         })
     }
 
+    /// Records that `blob` is still to be deleted from the nodes `left` (others deleted it).
+    pub fn gc_left(&self, blob: &BlobId, left: Vec<u16>) -> Result<()> {
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            if let Some(v) = tx.get(TreeId::Gc, &blob.0)? {
+                let mut e: GcEntry = super::tx::ok(decode(&v, "GC entry"))?;
+                e.left = Some(left.clone());
+                tx.put(TreeId::Gc, &blob.0, super::tx::ok(encode(&e))?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Queues blobs that no index record refers to (e.g. a chunk upload overtaken by a newer
     /// write before it could be committed). A blob that is referenced is left alone.
     pub fn gc_enqueue(&self, blobs: &[BlobId]) -> Result<()> {

@@ -52,11 +52,17 @@ pub enum TreeId {
     /// Local only: `blob id ++ be64 snapshot version -> ()` for every blob a snapshot refers
     /// to (derived from the snapshot's published index; garbage collection skips them).
     Held = 13,
+    /// Local only: `ino ++ chunk index -> JChunk`, chunks whose latest content is a record in
+    /// the write-back journal (it overrides `chunks` until the uploader stores it).
+    JChunks = 14,
+    /// Local only: `be64 journal seq -> ino ++ chunk index`, the `jchunks` in record order (the
+    /// uploader's queue).
+    JQueue = 15,
 }
 
 impl TreeId {
     /// Every tree, in number order (the index of each is its number).
-    pub const ALL: [TreeId; 14] = [
+    pub const ALL: [TreeId; 16] = [
         TreeId::Inodes,
         TreeId::Dirents,
         TreeId::Dircookies,
@@ -71,6 +77,8 @@ impl TreeId {
         TreeId::Changes,
         TreeId::Local,
         TreeId::Held,
+        TreeId::JChunks,
+        TreeId::JQueue,
     ];
 
     /// sled's name of the tree.
@@ -90,13 +98,18 @@ impl TreeId {
             TreeId::Changes => "changes",
             TreeId::Local => "local",
             TreeId::Held => "held",
+            TreeId::JChunks => "jchunks",
+            TreeId::JQueue => "jqueue",
         }
     }
 
     /// Whether the tree is part of the archive (published, restored on other machines), as
     /// opposed to this machine's bookkeeping.
     pub fn published(self) -> bool {
-        !matches!(self, TreeId::Changes | TreeId::Local | TreeId::Held)
+        !matches!(
+            self,
+            TreeId::Changes | TreeId::Local | TreeId::Held | TreeId::JChunks | TreeId::JQueue
+        )
     }
 
     /// The tree with number `n`.
@@ -124,6 +137,9 @@ pub(crate) mod local_key {
     /// Opaque bytes the archive layer keeps next to the index (its view of the root record),
     /// written in the same transaction as `published_seq`.
     pub const ARCHIVE_STATE: &[u8] = b"archive_state";
+    /// `u64`: the journal record whose index change was committed last (records are committed
+    /// in order; a replay applies the ones after it).
+    pub const JOURNAL_MARK: &[u8] = b"journal_mark";
 }
 
 /// The first directory cookie handed out: 0, 1 and 2 are left to the FUSE layer (start of

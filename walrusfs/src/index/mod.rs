@@ -55,6 +55,7 @@ mod dir;
 mod error;
 mod file;
 mod gc;
+mod journal;
 mod layout;
 mod params;
 mod records;
@@ -73,13 +74,14 @@ use std::sync::{Mutex, RwLock};
 
 pub use check::CheckReport;
 pub use error::{IndexError, Result};
+pub use journal::{JournalCommit, Pending, Stored};
 pub use layout::{NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
 pub use params::{
     IndexOptions, IndexStats, NewNode, RenameFlags, RenameOutcome, SetAttr, Unlinked, XattrFlags,
 };
 pub use records::{Capture, RecordEntry};
 pub use types::{
-    BlobInfo, ChunkRef, DirEntry, FileKind, GcEntry, Ino, InodeAttr, Timestamp, ROOT_INO,
+    BlobInfo, ChunkRef, DirEntry, FileKind, GcEntry, Ino, InodeAttr, JChunk, Timestamp, ROOT_INO,
 };
 
 pub use layout::TreeId;

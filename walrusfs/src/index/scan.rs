@@ -23,6 +23,8 @@ use super::Index;
 pub(crate) struct Scan {
     /// Per inode: the first chunk index scanned, and the chunk indexes from there on.
     chunks: HashMap<Ino, (u64, Vec<u64>)>,
+    /// The same for journal chunks (`jchunks`).
+    jchunks: HashMap<Ino, (u64, Vec<u64>)>,
     /// Per inode: the full keys of its xattrs.
     xattrs: HashMap<Ino, Vec<IVec>>,
     /// Per directory: whether it has entries.
@@ -50,16 +52,29 @@ impl Scan {
         Ok(scan)
     }
 
-    /// Scans the chunk indexes of `ino` at or after `from`.
+    /// Scans the chunk indexes (stored and journal) of `ino` at or after `from`.
     pub fn add_chunks_from(&mut self, trees: &Trees, ino: Ino, from: u64) -> Result<()> {
-        let indexes = trees
-            .chunks
-            .range(pair_key(ino, from)..=pair_key(ino, u64::MAX))
-            .keys()
-            .map(|key| pair_index(&key?, ino))
-            .collect::<Result<Vec<_>>>()?;
-        self.chunks.insert(ino, (from, indexes));
+        let scan = |tree: &sled::Tree| {
+            tree.range(pair_key(ino, from)..=pair_key(ino, u64::MAX))
+                .keys()
+                .map(|key| pair_index(&key?, ino))
+                .collect::<Result<Vec<_>>>()
+        };
+        let stored = scan(&trees.chunks)?;
+        let journal = scan(&trees.jchunks)?;
+        self.chunks.insert(ino, (from, stored));
+        self.jchunks.insert(ino, (from, journal));
         Ok(())
+    }
+
+    /// The journal chunk indexes of `ino` at or after `from`.
+    pub fn jchunks_from(&self, ino: Ino, from: u64) -> Result<impl Iterator<Item = u64> + '_> {
+        match self.jchunks.get(&ino) {
+            Some((scanned, indexes)) if *scanned <= from => {
+                Ok(indexes.iter().copied().filter(move |&i| i >= from))
+            }
+            _ => Err(not_scanned(ino, "journal chunks")),
+        }
     }
 
     /// The chunk indexes of `ino` at or after `from`.

@@ -21,7 +21,7 @@ use super::layout::{
     DirentVal, TreeId,
 };
 use super::scan::Scan;
-use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, Timestamp};
+use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, JChunk, Timestamp};
 use super::Index;
 
 /// Result inside a transaction closure.
@@ -54,6 +54,8 @@ pub(crate) struct Trees {
     pub changes: Tree,
     pub local: Tree,
     pub held: Tree,
+    pub jchunks: Tree,
+    pub jqueue: Tree,
     /// Every tree, indexed by [`TreeId`] number.
     pub all: Vec<Tree>,
 }
@@ -81,6 +83,8 @@ impl Trees {
             changes: t(TreeId::Changes),
             local: t(TreeId::Local),
             held: t(TreeId::Held),
+            jchunks: t(TreeId::JChunks),
+            jqueue: t(TreeId::JQueue),
             all,
             db,
         })
@@ -404,6 +408,7 @@ impl Tx<'_> {
     pub fn gc_add(&self, blob: &BlobId) -> TxResult<()> {
         let entry = GcEntry {
             dropped_seq: self.seq()?,
+            left: None,
         };
         self.put(TreeId::Gc, &blob.0, ok(encode(&entry))?)?;
         Ok(())
@@ -535,8 +540,8 @@ impl Tx<'_> {
         })
     }
 
-    /// Removes the chunk refs of `ino` with index `>= first` (present before this
-    /// transaction, per the scan), dropping their refs to their blobs.
+    /// Removes the chunk refs (stored and journal) of `ino` with index `>= first` (present
+    /// before this transaction, per the scan), dropping their refs to their blobs.
     pub fn remove_chunks_from(&self, ino: Ino, first: u64) -> TxResult<()> {
         for index in ok(self.scan.chunks_from(ino, first))? {
             if let Some(old) = self.del(TreeId::Chunks, &pair_key(ino, index))? {
@@ -544,7 +549,44 @@ impl Tx<'_> {
                 self.unref_blob(&old.blob_id, old.sealed_len())?;
             }
         }
+        let journal: Vec<u64> = ok(self.scan.jchunks_from(ino, first))?.collect();
+        for index in journal {
+            self.del_jchunk(ino, index)?;
+        }
         Ok(())
+    }
+
+    /// Reads a journal chunk.
+    pub fn jchunk(&self, ino: Ino, index: u64) -> TxResult<Option<JChunk>> {
+        match self.get(TreeId::JChunks, &pair_key(ino, index))? {
+            Some(v) => ok(decode(&v, "journal chunk").map(Some)),
+            None => Ok(None),
+        }
+    }
+
+    /// Points chunk `index` of `ino` at a journal record (replacing an older one, whose record
+    /// is then dead).
+    pub fn put_jchunk(&self, ino: Ino, index: u64, j: &JChunk) -> TxResult<()> {
+        let key = pair_key(ino, index);
+        if let Some(old) = self.put(TreeId::JChunks, &key, ok(encode(j))?)? {
+            let old: JChunk = ok(decode(&old, "journal chunk"))?;
+            self.del(TreeId::JQueue, &old.seq.to_be_bytes())?;
+        }
+        // INV: `jqueue` lists exactly the records `jchunks` points at, by sequence number.
+        self.put(TreeId::JQueue, &j.seq.to_be_bytes(), &key[..])?;
+        Ok(())
+    }
+
+    /// Drops chunk `index` of `ino`'s journal record, if any.
+    pub fn del_jchunk(&self, ino: Ino, index: u64) -> TxResult<Option<JChunk>> {
+        match self.del(TreeId::JChunks, &pair_key(ino, index))? {
+            Some(old) => {
+                let old: JChunk = ok(decode(&old, "journal chunk"))?;
+                self.del(TreeId::JQueue, &old.seq.to_be_bytes())?;
+                Ok(Some(old))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Cuts the chunk map of `ino` to `new_size` bytes: refs wholly beyond are dropped, the
@@ -562,6 +604,12 @@ impl Tx<'_> {
                     // `tail < cs <= u32::MAX`.
                     c.len = tail as u32;
                     self.put(TreeId::Chunks, &key, ok(encode(&c))?)?;
+                }
+            }
+            if let Some(mut j) = self.jchunk(ino, new_size / cs)? {
+                if u64::from(j.len) > tail {
+                    j.len = tail as u32;
+                    self.put(TreeId::JChunks, &key, ok(encode(&j))?)?;
                 }
             }
         }

@@ -155,12 +155,38 @@ pub struct BlobInfo {
     pub live_bytes: u64,
 }
 
-/// A blob waiting to be deleted from the network.
+/// A chunk whose latest content is a record in the write-back journal, not yet stored on the
+/// network. It overrides the chunk's entry in `chunks` (which keeps the last stored content
+/// until the upload is committed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JChunk {
+    /// The journal record's sequence number.
+    pub seq: u64,
+    /// The journal segment holding it.
+    pub segment: u64,
+    /// Offset of the sealed chunk in the segment.
+    pub offset: u64,
+    /// Length of the sealed chunk.
+    pub sealed_len: u32,
+    /// Plaintext bytes sealed.
+    pub stored_len: u32,
+    /// Valid plaintext bytes (`<= stored_len`; truncation shortens it).
+    pub len: u32,
+    /// Version the chunk was sealed under.
+    pub version: u64,
+    /// Salt the chunk's key was derived with.
+    pub salt: [u8; 16],
+}
+
+/// A blob waiting to be deleted from the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcEntry {
     /// Sequence number of the change that dropped the blob's last reference. The blob may be
     /// deleted only once that change is durable and published (and no snapshot holds it).
     pub dropped_seq: u64,
+    /// Nodes still to delete it from, once deleting has started (`None`: not asked yet). A
+    /// node that cannot be reached is asked again on a later round; the others are not.
+    pub left: Option<Vec<u16>>,
 }
 
 /// A directory entry as returned by readdir.

@@ -1,0 +1,361 @@
+//! Dirty chunk buffers: what writes changed in a file that no journal record holds yet, and the
+//! memory they take.
+//!
+//! [`FileBuffers`] is plain data with plain methods (no locks, no I/O, no runtime): the caller
+//! holds the file's lock around each transition, fetches a chunk's old content when a partial
+//! write needs it, and seals and journals what [`FileBuffers::dirty`] returns before calling
+//! [`FileBuffers::journaled`]. That keeps every rule about a file's write-back state in one
+//! place, testable alone.
+//!
+//! Accounting: each buffer is charged at its capacity against the mount-wide
+//! [`DirtyBudget`]; a buffer is released exactly when it leaves the map (journaled, truncated
+//! away, or the file is forgotten).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::index::Timestamp;
+
+/// Memory held in dirty buffers across the mount.
+#[derive(Debug)]
+pub(crate) struct DirtyBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl DirtyBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        DirtyBudget {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether more than `limit * num / den` is held.
+    pub(crate) fn above(&self, num: u64, den: u64) -> bool {
+        self.used() > self.limit / den.max(1) * num
+    }
+
+    pub(crate) fn charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, bytes: u64) {
+        // Never below zero, even if a caller releases twice (it would be a bug, not a crash).
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
+/// One dirty chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct Buf {
+    /// The chunk's valid bytes (bytes beyond read as zeros). Shared with readers; a writer
+    /// copies on write.
+    pub(crate) data: Arc<Vec<u8>>,
+    /// When it first became dirty.
+    pub(crate) since: Instant,
+    /// Bytes charged to the budget.
+    charged: u64,
+}
+
+/// What a write did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Wrote {
+    /// Bytes newly charged to the budget.
+    pub(crate) charged: u64,
+    /// Chunks the write filled completely (a sequential writer moving on): journal them now.
+    pub(crate) full: Vec<u64>,
+}
+
+/// A file's write-back state: dirty buffers and attributes not yet committed.
+#[derive(Debug)]
+pub(crate) struct FileBuffers {
+    /// The file's size, including what buffers add.
+    pub(crate) size: u64,
+    pub(crate) mtime: Timestamp,
+    pub(crate) ctime: Timestamp,
+    /// Size or times changed and not yet committed to the index.
+    pub(crate) attr_dirty: bool,
+    bufs: BTreeMap<u64, Buf>,
+    /// Bumped whenever buffers leave for the journal: content fetched for a partial write
+    /// while the lock was released is stale if this moved meanwhile.
+    spills: u64,
+}
+
+impl FileBuffers {
+    /// Clean state of a file with these committed attributes.
+    pub(crate) fn new(size: u64, mtime: Timestamp, ctime: Timestamp) -> Self {
+        FileBuffers {
+            size,
+            mtime,
+            ctime,
+            attr_dirty: false,
+            bufs: BTreeMap::new(),
+            spills: 0,
+        }
+    }
+
+    /// Changes each time buffers leave for the journal (see the field).
+    pub(crate) fn spill_generation(&self) -> u64 {
+        self.spills
+    }
+
+    /// Whether anything is not yet journaled or committed.
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.bufs.is_empty() || self.attr_dirty
+    }
+
+    /// Whether chunk `idx` has a buffer.
+    pub(crate) fn has(&self, idx: u64) -> bool {
+        self.bufs.contains_key(&idx)
+    }
+
+    /// The buffers of chunks `first..=last` (snapshots for a reader).
+    pub(crate) fn range(&self, first: u64, last: u64) -> Vec<(u64, Arc<Vec<u8>>)> {
+        self.bufs
+            .range(first..=last)
+            .map(|(i, b)| (*i, b.data.clone()))
+            .collect()
+    }
+
+    /// Bytes of chunk `idx` a partial write at `in_chunk..in_chunk + n` must keep from the
+    /// chunk's current content: false if the write covers all of it that exists.
+    pub(crate) fn needs_base(&self, idx: u64, in_chunk: u64, n: u64, cs: u64) -> bool {
+        if self.has(idx) {
+            return false;
+        }
+        let chunk_start = idx * cs;
+        !(chunk_start >= self.size || n == cs || (in_chunk == 0 && chunk_start + n >= self.size))
+    }
+
+    /// Writes `src` at `in_chunk` of chunk `idx`, whose current content is `base` if the chunk
+    /// has no buffer yet (see [`FileBuffers::needs_base`]; empty otherwise).
+    pub(crate) fn write_chunk(
+        &mut self,
+        idx: u64,
+        in_chunk: usize,
+        src: &[u8],
+        base: Vec<u8>,
+        cs: u64,
+        now: Instant,
+    ) -> Wrote {
+        let mut out = Wrote::default();
+        let buf = self.bufs.entry(idx).or_insert_with(|| {
+            // Charged at a full chunk whatever its length, so the accounting cannot drift as
+            // the buffer grows.
+            out.charged = cs;
+            Buf {
+                data: Arc::new(base),
+                since: now,
+                charged: cs,
+            }
+        });
+        let bytes = Arc::make_mut(&mut buf.data);
+        if bytes.len() < in_chunk + src.len() {
+            bytes.resize(in_chunk + src.len(), 0);
+        }
+        bytes[in_chunk..in_chunk + src.len()].copy_from_slice(src);
+        if bytes.len() as u64 == cs && in_chunk + src.len() == cs as usize {
+            out.full.push(idx);
+        }
+        let end = idx * cs + (in_chunk + src.len()) as u64;
+        self.size = self.size.max(end);
+        self.attr_dirty = true;
+        out
+    }
+
+    /// Sets mtime and ctime after a write.
+    pub(crate) fn touch(&mut self, now: Timestamp) {
+        self.mtime = now;
+        self.ctime = now;
+        self.attr_dirty = true;
+    }
+
+    /// The dirty buffers to journal: all of them, or those of `only`.
+    pub(crate) fn dirty(&self, only: Option<&[u64]>) -> Vec<(u64, Arc<Vec<u8>>)> {
+        self.bufs
+            .iter()
+            .filter(|(i, _)| only.is_none_or(|o| o.contains(i)))
+            .map(|(i, b)| (*i, b.data.clone()))
+            .collect()
+    }
+
+    /// Buffers dirty since before `cutoff`.
+    pub(crate) fn older_than(&self, cutoff: Instant) -> Vec<u64> {
+        self.bufs
+            .iter()
+            .filter(|(_, b)| b.since < cutoff)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// The buffers `journaled` are in the journal now, with the attributes as of then: they
+    /// leave memory. Returns the bytes to release from the budget.
+    pub(crate) fn journaled(&mut self, journaled: &[u64]) -> u64 {
+        self.spills += 1;
+        let mut freed = 0;
+        for idx in journaled {
+            if let Some(b) = self.bufs.remove(idx) {
+                freed += b.charged;
+            }
+        }
+        if self.bufs.is_empty() {
+            self.attr_dirty = false;
+        }
+        freed
+    }
+
+    /// The attributes were committed without data (a flush with nothing to journal).
+    pub(crate) fn attrs_committed(&mut self) {
+        if self.bufs.is_empty() {
+            self.attr_dirty = false;
+        }
+    }
+
+    /// Cuts buffers to `size` (the index is cut by the caller in the same operation). Returns
+    /// the bytes to release.
+    pub(crate) fn truncate(&mut self, size: u64, cs: u64, now: Timestamp) -> u64 {
+        let beyond: Vec<u64> = self
+            .bufs
+            .range(size.div_ceil(cs)..)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut freed = 0;
+        for idx in beyond {
+            if let Some(b) = self.bufs.remove(&idx) {
+                freed += b.charged;
+            }
+        }
+        if !size.is_multiple_of(cs) {
+            if let Some(buf) = self.bufs.get_mut(&(size / cs)) {
+                let keep = (size % cs) as usize;
+                if buf.data.len() > keep {
+                    Arc::make_mut(&mut buf.data).truncate(keep);
+                }
+            }
+        }
+        self.size = size;
+        self.mtime = now;
+        self.ctime = now;
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CS: u64 = 100;
+
+    fn fresh() -> FileBuffers {
+        FileBuffers::new(0, Timestamp::default(), Timestamp::default())
+    }
+
+    #[test]
+    fn sequential_writes_fill_chunks_and_say_so() {
+        let mut f = fresh();
+        let now = Instant::now();
+        let w = f.write_chunk(0, 0, &[1; 60], Vec::new(), CS, now);
+        assert_eq!(w.charged, CS);
+        assert!(w.full.is_empty());
+        let w = f.write_chunk(0, 60, &[2; 40], Vec::new(), CS, now);
+        assert_eq!(
+            w,
+            Wrote {
+                charged: 0,
+                full: vec![0]
+            }
+        );
+        assert_eq!(f.size, 100);
+        assert!(f.is_dirty());
+        let dirty = f.dirty(None);
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(&dirty[0].1[..60], &[1; 60]);
+        assert_eq!(f.journaled(&[0]), CS);
+        assert!(!f.is_dirty(), "journaled with the attributes");
+    }
+
+    #[test]
+    fn partial_writes_need_the_old_content_only_when_it_exists() {
+        let mut f = FileBuffers::new(250, Timestamp::default(), Timestamp::default());
+        assert!(f.needs_base(1, 10, 20, CS), "middle of an existing chunk");
+        assert!(!f.needs_base(1, 0, CS, CS), "the whole chunk");
+        assert!(!f.needs_base(3, 0, 10, CS), "beyond the end");
+        assert!(
+            !f.needs_base(2, 0, 60, CS),
+            "from the chunk start past the end of the file"
+        );
+        assert!(
+            f.needs_base(2, 10, 10, CS),
+            "inside the last, partial chunk"
+        );
+        f.write_chunk(1, 10, &[9; 5], vec![7; 100], CS, Instant::now());
+        assert!(
+            !f.needs_base(1, 50, 5, CS),
+            "a buffered chunk has its content"
+        );
+        let d = f.dirty(None);
+        assert_eq!(&d[0].1[8..16], &[7, 7, 9, 9, 9, 9, 9, 7]);
+    }
+
+    #[test]
+    fn truncate_drops_and_cuts_buffers_and_releases_exactly_what_was_charged() {
+        let mut f = fresh();
+        let now = Instant::now();
+        let mut charged = 0;
+        for idx in 0..3 {
+            charged += f
+                .write_chunk(idx, 0, &[1; 100], Vec::new(), CS, now)
+                .charged;
+        }
+        assert_eq!(charged, 3 * CS);
+        let freed = f.truncate(150, CS, Timestamp::default());
+        assert_eq!(freed, CS, "chunk 2 dropped");
+        assert_eq!(f.size, 150);
+        let d = f.dirty(None);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].1.len(), 50, "chunk 1 cut");
+        assert_eq!(f.truncate(0, CS, Timestamp::default()), 2 * CS);
+        assert_eq!(
+            f.truncate(0, CS, Timestamp::default()),
+            0,
+            "nothing is released twice"
+        );
+    }
+
+    #[test]
+    fn only_selected_or_old_buffers_are_taken() {
+        let mut f = fresh();
+        let t0 = Instant::now();
+        f.write_chunk(0, 0, &[1], Vec::new(), CS, t0);
+        let t1 = t0 + std::time::Duration::from_secs(5);
+        f.write_chunk(5, 0, &[1], Vec::new(), CS, t1);
+        assert_eq!(
+            f.older_than(t0 + std::time::Duration::from_secs(1)),
+            vec![0]
+        );
+        assert_eq!(f.dirty(Some(&[5])).len(), 1);
+        assert_eq!(f.journaled(&[0]), CS);
+        assert!(f.is_dirty(), "chunk 5 is still dirty");
+    }
+
+    #[test]
+    fn the_budget_never_goes_negative() {
+        let b = DirtyBudget::new(1000);
+        b.charge(600);
+        assert!(b.above(1, 2));
+        b.release(700);
+        assert_eq!(b.used(), 0);
+    }
+}

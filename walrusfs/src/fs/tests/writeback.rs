@@ -1,0 +1,329 @@
+//! The write-back journal and packs: close returns before the network, a crash loses nothing
+//! closed, small files share blobs, a full journal makes writers (and only writers) wait.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::journal::{Append, EntryHeader, Journal};
+
+#[test]
+fn close_returns_before_the_network_and_a_crash_loses_nothing_closed() {
+    let s = setup();
+    s.store.fail_puts.store(true, Ordering::SeqCst);
+    let (ino, fh) = s.create("f");
+    let data = pattern(3 * CHUNK as usize + 77, 3);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    assert_eq!(s.store.len(), 0, "nothing reached the network");
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(
+        s.read_all(fh),
+        data,
+        "closed data read back from the journal after a crash"
+    );
+    assert_eq!(s.fs.getattr(ino).unwrap().size, data.len() as u64);
+    // The network comes back: the journal drains into the store.
+    s.store.fail_puts.store(false, Ordering::SeqCst);
+    s.fs.sync_all().unwrap();
+    assert!(!s.store.is_empty());
+    assert_eq!(s.fs.journal_backlog().1, 0);
+    s.fs.index().check().unwrap();
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+}
+
+#[test]
+fn records_appended_but_never_committed_are_replayed() {
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"committed").unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    let Setup { fs, store, dir, rt } = s;
+    crash(fs);
+    // A record whose append made it to the journal but whose index commit did not (the process
+    // died between the two): the next open replays it.
+    let key = DataKey::from_bytes([7; 32]);
+    let place = crate::data::crypto::ChunkPlace {
+        ino,
+        index: 1,
+        version: 1000,
+        salt: [4; 16],
+    };
+    let plain = pattern(CHUNK as usize, 8);
+    let sealed = key.seal(&place, &plain);
+    {
+        let (journal, _) = Journal::open(&dir.path().join("journal"), 1 << 30).unwrap();
+        let header = EntryHeader {
+            seq: 0,
+            ino,
+            chunk: 1,
+            version: 1000,
+            salt: [4; 16],
+            stored_len: CHUNK,
+            size: 2 * u64::from(CHUNK),
+            mtime: crate::index::Timestamp::now(),
+            ctime: crate::index::Timestamp::now(),
+        };
+        journal
+            .append(
+                &[Append {
+                    header,
+                    body: &sealed,
+                }],
+                Duration::ZERO,
+                |_| (),
+            )
+            .unwrap();
+    }
+    let fs = open_fs(dir.path(), store.clone(), &rt, config());
+    let s = Setup { fs, store, dir, rt };
+    let fh = s.fs.open(ino, false).unwrap();
+    let back = s.read_all(fh);
+    assert_eq!(&back[..9], b"committed");
+    assert_eq!(&back[CHUNK as usize..], &plain[..]);
+    s.fs.index().check().unwrap();
+}
+
+#[test]
+fn small_files_share_packs_and_pack_gc_keeps_the_live_ones() {
+    let s = setup();
+    let mut files = Vec::new();
+    for i in 0..60 {
+        let (ino, fh) = s.create(&format!("small{i}"));
+        let data = pattern(3000 + i, i as u8);
+        s.fs.write(fh, 0, &data).unwrap();
+        s.fs.flush(fh).unwrap();
+        s.fs.release(fh).unwrap();
+        files.push((ino, data));
+    }
+    s.fs.sync_all().unwrap();
+    assert!(
+        s.store.len() <= 2,
+        "60 small files in {} blobs",
+        s.store.len()
+    );
+    let packs = s.store.len();
+    // Delete most of them: the packs stay while one file still points into them.
+    for i in 0..59 {
+        s.fs.unlink(ROOT_INO, format!("small{i}").as_bytes())
+            .unwrap();
+    }
+    s.fs.sync_all().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (ino, data) = &files[59];
+    let fh = s.fs.open(*ino, false).unwrap();
+    assert_eq!(&s.read_all(fh), data);
+    s.fs.release(fh).unwrap();
+    assert!(!s.store.is_empty() && s.store.len() <= packs);
+    // The last one goes: every pack is collected.
+    s.fs.unlink(ROOT_INO, b"small59").unwrap();
+    s.fs.sync_all().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.store.is_empty() {
+        assert!(Instant::now() < deadline, "packs never collected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.fs.index().check().unwrap();
+}
+
+#[test]
+fn a_full_journal_makes_writers_wait_while_metadata_answers_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    store.fail_puts.store(true, Ordering::SeqCst);
+    let cfg = FsConfig {
+        journal_bytes: 4 * u64::from(CHUNK),
+        dirty_budget: 2 * u64::from(CHUNK),
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let data = pattern(12 * CHUNK as usize, 2);
+    let writer = {
+        let fs = fs.clone();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            let fh = fs.open(a.ino, true).unwrap();
+            for (i, piece) in data.chunks(CHUNK as usize / 2).enumerate() {
+                fs.write(fh, (i * piece.len()) as u64, piece).unwrap();
+            }
+            fs.flush(fh).unwrap();
+            fs.release(fh).unwrap();
+        })
+    };
+    // The writer fills the journal and waits; metadata operations do not.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !writer.is_finished(),
+        "the writer should be waiting for journal room"
+    );
+    let t = Instant::now();
+    fs.create_node(CTX, ROOT_INO, b"dir", FileKind::Dir, 0o755, 0, None)
+        .unwrap();
+    fs.getattr(a.ino).unwrap();
+    assert_eq!(fs.readdir(ROOT_INO, 0, 100).unwrap().len(), 2);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "metadata waited {:?}",
+        t.elapsed()
+    );
+    // The network comes back: the writer resumes and finishes; nothing is lost.
+    store.fail_puts.store(false, Ordering::SeqCst);
+    writer.join().unwrap();
+    fs.sync_all().unwrap();
+    let fh = fs.open(a.ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    fs.index().check().unwrap();
+}
+
+#[test]
+fn a_writer_blocked_too_long_gets_eio_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    store.fail_puts.store(true, Ordering::SeqCst);
+    let cfg = FsConfig {
+        journal_bytes: 2 * u64::from(CHUNK),
+        journal_wait: Duration::from_millis(500),
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    let data = pattern(6 * CHUNK as usize, 6);
+    let mut failed = None;
+    for (i, piece) in data.chunks(CHUNK as usize).enumerate() {
+        if let Err(e) = fs.write(fh, (i * piece.len()) as u64, piece) {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (at, err) = failed.expect("writes past a full journal fail after the wait");
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    // What was written before the failure is readable; the failed chunk stays buffered.
+    let back = fs.read(fh, 0, u32::MAX).unwrap();
+    assert_eq!(&back[..at * CHUNK as usize], &data[..at * CHUNK as usize]);
+    store.fail_puts.store(false, Ordering::SeqCst);
+    fs.fsync(a.ino).unwrap();
+    let back = fs.read(fh, 0, u32::MAX).unwrap();
+    assert_eq!(
+        &back[..(at + 1) * CHUNK as usize],
+        &data[..(at + 1) * CHUNK as usize]
+    );
+}
+
+#[test]
+fn sync_close_waits_for_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let cfg = FsConfig {
+        sync_close: true,
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    fs.write(fh, 0, b"stored at close").unwrap();
+    fs.flush(fh).unwrap();
+    assert_eq!(store.len(), 1, "close stored the data");
+    assert_eq!(fs.journal_backlog().1, 0);
+    store.fail_puts.store(true, Ordering::SeqCst);
+    fs.write(fh, 0, b"not stored").unwrap();
+    assert_eq!(
+        fs.flush(fh).unwrap_err().errno(),
+        libc::EIO,
+        "close reports the failure"
+    );
+}
+
+#[test]
+fn concurrent_partial_writes_to_one_chunk_lose_nothing_while_it_is_journaled() {
+    // Many threads write disjoint pieces of the same chunks in scrambled order while full
+    // chunks and memory pressure journal them: a piece must never be overwritten by a stale
+    // copy of the chunk fetched before another thread's journaling.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let cfg = FsConfig {
+        dirty_budget: u64::from(CHUNK),
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store, &rt, cfg);
+    for round in 0..5u8 {
+        let name = format!("race{round}");
+        let a = fs
+            .create_node(
+                CTX,
+                ROOT_INO,
+                name.as_bytes(),
+                FileKind::File,
+                0o644,
+                0,
+                None,
+            )
+            .unwrap();
+        let fh = fs.open(a.ino, true).unwrap();
+        let len = 3 * CHUNK as usize;
+        fs.setattr(
+            a.ino,
+            SetAttr {
+                size: Some(len as u64),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let data = pattern(len, round);
+        let piece = 4096;
+        let mut order: Vec<usize> = (0..len / piece).collect();
+        // A fixed scramble: reversed halves interleaved.
+        order.sort_by_key(|i| (i % 7, usize::MAX - i));
+        let chunks: Vec<Vec<usize>> = (0..4)
+            .map(|t| order.iter().copied().skip(t).step_by(4).collect())
+            .collect();
+        std::thread::scope(|s| {
+            for mine in &chunks {
+                let fs = fs.clone();
+                let data = &data;
+                s.spawn(move || {
+                    for &i in mine {
+                        fs.write(fh, (i * piece) as u64, &data[i * piece..(i + 1) * piece])
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        fs.flush(fh).unwrap();
+        assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data, "round {round}");
+        fs.release(fh).unwrap();
+    }
+}

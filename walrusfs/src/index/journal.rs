@@ -1,0 +1,218 @@
+//! The index's side of the write-back journal: chunks pointed at journal records
+//! (`jchunks`, with `jqueue` listing them in record order), committed as records are appended,
+//! and repointed at blobs as the uploader stores them.
+
+use netcore::codec::{BlobId, BlobMetadata};
+
+use super::error::{IndexError, Result};
+use super::layout::{decode, encode, local_key, pair_key, parse_pair_key};
+use super::scan::Scan;
+use super::tx::pair_index;
+use super::types::{ChunkRef, FileKind, Ino, JChunk, Timestamp};
+use super::Index;
+
+/// One appended journal record to commit: chunk `chunk` of `ino` now holds record `jchunk`,
+/// and the file's size and times are as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalCommit {
+    /// The file.
+    pub ino: Ino,
+    /// The chunk index.
+    pub chunk: u64,
+    /// The record.
+    pub jchunk: JChunk,
+    /// The file's size when the record was made.
+    pub size: u64,
+    /// Its mtime then.
+    pub mtime: Timestamp,
+    /// Its ctime then.
+    pub ctime: Timestamp,
+}
+
+/// A journal record stored in a blob at `offset`, to repoint its chunk at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The file.
+    pub ino: Ino,
+    /// The chunk index.
+    pub chunk: u64,
+    /// The record's sequence number (the chunk is repointed only if it still holds it).
+    pub seq: u64,
+    /// Offset of the sealed chunk in the blob.
+    pub offset: u64,
+}
+
+/// A chunk waiting in the journal, as the uploader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    /// The file.
+    pub ino: Ino,
+    /// The chunk index.
+    pub chunk: u64,
+    /// The record.
+    pub jchunk: JChunk,
+}
+
+impl Index {
+    /// Commits appended journal records, in one transaction, and marks `mark` as the last
+    /// record committed. A record for a file that no longer exists (or is not a regular file)
+    /// is skipped: its data died with the file.
+    pub fn commit_journal(&self, commits: &[JournalCommit], mark: u64) -> Result<()> {
+        let cs = u64::from(self.chunk_size());
+        let _w = self.write_lock();
+        let mut scan = Scan::default();
+        let mut inos: Vec<Ino> = commits.iter().map(|c| c.ino).collect();
+        inos.sort_unstable();
+        inos.dedup();
+        for ino in &inos {
+            let smallest = commits
+                .iter()
+                .filter(|c| c.ino == *ino)
+                .map(|c| c.size)
+                .min()
+                .unwrap_or(0);
+            scan.add_chunks_from(&self.trees, *ino, smallest.div_ceil(cs))?;
+        }
+        let mark_bytes = encode(&mark)?;
+        self.transact(&scan, |tx| {
+            for c in commits {
+                let Some(mut attr) = tx.inode(c.ino)? else {
+                    continue;
+                };
+                if attr.kind != FileKind::File {
+                    continue;
+                }
+                if c.size != attr.size {
+                    self.resize(tx, &mut attr, c.size)?;
+                }
+                let start = c.chunk.saturating_mul(cs);
+                if start < c.size {
+                    let mut j = c.jchunk;
+                    // INV: a journal chunk, like a stored one, lies within the file's size.
+                    j.len = j.len.min((c.size - start).min(cs) as u32);
+                    tx.put_jchunk(c.ino, c.chunk, &j)?;
+                }
+                attr.mtime = c.mtime;
+                attr.ctime = c.ctime;
+                tx.put_inode(&attr)?;
+            }
+            tx.put_local(local_key::JOURNAL_MARK, mark_bytes.as_slice())
+        })
+    }
+
+    /// Repoints chunks at `blob` (newly stored: registered here) where they still hold the
+    /// journal records it stores, in one transaction; returns how many were repointed. A blob
+    /// left with no ref (every record was overwritten or its file deleted meanwhile) is queued
+    /// for GC.
+    pub fn commit_upload(
+        &self,
+        blob: BlobId,
+        metadata: &BlobMetadata,
+        stored: &[Stored],
+    ) -> Result<usize> {
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            tx.register_blob(&blob, metadata)?;
+            let mut done = 0;
+            for s in stored {
+                let Some(j) = tx.jchunk(s.ino, s.chunk)? else {
+                    continue;
+                };
+                if j.seq != s.seq {
+                    continue;
+                }
+                tx.del_jchunk(s.ino, s.chunk)?;
+                let c = ChunkRef {
+                    blob_id: blob,
+                    offset: s.offset,
+                    stored_len: j.stored_len,
+                    len: j.len,
+                    version: j.version,
+                    salt: j.salt,
+                };
+                tx.put_chunk(s.ino, s.chunk, &c)?;
+                done += 1;
+            }
+            tx.drop_unreferenced(&[blob])?;
+            Ok(done)
+        })
+    }
+
+    /// Up to `limit` chunks waiting in the journal, in record order, from record `from` on.
+    pub fn journal_pending(&self, from: u64, limit: usize) -> Result<Vec<Pending>> {
+        let _r = self.read_lock();
+        let mut out = Vec::new();
+        for item in self.trees.jqueue.range(from.to_be_bytes()..).take(limit) {
+            let (_, key) = item?;
+            let (ino, chunk) = parse_pair_key(&key)?;
+            let Some(v) = self.trees.jchunks.get(&key)? else {
+                return Err(IndexError::Corrupt(format!(
+                    "journal queue names chunk {chunk} of {ino}, which has no journal record"
+                )));
+            };
+            out.push(Pending {
+                ino,
+                chunk,
+                jchunk: decode(&v, "journal chunk")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The oldest journal record a chunk points at, if any.
+    pub fn oldest_journal_record(&self) -> Result<Option<u64>> {
+        let _r = self.read_lock();
+        match self.trees.jqueue.first()? {
+            Some((k, _)) => Ok(Some(u64::from_be_bytes(k.as_ref().try_into().map_err(
+                |_| IndexError::Corrupt("journal queue key of the wrong size".into()),
+            )?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of chunks waiting in the journal.
+    pub fn journal_len(&self) -> usize {
+        let _r = self.read_lock();
+        self.trees.jqueue.len()
+    }
+
+    /// The last journal record whose index change was committed (0: none).
+    pub fn journal_mark(&self) -> Result<u64> {
+        let _r = self.read_lock();
+        match self.trees.local.get(local_key::JOURNAL_MARK)? {
+            Some(v) => decode(&v, "journal mark"),
+            None => Ok(0),
+        }
+    }
+
+    /// Journal chunk `index` of `ino`, if its latest content is in the journal.
+    pub fn jchunk(&self, ino: Ino, index: u64) -> Result<Option<JChunk>> {
+        let _r = self.read_lock();
+        self.trees
+            .jchunks
+            .get(pair_key(ino, index))?
+            .map(|v| decode(&v, "journal chunk"))
+            .transpose()
+    }
+
+    /// The journal chunks of `ino` with index in `first..=last_inclusive`, in index order.
+    pub fn jchunks_in(
+        &self,
+        ino: Ino,
+        first: u64,
+        last_inclusive: u64,
+    ) -> Result<Vec<(u64, JChunk)>> {
+        let _r = self.read_lock();
+        if first > last_inclusive {
+            return Ok(Vec::new());
+        }
+        self.trees
+            .jchunks
+            .range(pair_key(ino, first)..=pair_key(ino, last_inclusive))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((pair_index(&key, ino)?, decode(&value, "journal chunk")?))
+            })
+            .collect()
+    }
+}
