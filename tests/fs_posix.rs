@@ -1475,7 +1475,10 @@ fn data_persists_across_remount_and_read_only_mount_refuses_writes() {
         "atime persists"
     );
 
-    m.remount_with(Options { read_only: true });
+    m.remount_with(Options {
+        read_only: true,
+        ..Options::default()
+    });
     assert_same_tree(&snapshot(&root), &before, Compare::ALL, "read-only mount");
     let rofs = |r: io::Result<()>, what: &str| assert_errno(r, libc::EROFS, what);
     rofs(fs::write(root.join("newfile"), b"x"), "create");

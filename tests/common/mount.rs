@@ -74,6 +74,8 @@ pub struct Mount {
 pub struct Options {
     /// Mount with `--read-only`.
     pub read_only: bool,
+    /// More `walrusfs mount` arguments.
+    pub extra: &'static [&'static str],
 }
 
 impl Mount {
@@ -217,8 +219,13 @@ impl Mount {
     /// Mounts again after the mount went away (after [`Mount::kill9`], a SIGTERM or a
     /// `fusermount3 -u`).
     pub fn mount_again(&self) {
+        self.mount_again_with(Options::default());
+    }
+
+    /// [`Mount::mount_again`] with `options`.
+    pub fn mount_again_with(&self, options: Options) {
         assert!(!self.is_mounted(), "mount_again: still mounted");
-        self.mount(Options::default());
+        self.mount(options);
     }
 
     /// Crashes the mount process (`kill -9` by `STATE/mount.pid`), waits until it is gone, then
@@ -258,6 +265,7 @@ impl Mount {
         if options.read_only {
             args.push("--read-only");
         }
+        args.extend_from_slice(options.extra);
         let (status, log) = self.run_logged(&args, MOUNT_TIMEOUT);
         assert!(
             status.is_some_and(|s| s.success()),

@@ -419,8 +419,20 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply: ReplyWrite,
     ) {
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write_nowait(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
+            Err(FsError::WouldBlock) => {
+                // The journal is (nearly) full: this write may wait for the network. It waits
+                // on a thread of its own, so FUSE's threads stay free for everything else
+                // (`ls`, reads of stored data): stalled writers must not stall the mount.
+                let fs = self.fs.clone();
+                let data = data.to_vec();
+                self.fs
+                    .offload(move || match fs.write(fh.0, offset, &data) {
+                        Ok(n) => reply.written(n as u32),
+                        Err(e) => reply.error(errno(e)),
+                    });
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -434,7 +446,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("flush", ino = ino.0).entered();
-        reply_empty(reply, self.fs.flush(fh.0));
+        match self.fs.flush_nowait(fh.0) {
+            Err(FsError::WouldBlock) => {
+                // May wait for the network: off FUSE's threads (see `write`).
+                let fs = self.fs.clone();
+                self.fs.offload(move || reply_empty(reply, fs.flush(fh.0)));
+            }
+            r => reply_empty(reply, r),
+        }
     }
 
     fn release(
@@ -460,7 +479,9 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("fsync", ino = ino.0).entered();
-        reply_empty(reply, self.fs.fsync(ino.0));
+        // An fsync waits for the network: on a thread of its own (see `write`).
+        let fs = self.fs.clone();
+        self.fs.offload(move || reply_empty(reply, fs.fsync(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -527,7 +548,8 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("fsyncdir", ino = ino.0).entered();
-        reply_empty(reply, self.fs.fsync(ino.0));
+        let fs = self.fs.clone();
+        self.fs.offload(move || reply_empty(reply, fs.fsync(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -6,7 +6,8 @@
 //! - the uploader stores journal records on the network as they come (waiting a moment so
 //!   small ones share a pack), retrying with back-off while the network fails;
 //! - the reclaimer deletes journal segments no chunk points into any more;
-//! - the garbage collector deletes blobs no longer referenced (see `gc`).
+//! - the garbage collector deletes blobs no longer referenced (see `gc`), and now and then
+//!   compacts packs that are mostly dead (see `compact`).
 //!
 //! Tasks hold the filesystem weakly: dropping it (a crash, in tests) ends them too.
 
@@ -165,6 +166,7 @@ async fn collector<B: BlobStore>(
     let mut seen = std::collections::HashMap::new();
     let mut cursor = None;
     let mut more = false;
+    let mut compacted = Instant::now();
     loop {
         let wait = if more { Duration::ZERO } else { GC_TICK };
         if !pause(wait, Some(&wake), &mut stop).await {
@@ -172,6 +174,12 @@ async fn collector<B: BlobStore>(
         }
         let Some(fs) = upgrade(&weak) else { break };
         more = fs.gc_round(&mut cursor, &mut seen).await;
+        if !more && compacted.elapsed() >= fs.inner.cfg.compact_interval {
+            compacted = Instant::now();
+            if let Err(e) = fs.compact_round().await {
+                tracing::warn!("compacting packs failed (retrying later): {e}");
+            }
+        }
     }
 }
 

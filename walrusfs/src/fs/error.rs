@@ -37,6 +37,10 @@ pub enum FsError {
     /// The write-back journal failed or stayed full.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// The operation would have to wait for journal room, and was asked not to (the FUSE
+    /// adapter then runs it on a thread that may wait). Nothing was changed.
+    #[error("operation would wait for the network")]
+    WouldBlock,
 }
 
 impl FsError {
@@ -66,6 +70,8 @@ impl FsError {
             FsError::TooLarge => libc::EFBIG,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Unsupported => libc::EOPNOTSUPP,
+            // Never reaches the kernel: the adapter retries where waiting is allowed.
+            FsError::WouldBlock => libc::EAGAIN,
             FsError::WriteBack(_) => libc::EIO,
             FsError::Journal(e) => match e {
                 // The state directory's disk is full or over quota: say so, it is the user's

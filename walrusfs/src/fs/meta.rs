@@ -197,9 +197,8 @@ impl<B: BlobStore> Fs<B> {
             return Ok(attr);
         }
         if let Some(file) = self.existing_file(ino) {
-            // Earlier writes first (journaled with their size and times), so explicit times
-            // set now win over theirs.
-            self.spill(&file, None)?;
+            // Explicit times set now win over those of earlier writes still buffered: the
+            // buffers carry the new times into the journal when they go.
             let mut st = file.lock();
             let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
             st.buf.mtime = attr.mtime;

@@ -10,6 +10,8 @@
 //! - `write`: writes into buffers; flush, spill and fsync: sealing buffers into the journal,
 //!   and (fsync) storing them on the network;
 //! - `upload`: the uploader, storing journal records as blobs (small ones packed together);
+//! - `compact`: rewriting packs whose files were mostly deleted;
+//! - `gc`: deleting unreferenced blobs from the nodes;
 //! - `read`: reading through buffers, the journal, the chunk cache and the network;
 //! - `background`: the tasks that run by themselves (flusher, uploader, journal reclaim, GC),
 //!   owned by one [`background::Background`] with a `shutdown`.
@@ -24,6 +26,7 @@
 
 mod background;
 mod buffers;
+mod compact;
 mod error;
 mod files;
 mod gc;
@@ -83,6 +86,11 @@ pub struct FsConfig {
     /// An unreferenced blob is deleted from the network only this long after its drop was
     /// published: a reader that looked up the chunk just before may still be fetching it.
     pub gc_grace: Duration,
+    /// How often packs that are mostly dead are looked for and compacted.
+    pub compact_interval: Duration,
+    /// How long an fsync (or `walrusfs sync`) keeps retrying a failed upload before it
+    /// reports EIO: nodes that just came back may still be reconnecting.
+    pub sync_retry: Duration,
 }
 
 impl Default for FsConfig {
@@ -100,6 +108,8 @@ impl Default for FsConfig {
             writeback_delay: Duration::from_secs(3),
             pack_delay: Duration::from_millis(300),
             gc_grace: Duration::from_secs(5),
+            compact_interval: Duration::from_secs(60),
+            sync_retry: Duration::from_secs(5),
         }
     }
 }

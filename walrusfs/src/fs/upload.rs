@@ -124,6 +124,8 @@ impl<B: BlobStore> Fs<B> {
     /// each is committed (by this call or by an upload already running).
     pub(crate) async fn drain(&self, ino: Option<Ino>) -> FsResult<()> {
         let upto = self.inner.journal.next_seq();
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(250);
         for _ in 0..MAX_DRAIN_ROUNDS {
             let pending = self.pending_of(ino, upto)?;
             if pending.is_empty() {
@@ -136,7 +138,15 @@ impl<B: BlobStore> Fs<B> {
                 let _ = tokio::time::timeout(Duration::from_millis(500), released).await;
                 continue;
             }
-            self.upload(mine).await?;
+            if let Err(e) = self.upload(mine).await {
+                // Nodes that just came back may still be reconnecting: retry for a moment
+                // before reporting the failure.
+                if started.elapsed() + pause > self.inner.cfg.sync_retry {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
         }
         Err(FsError::WriteBack(format!(
             "data still changing after {MAX_DRAIN_ROUNDS} upload rounds"

@@ -24,9 +24,25 @@ const MAX_FILE_SIZE: u64 = 1 << 50;
 const REPLAY_BATCH: usize = 256;
 
 impl<B: BlobStore> Fs<B> {
-    /// Writes `data` at `offset` through handle `fh`; returns the bytes written.
+    /// Writes `data` at `offset` through handle `fh`; returns the bytes written. May wait
+    /// (up to the configured journal wait) for room in a full journal.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_inner(fh, offset, data, true)
+    }
+
+    /// [`Fs::write`] that never waits for the network: [`FsError::WouldBlock`] (nothing
+    /// written) if the journal has no room for what the write may have to seal.
+    pub fn write_nowait(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_inner(fh, offset, data, false)
+    }
+
+    fn write_inner(&self, fh: u64, offset: u64, data: &[u8], may_wait: bool) -> FsResult<usize> {
         self.inner.check_writable()?;
+        // INV: a write that may wait for the network never does so on a FUSE thread: without
+        // room for everything it may seal, it is handed back (see the FUSE adapter).
+        if !may_wait && self.writes_may_wait(data.len()) {
+            return Err(FsError::WouldBlock);
+        }
         let handle = self.handle(fh)?;
         if !handle.writable {
             return Err(FsError::BadHandle);
@@ -73,16 +89,50 @@ impl<B: BlobStore> Fs<B> {
         st.buf.touch(Timestamp::now());
         drop(st);
         // A sequential writer filled these chunks: journal them now, so memory holds at most
-        // the chunk being written.
+        // the chunk being written. A write that must not wait leaves them in memory if the
+        // journal filled up meanwhile (the flusher takes them later).
+        let spill = |only: Option<&[u64]>| match self.spill_until(&file, only, may_wait) {
+            Err(FsError::Journal(JournalError::Full { .. })) if !may_wait => Ok(()),
+            other => other,
+        };
         if !full.is_empty() {
-            self.spill(&file, Some(&full))?;
+            spill(Some(&full))?;
         }
         if self.inner.dirty.above(1, 1) {
             // INV: dirty memory stays near its budget: past it, a writer journals its file's
             // buffers before going on.
-            self.spill(&file, None)?;
+            spill(None)?;
         }
         Ok(data.len())
+    }
+
+    /// Whether a write of `len` bytes may have to wait for the network (the journal is close
+    /// to full).
+    pub fn writes_may_wait(&self, len: usize) -> bool {
+        let j = &self.inner.journal;
+        j.bytes() + len as u64 + 2 * self.inner.chunk_size + self.inner.dirty.used() > j.max_bytes()
+    }
+
+    /// [`Fs::flush`] that never waits for the network: [`FsError::WouldBlock`] (nothing
+    /// changed) if it might.
+    pub fn flush_nowait(&self, fh: u64) -> FsResult<()> {
+        if self.inner.cfg.sync_close || self.writes_may_wait(0) {
+            return Err(FsError::WouldBlock);
+        }
+        let handle = self.handle(fh)?;
+        let Some(file) = self.existing_file(handle.ino) else {
+            return Ok(());
+        };
+        match self.spill_until(&file, None, false) {
+            Err(FsError::Journal(JournalError::Full { .. })) => Err(FsError::WouldBlock),
+            Err(e) => Err(e),
+            Ok(()) => Ok(self.inner.index.flush_log()?),
+        }
+    }
+
+    /// Runs `f` on a thread of the blocking pool (work that may wait for the network).
+    pub fn offload(&self, f: impl FnOnce() + Send + 'static) {
+        drop(self.inner.rt.spawn_blocking(f));
     }
 
     /// Close-time flush of handle `fh`: journals the file's dirty data (and, with
@@ -95,7 +145,12 @@ impl<B: BlobStore> Fs<B> {
         if self.inner.cfg.sync_close {
             return self.sync_file(&file);
         }
-        self.spill(&file, None)
+        self.spill(&file, None)?;
+        // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
+        // data (written to the kernel), and the index changes that name the file and point at
+        // the records are handed to the kernel too (sled buffers them for up to half a second).
+        self.inner.index.flush_log()?;
+        Ok(())
     }
 
     /// Stores every chunk of `ino` written so far on the network, commits it, and makes the
@@ -161,7 +216,18 @@ impl<B: BlobStore> Fs<B> {
     /// pending attributes. While the journal is full it waits (up to the configured wait)
     /// without holding the file's lock, so nothing else waits for the network with it.
     pub(crate) fn spill(&self, file: &OpenFile, only: Option<&[u64]>) -> FsResult<()> {
-        let deadline = Instant::now() + self.inner.cfg.journal_wait;
+        self.spill_until(file, only, true)
+    }
+
+    /// [`Fs::spill`]; without `may_wait`, a full journal is an immediate
+    /// [`JournalError::Full`].
+    fn spill_until(&self, file: &OpenFile, only: Option<&[u64]>, may_wait: bool) -> FsResult<()> {
+        let wait = if may_wait {
+            self.inner.cfg.journal_wait
+        } else {
+            std::time::Duration::ZERO
+        };
+        let deadline = Instant::now() + wait;
         loop {
             let need = {
                 let st = file.lock();

@@ -216,3 +216,101 @@ impl Index {
             .collect()
     }
 }
+
+/// A chunk ref to move into a new blob: where it is now, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// The file.
+    pub ino: Ino,
+    /// The chunk index.
+    pub chunk: u64,
+    /// The ref as it was read (the move happens only if it is still this).
+    pub old: ChunkRef,
+    /// Offset of the sealed chunk in the new blob.
+    pub offset: u64,
+}
+
+impl Index {
+    /// Packs worth compacting: blobs of at least `min_len` bytes whose live chunks cover less
+    /// than `live_percent` percent of them (most of what they hold was overwritten or deleted).
+    pub fn compaction_candidates(
+        &self,
+        min_len: u64,
+        live_percent: u64,
+        limit: usize,
+    ) -> Result<Vec<(BlobId, crate::index::BlobInfo)>> {
+        let _r = self.read_lock();
+        let mut out = Vec::new();
+        for item in self.trees.blobs.iter() {
+            let (key, value) = item?;
+            let info: crate::index::BlobInfo = decode(&value, "blob record")?;
+            let len = info.metadata.blob_len;
+            if len >= min_len && info.live_bytes * 100 < len * live_percent {
+                out.push((super::layout::parse_blob_id(&key)?, info));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every chunk ref pointing into one of `blobs` (a scan of the whole chunk map).
+    pub fn refs_into(
+        &self,
+        blobs: &std::collections::BTreeSet<BlobId>,
+    ) -> Result<Vec<(Ino, u64, ChunkRef)>> {
+        let _r = self.read_lock();
+        let mut out = Vec::new();
+        for item in self.trees.chunks.iter() {
+            let (key, value) = item?;
+            let c: ChunkRef = decode(&value, "chunk ref")?;
+            if blobs.contains(&c.blob_id) {
+                let (ino, chunk) = parse_pair_key(&key)?;
+                out.push((ino, chunk, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Repoints the chunk refs of `moves` that are still as they were read at `new` (newly
+    /// stored: registered here), in one transaction; returns how many moved. The blobs they
+    /// leave lose those refs (and go to GC at zero); `new` goes to GC if nothing moved.
+    pub fn commit_moves(
+        &self,
+        new: BlobId,
+        metadata: &BlobMetadata,
+        moves: &[Move],
+    ) -> Result<usize> {
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            tx.register_blob(&new, metadata)?;
+            let mut moved = 0;
+            for m in moves {
+                let key = pair_key(m.ino, m.chunk);
+                let Some(v) = tx.get(super::layout::TreeId::Chunks, &key)? else {
+                    continue;
+                };
+                let current: ChunkRef = super::tx::ok(decode(&v, "chunk ref"))?;
+                // The ref may have been shortened by a truncate meanwhile; it is still the
+                // same sealed chunk if blob, offset, version and salt match.
+                if current.blob_id != m.old.blob_id
+                    || current.offset != m.old.offset
+                    || current.version != m.old.version
+                    || current.salt != m.old.salt
+                {
+                    continue;
+                }
+                let c = ChunkRef {
+                    blob_id: new,
+                    offset: m.offset,
+                    ..current
+                };
+                tx.put_chunk(m.ino, m.chunk, &c)?;
+                moved += 1;
+            }
+            tx.drop_unreferenced(&[new])?;
+            Ok(moved)
+        })
+    }
+}

@@ -327,3 +327,58 @@ fn concurrent_partial_writes_to_one_chunk_lose_nothing_while_it_is_journaled() {
         fs.release(fh).unwrap();
     }
 }
+
+#[test]
+fn mostly_dead_packs_are_compacted_under_concurrent_reads() {
+    let s = setup();
+    let mut files = Vec::new();
+    for i in 0..80 {
+        let (ino, fh) = s.create(&format!("p{i}"));
+        let data = pattern(10_000 + i, i as u8);
+        s.fs.write(fh, 0, &data).unwrap();
+        s.fs.release(fh).unwrap();
+        files.push((ino, data));
+    }
+    s.fs.sync_all().unwrap();
+    let before: Vec<_> = s.store.blob_ids();
+    // Delete 70 of 80: the packs are mostly dead.
+    for i in 0..70 {
+        s.fs.unlink(ROOT_INO, format!("p{i}").as_bytes()).unwrap();
+    }
+    s.fs.sync_all().unwrap();
+    let survivors = &files[70..];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Readers keep reading the survivors while their chunks move.
+        for _ in 0..3 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    for (ino, data) in survivors {
+                        let fh = s.fs.open(*ino, false).unwrap();
+                        assert_eq!(&s.fs.read(fh, 0, u32::MAX).unwrap(), data);
+                        s.fs.release(fh).unwrap();
+                    }
+                }
+            });
+        }
+        let moved = s.rt.block_on(s.fs.compact_round()).unwrap();
+        assert_eq!(moved, 10, "every live chunk moved to a new pack");
+        stop.store(true, Ordering::Relaxed);
+    });
+    s.fs.index().check().unwrap();
+    // The old packs lost their last refs: GC deletes them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while before.iter().any(|b| s.store.contains(b)) {
+        assert!(Instant::now() < deadline, "old packs never collected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (ino, data) in survivors {
+        let fh = s.fs.open(*ino, false).unwrap();
+        assert_eq!(&s.read_all(fh), data);
+    }
+    assert_eq!(
+        s.rt.block_on(s.fs.compact_round()).unwrap(),
+        0,
+        "nothing left to compact"
+    );
+}
