@@ -12,6 +12,7 @@ mod mount;
 mod mountinfo;
 mod network;
 mod node;
+mod repair;
 mod testnet;
 
 /// walrusfs: files on a decentralized, erasure-coded, encrypted storage network.
@@ -54,6 +55,8 @@ enum Command {
     /// Create, list or delete snapshots of an archive.
     #[command(subcommand)]
     Snapshot(ctl::SnapshotCommand),
+    /// Check every sliver of every blob the archive references and restore missing or bad ones.
+    Repair(repair::RepairArgs),
     /// Start a local 7-node testnet and mount it (the one-command demo).
     Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Sync { mountpoint } => ctl::sync(&mountpoint),
         Command::Snapshot(cmd) => ctl::snapshot(cmd),
         Command::Up(args) => mount::up(args),
+        Command::Repair(args) => repair::repair(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ mod conn;
 mod error;
 mod get;
 mod put;
+mod repair;
 mod root;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use error::{ClientError, Failures, NodeError, NodeFailure};
 pub use put::PutOutcome;
+pub use repair::RepairReport;
 pub use root::RootWrite;
 
 use crate::codec::{BlobId, SliverIndex};

@@ -103,7 +103,7 @@ impl Client {
     }
 }
 
-async fn store_one(
+pub(super) async fn store_one(
     inner: &Inner,
     blob_id: BlobId,
     metadata: &BlobMetadata,

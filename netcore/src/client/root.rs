@@ -91,6 +91,35 @@ impl Client {
         Ok(answers)
     }
 
+    /// Writes a root record to the nodes `only` lists, each on its own (repair uses it to bring
+    /// nodes that lost or missed the latest record up to date). Per node: stored, or why not.
+    pub async fn put_root_on(
+        &self,
+        record: &RootRecord,
+        only: &[SliverIndex],
+    ) -> Vec<(SliverIndex, Result<(), NodeError>)> {
+        let cfg = &self.inner.config;
+        let futs = self
+            .inner
+            .nodes
+            .iter()
+            .filter(|n| only.contains(&n.info.index))
+            .map(|node| async move {
+                let req = Request::PutRoot {
+                    record: record.clone(),
+                };
+                let r = node
+                    .request(cfg, req, None, cfg.request_deadline(0))
+                    .await
+                    .and_then(|(resp, _)| match resp {
+                        Response::RootStored { .. } => Ok(()),
+                        other => Err(super::conn::unexpected(other)),
+                    });
+                (node.info.index, r)
+            });
+        futures::future::join_all(futs).await
+    }
+
     /// Writes a root record to every node; succeeds once `n - f` nodes stored it durably.
     /// Returns early, leaving the remaining writes to finish in the background, as soon as the
     /// quorum is reached or has become impossible.

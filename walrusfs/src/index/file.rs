@@ -2,7 +2,7 @@
 //! orphans.
 
 use super::error::{IndexError, Result};
-use super::layout::{decode, ino_key, pair_key, parse_ino_key, TreeId};
+use super::layout::{decode, ino_key, pair_key, parse_blob_id, parse_ino_key, TreeId};
 use super::params::SetAttr;
 use super::scan::Scan;
 use super::tx::{abort, pair_index, Tx, TxResult};
@@ -108,6 +108,20 @@ impl Index {
     pub fn blob(&self, blob: &BlobId) -> Result<Option<BlobInfo>> {
         let _r = self.read_lock();
         self.trees.blob(blob)
+    }
+
+    /// Every blob chunk refs point into, with its record, in blob id order (what repair and
+    /// audit walk).
+    pub fn blobs(&self) -> Result<Vec<(BlobId, BlobInfo)>> {
+        let _r = self.read_lock();
+        self.trees
+            .tree(TreeId::Blobs)
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((parse_blob_id(&key)?, decode(&value, "blob record")?))
+            })
+            .collect()
     }
 
     /// The chunk refs of `ino` with index in `first..=last_inclusive`, in index order

@@ -1,0 +1,146 @@
+//! `walrusfs repair` end to end: a node whose disk was wiped, and nodes whose slivers rotted or
+//! were cut short, get everything back; afterwards those nodes alone (k of n) serve every file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::process::Output;
+
+use common::mount::{assert_same_bytes, evict_path, Mount, Options};
+use common::random_bytes;
+
+fn repair(m: &Mount) -> Output {
+    let out = m.net().cli(&["repair", "--testnet", m.net().dir_str()]);
+    eprintln!(
+        "repair: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The number before `word` in repair's summary line ("7 restored").
+fn count(out: &Output, word: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == word)
+        .unwrap_or_else(|| panic!("no {word:?} in {text}"));
+    words[at - 1].parse().unwrap()
+}
+
+#[test]
+fn wiped_and_damaged_nodes_are_restored_and_then_serve_every_file_alone() {
+    // No chunk caches in the mount: every read below goes to the nodes.
+    let m = Mount::with_options(Options {
+        extra: &["--cache-mib", "0", "--disk-cache-mib", "0"],
+        ..Options::default()
+    });
+    let mut files = Vec::new();
+    for i in 0..30 {
+        files.push((format!("small{i}"), random_bytes(500 + i * 300, i as u64)));
+    }
+    files.push(("big".into(), random_bytes((9 << 20) + 7, 100)));
+    files.push(("medium".into(), random_bytes(1_500_000, 101)));
+    fs::create_dir(m.join("dir")).unwrap();
+    for (name, data) in &files {
+        fs::write(m.join("dir").join(name), data).unwrap();
+    }
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // A healthy archive: repair finds nothing to do beyond slivers still on their way.
+    let out = repair(&m);
+    assert!(out.status.success(), "repair of a healthy archive: {out:?}");
+    let blobs = count(&out, "blobs");
+    assert!(blobs >= 4, "data and index blobs walked: {blobs}");
+
+    // Node 1 loses its disk: every sliver and the root record.
+    m.net().kill(1);
+    fs::remove_dir_all(m.net().node_dir(1).join("store")).unwrap();
+    fs::remove_dir_all(m.net().node_dir(1).join("roots")).unwrap();
+    m.net().up_again();
+    // Node 2's slivers rot (same length, flipped bytes); node 3's are cut short.
+    for (node, damage) in [(2u16, "flip"), (3, "truncate")] {
+        let blobs_dir = m.net().node_dir(node).join("store/blobs");
+        for sliver in walk(&blobs_dir).into_iter().filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("sliver-"))
+        }) {
+            let mut bytes = fs::read(&sliver).unwrap();
+            if bytes.is_empty() {
+                continue;
+            }
+            match damage {
+                "flip" => {
+                    for i in (0..bytes.len()).step_by(1000) {
+                        bytes[i] ^= 0xff;
+                    }
+                }
+                _ => bytes.truncate(bytes.len() / 2),
+            }
+            fs::write(&sliver, &bytes).unwrap();
+        }
+    }
+
+    let out = repair(&m);
+    assert!(out.status.success(), "repair: {out:?}");
+    let restored = count(&out, "restored;");
+    assert!(
+        restored >= 3 * blobs - 3,
+        "nodes 1, 2 and 3 lost (nearly) every sliver of {blobs} blobs, only {restored} restored"
+    );
+    assert!(count(&out, "nodes;") >= 1, "node 1's root record restored");
+    // Nothing left to do.
+    let out = repair(&m);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(count(&out, "restored;"), 0, "a second repair finds nothing");
+
+    // Only the repaired nodes are left: k = 3 of 7. Every file still reads, from them alone.
+    for i in [0u16, 4, 5, 6] {
+        m.net().kill(i);
+    }
+    for (name, data) in &files {
+        let p = m.join("dir").join(name);
+        evict_path(&p);
+        assert_same_bytes(&fs::read(&p).unwrap(), data, name);
+    }
+    m.net().up_again();
+}
+
+#[test]
+fn repair_reports_nodes_it_cannot_reach_and_fails_until_they_are_back() {
+    let m = Mount::new();
+    fs::write(m.join("a"), random_bytes(200_000, 1)).unwrap();
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    m.net().kill(6);
+    let out = repair(&m);
+    assert!(
+        !out.status.success(),
+        "a node could not be checked: {out:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run repair again"),
+        "the error says what to do: {err}"
+    );
+    m.net().up_again();
+    let out = repair(&m);
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
