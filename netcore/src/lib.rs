@@ -15,5 +15,5 @@ pub mod committee;
 pub mod identity;
 pub mod node;
 pub mod root;
-mod transport;
+pub mod transport;
 pub mod wire;

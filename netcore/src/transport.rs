@@ -44,11 +44,18 @@ pub fn endpoint(
 
 /// Transport configuration allowing `max_streams` concurrent requests per connection.
 pub fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
+    server_transport_config(max_streams, CONNECTION_WINDOW)
+}
+
+/// Transport configuration of a node: `max_streams` concurrent requests per connection and a
+/// connection receive window of `window` bytes until the node raises it for a trusted peer
+/// (`Connection::set_receive_window`).
+pub fn server_transport_config(max_streams: u32, window: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into())
         .max_concurrent_uni_streams(0u8.into())
         .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONNECTION_WINDOW.into())
+        .receive_window(window.into())
         .send_window(u64::from(CONNECTION_WINDOW))
         .keep_alive_interval(Some(KEEP_ALIVE));
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {

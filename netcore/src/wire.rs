@@ -289,10 +289,18 @@ where
             max: MAX_FRAME_LEN as u64,
         });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // The buffer grows as bytes arrive: a peer that announces a frame and sends nothing
+    // costs a few bytes, not the frame limit.
+    let mut body = Vec::with_capacity(len.min(FRAME_PREALLOC));
+    let got = r.take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(postcard::from_bytes(&body)?)
 }
+
+/// Bytes of a request frame allocated before they arrive.
+const FRAME_PREALLOC: usize = 1024;
 
 /// Reads a raw body of exactly `len` bytes; the caller has already checked `len` against its
 /// limit.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use netcore::committee::{Committee, NodeInfo};
 use netcore::identity::Identity;
+use netcore::node::config::CommitteeSlot;
 use netcore::node::{config, NodeConfig};
 
 use crate::network::{connect, runtime, CLIENT_KEY_FILE, COMMITTEE_FILE};
@@ -132,7 +133,13 @@ fn create(dir: &Path, n: u16, ip: std::net::IpAddr) -> anyhow::Result<Committee>
         std::fs::create_dir_all(&ndir)?;
         let id = Identity::load_or_generate(&ndir.join(config::KEY_FILE))?;
         let address = free_udp_port(ip)?;
-        NodeConfig::new(address, vec![client.public_key()]).save(&ndir)?;
+        let mut config = NodeConfig::new(address, vec![client.public_key()]);
+        config.committee = Some(CommitteeSlot {
+            index,
+            n,
+            k: Committee::default_k(n),
+        });
+        config.save(&ndir)?;
         infos.push(NodeInfo {
             index,
             address,
@@ -200,12 +207,8 @@ fn process_alive(pid: i32) -> bool {
 }
 
 /// Sends `sig` to `pid`; an error (the process exited meanwhile) is ignored.
-fn signal(pid: i32, sig: libc::c_int) {
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
 /// Stops every running node of the testnet in `dir`.
@@ -214,7 +217,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     let mut pids = Vec::new();
     for node in &committee.nodes {
         if let Some(pid) = running_pid(&node_dir(dir, node.index)) {
-            signal(pid, libc::SIGTERM);
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
             pids.push((node.index, pid));
         }
     }
@@ -225,7 +228,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     for (index, pid) in &pids {
         if process_alive(*pid) {
             eprintln!("node {index} (pid {pid}) ignored SIGTERM; killing it");
-            signal(*pid, libc::SIGKILL);
+            signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
         let _ = std::fs::remove_file(node_dir(dir, *index).join(config::PID_FILE));
     }

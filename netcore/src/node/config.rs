@@ -77,6 +77,25 @@ pub struct NodeConfig {
     /// Time a single request may take end to end before the node drops it.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Handshakes in progress at once from one IP address (addresses are validated with a
+    /// QUIC Retry first, so a spoofed source cannot use another's share).
+    #[serde(default = "default_per_source")]
+    pub max_handshakes_per_source: u32,
+    /// Handshakes in progress at once in all.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: u32,
+    /// Seconds a handshake may take before its slot is freed.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// Connections at once from one client key. Untrusted keys together may hold at most
+    /// half of `max_connections`, and at most this many from one IP address.
+    #[serde(default = "default_per_key")]
+    pub max_connections_per_key: u32,
+    /// This node's place in the committee (`index` of `n`, any `k` rebuild a blob): slivers
+    /// for another index or another committee shape are refused. Absent in configurations
+    /// written before it existed (then only the blob's own parameters are checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committee: Option<CommitteeSlot>,
     /// Injected misbehaviour (test builds only).
     #[cfg(feature = "faults")]
     #[serde(default, skip_serializing_if = "super::faults::FaultConfig::is_none")]
@@ -98,6 +117,30 @@ fn default_max_streams() -> u32 {
 fn default_request_timeout_secs() -> u64 {
     300
 }
+fn default_per_source() -> u32 {
+    16
+}
+fn default_max_handshakes() -> u32 {
+    256
+}
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+fn default_per_key() -> u32 {
+    64
+}
+
+/// A node's place in its committee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitteeSlot {
+    /// The sliver index this node stores.
+    pub index: u16,
+    /// Nodes in the committee.
+    pub n: u16,
+    /// Slivers that rebuild a blob.
+    pub k: u16,
+}
 
 impl NodeConfig {
     /// A configuration with default limits.
@@ -110,6 +153,11 @@ impl NodeConfig {
             max_connections: default_max_connections(),
             max_streams_per_connection: default_max_streams(),
             request_timeout_secs: default_request_timeout_secs(),
+            max_handshakes_per_source: default_per_source(),
+            max_handshakes: default_max_handshakes(),
+            handshake_timeout_secs: default_handshake_timeout_secs(),
+            max_connections_per_key: default_per_key(),
+            committee: None,
             #[cfg(feature = "faults")]
             faults: Default::default(),
         }
@@ -142,10 +190,23 @@ impl NodeConfig {
                 "need 0 < max_sliver_bytes <= max_inflight_bytes".into(),
             ));
         }
-        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+        if self.max_connections < 2
+            || self.max_streams_per_connection == 0
+            || self.max_handshakes == 0
+            || self.max_handshakes_per_source == 0
+            || self.max_connections_per_key == 0
+        {
             return Err(ConfigError::Invalid(
-                "max_connections and max_streams_per_connection must be positive".into(),
+                "need max_connections >= 2 and positive max_streams_per_connection, max_handshakes, max_handshakes_per_source and max_connections_per_key".into(),
             ));
+        }
+        if let Some(c) = self.committee {
+            if c.k == 0 || c.k > c.n || c.index >= c.n {
+                return Err(ConfigError::Invalid(format!(
+                    "committee slot: need 0 < k <= n and index < n, got index {} of n = {}, k = {}",
+                    c.index, c.n, c.k
+                )));
+            }
         }
         Ok(())
     }
@@ -153,5 +214,10 @@ impl NodeConfig {
     /// [`NodeConfig::request_timeout_secs`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    /// [`NodeConfig::handshake_timeout_secs`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs.max(1))
     }
 }

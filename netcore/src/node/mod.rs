@@ -4,6 +4,7 @@
 pub mod config;
 #[cfg(feature = "faults")]
 pub mod faults;
+mod limits;
 pub mod roots;
 pub mod server;
 pub mod store;

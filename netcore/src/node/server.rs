@@ -2,14 +2,22 @@
 //! [`SliverStore`].
 //!
 //! Each connection is a client that proved its key in the TLS handshake; each bidirectional
-//! stream is one request. Stores and deletes are accepted only from trusted keys. Memory is
-//! bounded by a byte budget for sliver bodies, a cap on connections and a cap on streams per
-//! connection; every request has a deadline. A malformed or oversize request gets an error on
-//! its own stream and never disturbs others.
+//! stream is one request. Stores and deletes are accepted only from trusted keys; anyone may
+//! read.
+//!
+//! Memory is bounded whoever connects: sliver bodies, received or being sent, hold a share of
+//! a byte budget until the peer has them (reads by untrusted keys may take only half of it);
+//! request frames grow only as their bytes arrive; a connection's QUIC receive window is small
+//! until its peer proves a trusted key. Admission: a handshake needs a validated address
+//! (QUIC Retry), a slot among `max_handshakes` and among its address's share, and a deadline;
+//! an established connection needs a slot under its key's cap, and untrusted keys together
+//! hold at most half of `max_connections` (and a per-address share), so a flood of strangers
+//! never locks out a trusted client. Every request has a deadline. A malformed or oversize
+//! request gets an error on its own stream and never disturbs others.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +26,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::config::{NodeConfig, KEY_FILE, LOCK_FILE, PID_FILE, ROOTS_DIR, STORE_DIR};
+use super::limits::{LimitGuard, Limiter};
 use super::roots::{RootStore, RootStoreError};
 use super::store::{SliverStore, StoreError};
 use crate::codec::{BlobId, SliverIndex};
@@ -29,6 +38,11 @@ use crate::wire::{
 
 /// Granularity of the in-flight byte budget (semaphore permits are KiB).
 const BUDGET_UNIT: u64 = 1024;
+/// QUIC receive window of a connection until its peer proves a trusted key: requests from
+/// anyone are small frames, so this bounds what a stranger can make the node buffer.
+const UNTRUSTED_WINDOW: u32 = 256 << 10;
+/// Receive window of a trusted client's connection (it sends sliver bodies).
+const TRUSTED_WINDOW: u32 = 64 << 20;
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +93,20 @@ struct State {
     trusted: HashSet<PublicKey>,
     config: NodeConfig,
     budget: Semaphore,
+    /// The share of `budget` reads by untrusted keys may hold (half of it).
+    untrusted_budget: Semaphore,
+    /// Established connections (all keys).
+    connections: Arc<Semaphore>,
+    /// Established connections of untrusted keys (half of `connections`).
+    untrusted_connections: Arc<Semaphore>,
+    /// Connections per client key.
+    per_key: Arc<Limiter<PublicKey>>,
+    /// Untrusted connections per IP address.
+    untrusted_per_source: Arc<Limiter<IpAddr>>,
+    /// Handshakes in progress.
+    handshakes: Arc<Semaphore>,
+    /// Handshakes in progress per IP address.
+    handshakes_per_source: Arc<Limiter<IpAddr>>,
     started: Instant,
     /// Slivers for the group committer.
     commits: tokio::sync::mpsc::Sender<CommitJob>,
@@ -125,6 +153,15 @@ impl Node {
                 commits,
                 trusted: config.trusted_clients.iter().copied().collect(),
                 budget: Semaphore::new(budget_units),
+                untrusted_budget: Semaphore::new(budget_units / 2),
+                connections: Arc::new(Semaphore::new(config.max_connections as usize)),
+                untrusted_connections: Arc::new(Semaphore::new(
+                    config.max_connections as usize / 2,
+                )),
+                per_key: Limiter::new(config.max_connections_per_key),
+                untrusted_per_source: Limiter::new(config.max_handshakes_per_source),
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes as usize)),
+                handshakes_per_source: Limiter::new(config.max_handshakes_per_source),
                 identity,
                 store,
                 roots,
@@ -152,8 +189,9 @@ impl Node {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| NodeError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server_config.transport_config(crate::transport::transport_config(
+        server_config.transport_config(crate::transport::server_transport_config(
             state.config.max_streams_per_connection,
+            UNTRUSTED_WINDOW,
         ));
         let addr = state.config.listen;
         let endpoint = crate::transport::endpoint(addr, Some(server_config))
@@ -170,7 +208,6 @@ impl Node {
         info!(%addr, key = %state.identity.public_key(), blobs = stats.blobs,
               bytes = stats.sliver_bytes, "storage node serving");
 
-        let connections = Arc::new(Semaphore::new(state.config.max_connections as usize));
         // Tells connections to stop taking new requests; the ones they hold run to completion.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -180,19 +217,13 @@ impl Node {
                 _ = &mut shutdown => break,
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        warn!("connection limit reached; refusing a connection");
-                        incoming.refuse();
-                        continue;
-                    };
+                    let Some(handshake) = admit_handshake(&state, incoming) else { continue };
                     let state = state.clone();
                     let stop = stop_rx.clone();
                     tasks.spawn(async move {
-                        let _permit = permit;
-                        match incoming.await {
-                            Ok(conn) => serve_connection(state, conn, stop).await,
-                            Err(e) => debug!("handshake failed: {e}"),
-                        }
+                        let Some((conn, slots)) = handshake.finish(&state).await else { return };
+                        let _slots = slots;
+                        serve_connection(state, conn, stop).await;
                     });
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -215,6 +246,112 @@ impl Node {
         let _ = std::fs::remove_file(&pid_path);
         info!("storage node stopped");
         Ok(())
+    }
+}
+
+/// A handshake admitted to run, holding its slots.
+struct Handshake {
+    incoming: quinn::Incoming,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _source: LimitGuard<IpAddr>,
+}
+
+/// The slots an established connection holds while it is served.
+struct ConnectionSlots {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    _untrusted: Option<(tokio::sync::OwnedSemaphorePermit, LimitGuard<IpAddr>)>,
+    _key: Option<LimitGuard<PublicKey>>,
+}
+
+/// Decides on an incoming connection before any handshake state exists: an address not yet
+/// validated is sent a Retry (stateless: a spoofed source never answers it); a validated one
+/// needs a free handshake slot, in all and for its address.
+fn admit_handshake(state: &State, incoming: quinn::Incoming) -> Option<Handshake> {
+    if !incoming.remote_address_validated() {
+        if incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+        } else {
+            incoming.ignore();
+        }
+        return None;
+    }
+    let ip = incoming.remote_address().ip();
+    let Some(source) = state.handshakes_per_source.try_acquire(ip) else {
+        debug!(%ip, "too many handshakes from one address; refused");
+        incoming.refuse();
+        return None;
+    };
+    let Ok(slot) = state.handshakes.clone().try_acquire_owned() else {
+        warn!("handshake limit reached; refusing a connection");
+        incoming.refuse();
+        return None;
+    };
+    Some(Handshake {
+        incoming,
+        _slot: slot,
+        _source: source,
+    })
+}
+
+impl Handshake {
+    /// Runs the handshake (bounded in time; its slots are freed when it ends) and admits the
+    /// connection under its key's limits.
+    async fn finish(self, state: &State) -> Option<(quinn::Connection, ConnectionSlots)> {
+        let remote = self.incoming.remote_address();
+        let conn = match tokio::time::timeout(state.config.handshake_timeout(), self.incoming).await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                debug!(%remote, "handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                debug!(%remote, "handshake timed out");
+                return None;
+            }
+        };
+        let peer = peer_key(&conn);
+        let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
+        let refuse = |why: &str| {
+            debug!(%remote, peer = ?peer, "connection refused: {why}");
+            conn.close(1u32.into(), why.as_bytes());
+            None
+        };
+        let key = match peer {
+            Some(k) => match state.per_key.try_acquire(k) {
+                Some(g) => Some(g),
+                None => return refuse("too many connections from this key"),
+            },
+            None => None,
+        };
+        let untrusted = if trusted {
+            None
+        } else {
+            let Ok(slot) = state.untrusted_connections.clone().try_acquire_owned() else {
+                return refuse("untrusted connection limit reached");
+            };
+            let Some(source) = state.untrusted_per_source.try_acquire(remote.ip()) else {
+                return refuse("too many untrusted connections from this address");
+            };
+            Some((slot, source))
+        };
+        let Ok(total) = state.connections.clone().try_acquire_owned() else {
+            warn!("connection limit reached; refusing a connection");
+            return refuse("connection limit reached");
+        };
+        if trusted {
+            conn.set_receive_window(TRUSTED_WINDOW.into());
+        }
+        Some((
+            conn,
+            ConnectionSlots {
+                _total: total,
+                _untrusted: untrusted,
+                _key: key,
+            },
+        ))
     }
 }
 
@@ -269,7 +406,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let (response, body) = match wire::read_frame::<_, RequestFrame>(&mut recv).await {
+    let (response, mut body) = match wire::read_frame::<_, RequestFrame>(&mut recv).await {
         Ok(frame) if frame.version != PROTOCOL_VERSION => (
             Response::Error(WireError::VersionMismatch {
                 supported: PROTOCOL_VERSION,
@@ -296,13 +433,20 @@ async fn serve_stream(
     }
     let sent = async {
         wire::write_frame(&mut send, &response).await?;
-        if let Some(body) = body {
-            tokio::io::AsyncWriteExt::write_all(&mut send, &body).await?;
+        if let Some(body) = &mut body {
+            // Handed to QUIC without a copy: the one buffer is what the budget counts.
+            let data = bytes::Bytes::from(std::mem::take(&mut body.data));
+            send.write_chunk(data)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         send.finish()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         // Wait until the peer has the response before dropping the stream.
         let _ = send.stopped().await;
+        // INV: a sliver being sent holds its budget until the peer has acknowledged it (QUIC
+        // keeps a copy of unacknowledged bytes).
+        drop(body);
         Ok::<_, FrameError>(())
     };
     if let Err(e) = sent.await {
@@ -310,13 +454,25 @@ async fn serve_stream(
     }
 }
 
+/// A sliver being served, with the budget it holds.
+struct Body<'a> {
+    data: Vec<u8>,
+    _budget: Budget<'a>,
+}
+
+/// A share of the in-flight byte budget.
+struct Budget<'a> {
+    _all: tokio::sync::SemaphorePermit<'a>,
+    _untrusted: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
 /// Handles one decoded request; returns the response and, for a sliver read, its body.
-async fn handle(
-    state: &State,
+async fn handle<'a>(
+    state: &'a State,
     peer: Option<PublicKey>,
     request: Request,
     recv: &mut quinn::RecvStream,
-) -> (Response, Option<Vec<u8>>) {
+) -> (Response, Option<Body<'a>>) {
     let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
     let result = match request {
         Request::Health => {
@@ -347,15 +503,15 @@ async fn handle(
         }
         Request::GetSliver { blob_id, index } => {
             let span = info_span!("get_sliver", blob = %blob_id, index);
-            get_sliver(state, blob_id, index)
+            get_sliver(state, trusted, blob_id, index)
                 .instrument(span)
                 .await
-                .map(|data| {
+                .map(|body| {
                     (
                         Response::Sliver {
-                            len: data.len() as u64,
+                            len: body.data.len() as u64,
                         },
-                        Some(data),
+                        Some(body),
                     )
                 })
         }
@@ -466,13 +622,27 @@ async fn store_sliver(
             "sliver index {index} out of range"
         )));
     }
+    if let Some(slot) = state.config.committee {
+        if index != slot.index {
+            return Err(WireError::InvalidRequest(format!(
+                "this node stores sliver {}, not {index}",
+                slot.index
+            )));
+        }
+        if metadata.params.n != slot.n || metadata.params.k != slot.k {
+            return Err(WireError::InvalidRequest(format!(
+                "blob encoded for n = {}, k = {}; this committee has n = {}, k = {}",
+                metadata.params.n, metadata.params.k, slot.n, slot.k
+            )));
+        }
+    }
     if len > state.config.max_sliver_bytes {
         return Err(WireError::TooLarge {
             limit: state.config.max_sliver_bytes,
         });
     }
     // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
-    let _permit = acquire_budget(state, len).await?;
+    let _permit = acquire_budget(state, len, true).await?;
     let body = wire::read_body(recv, len as usize)
         .await
         .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
@@ -496,33 +666,42 @@ async fn store_sliver(
 
 async fn get_sliver(
     state: &State,
+    trusted: bool,
     blob_id: BlobId,
     index: SliverIndex,
-) -> Result<Vec<u8>, WireError> {
+) -> Result<Body<'_>, WireError> {
     let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
     let len = metadata
         .sliver_len()
         .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
-    let permit = acquire_budget(state, len).await?;
+    let budget = acquire_budget(state, len, trusted).await?;
     let data = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
-    drop(permit);
-    Ok(data)
+    Ok(Body {
+        data,
+        _budget: budget,
+    })
 }
 
-async fn acquire_budget(
-    state: &State,
-    len: u64,
-) -> Result<tokio::sync::SemaphorePermit<'_>, WireError> {
+/// Waits (up to half the request deadline) for `len` bytes of the in-flight budget; an
+/// untrusted reader also needs them from its half.
+async fn acquire_budget(state: &State, len: u64, trusted: bool) -> Result<Budget<'_>, WireError> {
     let units = u32::try_from(len.div_ceil(BUDGET_UNIT)).map_err(|_| WireError::TooLarge {
         limit: state.config.max_sliver_bytes,
     })?;
-    match tokio::time::timeout(
-        state.config.request_timeout() / 2,
-        state.budget.acquire_many(units),
-    )
-    .await
-    {
-        Ok(Ok(p)) => Ok(p),
+    let acquire = async {
+        let untrusted = if trusted {
+            None
+        } else {
+            Some(state.untrusted_budget.acquire_many(units).await?)
+        };
+        let all = state.budget.acquire_many(units).await?;
+        Ok::<_, tokio::sync::AcquireError>(Budget {
+            _all: all,
+            _untrusted: untrusted,
+        })
+    };
+    match tokio::time::timeout(state.config.request_timeout() / 2, acquire).await {
+        Ok(Ok(b)) => Ok(b),
         _ => Err(WireError::Busy),
     }
 }
