@@ -17,23 +17,6 @@ use netcore::committee::Committee;
 use netcore::identity::Identity;
 use netcore::wire::{self, Request, RequestFrame, Response, WireError, PROTOCOL_VERSION};
 
-/// Rewrites `key = value` lines of node `i`'s `node.toml` and restarts it.
-fn reconfigure(net: &Testnet, i: u16, settings: &[(&str, &str)]) {
-    let path = net.node_dir(i).join("node.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    for (key, value) in settings {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{key} =")))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_owned();
-        text = text.replace(&line, &format!("{key} = {value}"));
-    }
-    std::fs::write(&path, text).unwrap();
-    net.kill(i);
-    net.up_again();
-}
-
 /// A QUIC connection from local address `from` to node `node` under `id`.
 async fn connect(
     committee: &Committee,
@@ -114,8 +97,7 @@ fn node_memory_stays_within_its_budget_under_hundreds_of_readers() {
     // 8 MiB at k = 2: 4 MiB slivers; the budget holds 8 of them at once.
     let id = net.put_bytes(work.path(), &random_bytes(8 << 20, 5));
     net.wait_all_slivers(&id);
-    reconfigure(
-        &net,
+    net.reconfigure(
         0,
         &[
             ("max_inflight_bytes", &BUDGET.to_string()),
@@ -204,7 +186,7 @@ fn node_memory_stays_within_its_budget_under_hundreds_of_readers() {
 #[test]
 fn a_flood_of_strangers_does_not_lock_out_the_trusted_client() {
     let net = Testnet::up(4);
-    reconfigure(&net, 0, &[("max_connections", "64")]);
+    net.reconfigure(0, &[("max_connections", "64")]);
     let committee = Committee::load(&net.dir.path().join("committee.toml")).unwrap();
     let node0: SocketAddr = committee.nodes[0].address;
     let work = tempfile::tempdir().unwrap();

@@ -132,6 +132,73 @@ fn repair_reports_nodes_it_cannot_reach_and_fails_until_they_are_back() {
     assert!(out.status.success(), "{out:?}");
 }
 
+#[test]
+fn a_node_scrubber_quarantines_rot_and_repair_restores_it() {
+    let m = Mount::with_options(Options {
+        extra: &["--cache-mib", "0", "--disk-cache-mib", "0"],
+        ..Options::default()
+    });
+    let mut files = Vec::new();
+    for i in 0..5 {
+        let data = random_bytes(300_000 + i * 1000, i as u64);
+        fs::write(m.join(format!("f{i}")), &data).unwrap();
+        files.push((format!("f{i}"), data));
+    }
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Node 2's slivers rot in place (same length: only hashing finds it), then its scrubber
+    // runs a pass every second.
+    let store = m.net().node_dir(2).join("store");
+    m.net().kill(2);
+    let mut rotted = 0;
+    for sliver in walk(&store.join("blobs")).into_iter().filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("sliver-"))
+    }) {
+        let mut bytes = fs::read(&sliver).unwrap();
+        if let Some(b) = bytes.get_mut(7) {
+            *b ^= 0x01;
+            fs::write(&sliver, &bytes).unwrap();
+            rotted += 1;
+        }
+    }
+    assert!(rotted >= 2, "a data pack and an index record to rot: {rotted}");
+    m.net().up_again();
+    m.net().reconfigure(
+        2,
+        &[("scrub_interval_secs", "1"), ("scrub_mib_per_sec", "1000")],
+    );
+    let quarantine = store.join("quarantine");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_dir(&quarantine).map_or(0, |d| d.count()) < rotted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber quarantined {} of {rotted} rotted slivers",
+            fs::read_dir(&quarantine).map_or(0, |d| d.count())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = repair(&m);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        count(&out, "restored;") >= 1,
+        "repair restores what the scrubber found"
+    );
+    // The next scrub passes find nothing more: the restored slivers are intact.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(fs::read_dir(&quarantine).unwrap().count(), rotted);
+    // Node 2 is needed for every read now (k = 3 of 2, 5, 6), and serves.
+    for i in [0u16, 1, 3, 4] {
+        m.net().kill(i);
+    }
+    for (name, data) in &files {
+        let p = m.join(name);
+        evict_path(&p);
+        assert_same_bytes(&fs::read(&p).unwrap(), data, name);
+    }
+    m.net().up_again();
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).unwrap() {

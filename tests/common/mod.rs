@@ -184,6 +184,23 @@ impl Testnet {
         }
     }
 
+    /// Sets `key = value` lines of node `i`'s `node.toml` and restarts the node.
+    pub fn reconfigure(&self, i: u16, settings: &[(&str, &str)]) {
+        let path = self.node_dir(i).join("node.toml");
+        let mut text = std::fs::read_to_string(&path).expect("node.toml");
+        for (key, value) in settings {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} =")))
+                .unwrap_or_else(|| panic!("no {key} in {text}"))
+                .to_owned();
+            text = text.replace(&line, &format!("{key} = {value}"));
+        }
+        std::fs::write(&path, text).expect("write node.toml");
+        self.kill(i);
+        self.up_again();
+    }
+
     /// The pid of node `i` from its pid file.
     pub fn pid(&self, i: u16) -> Option<i32> {
         std::fs::read_to_string(self.node_dir(i).join("node.pid"))

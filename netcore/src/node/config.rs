@@ -91,6 +91,13 @@ pub struct NodeConfig {
     /// half of `max_connections`, and at most this many from one IP address.
     #[serde(default = "default_per_key")]
     pub max_connections_per_key: u32,
+    /// Read rate of the background scrubber, which hashes every stored sliver and moves
+    /// damaged ones aside; 0 turns it off.
+    #[serde(default = "default_scrub_mib_per_sec")]
+    pub scrub_mib_per_sec: u64,
+    /// Seconds from the start of one scrub pass over the store to the start of the next.
+    #[serde(default = "default_scrub_interval_secs")]
+    pub scrub_interval_secs: u64,
     /// This node's place in the committee (`index` of `n`, any `k` rebuild a blob): slivers
     /// for another index or another committee shape are refused. Absent in configurations
     /// written before it existed (then only the blob's own parameters are checked).
@@ -129,6 +136,12 @@ fn default_handshake_timeout_secs() -> u64 {
 fn default_per_key() -> u32 {
     64
 }
+fn default_scrub_mib_per_sec() -> u64 {
+    16
+}
+fn default_scrub_interval_secs() -> u64 {
+    24 * 3600
+}
 
 /// A node's place in its committee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +170,8 @@ impl NodeConfig {
             max_handshakes: default_max_handshakes(),
             handshake_timeout_secs: default_handshake_timeout_secs(),
             max_connections_per_key: default_per_key(),
+            scrub_mib_per_sec: default_scrub_mib_per_sec(),
+            scrub_interval_secs: default_scrub_interval_secs(),
             committee: None,
             #[cfg(feature = "faults")]
             faults: Default::default(),

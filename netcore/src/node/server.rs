@@ -182,6 +182,7 @@ impl Node {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let state = self.state;
         let committer = tokio::spawn(committer(state.clone(), self.commit_queue));
+        let scrubber = tokio::spawn(scrubber(state.clone()));
         let tls = state
             .identity
             .server_tls()
@@ -243,6 +244,7 @@ impl Node {
         endpoint.close(0u32.into(), b"node shutting down");
         endpoint.wait_idle().await;
         committer.abort();
+        scrubber.abort();
         let _ = std::fs::remove_file(&pid_path);
         info!("storage node stopped");
         Ok(())
@@ -754,6 +756,60 @@ async fn committer(state: Arc<State>, mut jobs: tokio::sync::mpsc::Receiver<Comm
         for (job, r) in batch.into_iter().zip(results) {
             let _ = job.reply.send(r.map(|_| ()).map_err(wire_error));
         }
+    }
+}
+
+/// The background scrubber: pass after pass over the store at `scrub_mib_per_sec`, hashing
+/// every sliver against its metadata; damaged ones are quarantined (see
+/// [`SliverStore::scrub_blob`]), so the node stops serving them and a repair restores them.
+async fn scrubber(state: Arc<State>) {
+    let rate = state.config.scrub_mib_per_sec << 20;
+    if rate == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(state.config.scrub_interval_secs.max(1));
+    loop {
+        let started = Instant::now();
+        let st = state.clone();
+        let ids = match tokio::task::spawn_blocking(move || st.store.blob_ids()).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                warn!("scrub: cannot list the store: {e}");
+                Vec::new()
+            }
+            Err(_) => return,
+        };
+        let (mut blobs, mut bytes, mut bad) = (0u64, 0u64, 0u64);
+        for id in ids {
+            let st = state.clone();
+            let report = match tokio::task::spawn_blocking(move || st.store.scrub_blob(&id)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    warn!(blob = %id, "scrub: {e}");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            blobs += 1;
+            bytes += report.bytes;
+            bad += report.quarantined.len() as u64 + u64::from(report.bad_metadata);
+            // Paced: the pass reads at most `rate` bytes per second on average.
+            let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if bad > 0 {
+            warn!(
+                blobs,
+                bytes,
+                damaged = bad,
+                "scrub pass found damage (quarantined; run walrusfs repair)"
+            );
+        } else {
+            info!(blobs, bytes, elapsed = ?started.elapsed(), "scrub pass: everything intact");
+        }
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
     }
 }
 

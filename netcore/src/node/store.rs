@@ -8,6 +8,8 @@
 //! <root>/blobs/<aa>/<id>/sliver-<i>    raw bytes of sliver <i> (decimal index, no leading zeros)
 //! <root>/blobs/<aa>/<id>/.tmp-*        a write in progress; removed by `open`
 //! <root>/trash/<id>.<pid>.<seq>        a blob being deleted; removed by `open`
+//! <root>/quarantine/<id>.sliver-<i>.<seq>  a sliver the scrubber found damaged (kept as
+//!                                      evidence; never served; the operator removes it)
 //! ```
 //!
 //! `<id>` is the blob id as 64 lowercase hex digits and `<aa>` its first two, which spreads the
@@ -27,7 +29,10 @@
 //!
 //! Writes are verified in full before touching the disk (metadata against the blob id, sliver
 //! against the metadata's length and hash): bad input writes nothing (DESIGN invariant 5).
-//! Reads only check lengths; see [`SliverStore::get_sliver`] for why they do not hash.
+//! Reads only check lengths; see [`SliverStore::get_sliver`] for why they do not hash. The
+//! node's scrubber reads every sliver in the background and hashes it
+//! ([`SliverStore::scrub_blob`]): a damaged one is moved to `quarantine/`, so the node stops
+//! serving it and reports it missing, and a repair stores it again.
 //!
 //! # Concurrency
 //!
@@ -52,6 +57,8 @@ use crate::codec::{BlobId, BlobMetadata, CodecError, SliverIndex, MAX_NODES};
 const BLOBS_DIR: &str = "blobs";
 /// Directory under the root where deleted blobs wait to be removed.
 const TRASH_DIR: &str = "trash";
+/// Directory of slivers the scrubber found damaged.
+const QUARANTINE_DIR: &str = "quarantine";
 /// Name of a blob's metadata file inside its directory.
 const METADATA_FILE: &str = "metadata";
 /// Prefix of a sliver file's name; the decimal sliver index follows.
@@ -148,6 +155,8 @@ pub struct SliverStore {
     blobs: PathBuf,
     /// `<root>/trash`.
     trash: PathBuf,
+    /// `<root>/quarantine`.
+    quarantine: PathBuf,
     /// Blob mutation locks, indexed by the blob id's first byte.
     locks: Box<[Mutex<()>]>,
     /// Running totals, kept in step with every put and delete.
@@ -161,7 +170,8 @@ impl SliverStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let blobs = root.join(BLOBS_DIR);
         let trash = root.join(TRASH_DIR);
-        for dir in [&blobs, &trash] {
+        let quarantine = root.join(QUARANTINE_DIR);
+        for dir in [&blobs, &trash, &quarantine] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         // INV: the top-level directories are durable before any blob is written below them.
@@ -176,6 +186,7 @@ impl SliverStore {
         Ok(Self {
             blobs,
             trash,
+            quarantine,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             stats: Mutex::new(stats),
         })
@@ -409,6 +420,86 @@ impl SliverStore {
         Ok(true)
     }
 
+    /// Every blob with a directory in the store, in no particular order (for the scrubber:
+    /// blobs stored or deleted while it runs may be missed or listed).
+    pub fn blob_ids(&self) -> Result<Vec<BlobId>, StoreError> {
+        let mut ids = Vec::new();
+        for prefix in fs::read_dir(&self.blobs).map_err(io_error(&self.blobs))? {
+            let prefix = prefix.map_err(io_error(&self.blobs))?.path();
+            let Ok(entries) = fs::read_dir(&prefix) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Reads and hashes every sliver stored of `blob_id` against its metadata. A sliver that
+    /// fails is moved to `quarantine/` (not served again, and `status` no longer lists it, so
+    /// a client or `walrusfs repair` stores it again). Damaged metadata is left for a put to
+    /// replace (puts bring their own verified metadata) and reported.
+    pub fn scrub_blob(&self, blob_id: &BlobId) -> Result<ScrubReport, StoreError> {
+        let mut report = ScrubReport::default();
+        let metadata = match self.get_metadata(blob_id) {
+            Ok(m) => m,
+            // Deleted since listed, or metadata not written yet (a put in progress).
+            Err(StoreError::NotFound { .. }) => return Ok(report),
+            Err(StoreError::Corrupt { path, reason }) => {
+                warn!(%blob_id, path = %path.display(), %reason, "scrub: damaged metadata");
+                report.bad_metadata = true;
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        };
+        let (_, dir) = self.blob_paths(blob_id);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(report);
+        };
+        let mut indices: Vec<SliverIndex> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(parse_sliver_name))
+            .collect();
+        indices.sort_unstable();
+        for index in indices {
+            let path = dir.join(sliver_name(index));
+            let data = match fs::read(&path) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(&path)(e)),
+            };
+            report.bytes += data.len() as u64;
+            let Err(why) = metadata.check_sliver(index, &data) else {
+                report.intact += 1;
+                continue;
+            };
+            // The put lock: a concurrent put of this sliver replaces the file whole; moving
+            // aside a fresh good copy must not happen.
+            let guard = self.lock(blob_id);
+            let still_bad =
+                fs::read(&path).is_ok_and(|d| metadata.check_sliver(index, &d).is_err());
+            if still_bad {
+                let aside = self.quarantine.join(format!(
+                    "{blob_id}.{}.{}",
+                    sliver_name(index),
+                    UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
+                ));
+                fs::rename(&path, &aside).map_err(io_error(&path))?;
+                fsync_dir(&dir)?;
+                self.update_stats(|s| {
+                    s.sliver_bytes = s.sliver_bytes.saturating_sub(data.len() as u64)
+                });
+                warn!(%blob_id, index, reason = %why, aside = %aside.display(), "scrub: damaged sliver quarantined");
+                report.quarantined.push(index);
+            }
+            drop(guard);
+        }
+        Ok(report)
+    }
+
     /// Current totals over the store.
     pub fn stats(&self) -> StoreStats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
@@ -434,6 +525,19 @@ impl SliverStore {
         let dir = prefix_dir.join(hex);
         (prefix_dir, dir)
     }
+}
+
+/// What [`SliverStore::scrub_blob`] found in one blob.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Slivers that verified.
+    pub intact: u64,
+    /// Slivers that did not, now in `quarantine/`.
+    pub quarantined: Vec<SliverIndex>,
+    /// The metadata file is damaged (its slivers were not checked).
+    pub bad_metadata: bool,
+    /// Sliver bytes read.
+    pub bytes: u64,
 }
 
 /// What [`store_files`] did to one file.

@@ -61,6 +61,8 @@ impl FsError {
                 IndexError::XattrExists => libc::EEXIST,
                 IndexError::Corrupt(_) => libc::EIO,
                 IndexError::Format { .. } => libc::EIO,
+                // The state directory's disk is full or over quota: say so.
+                IndexError::Db(sled::Error::Io(io)) => disk_full(io).unwrap_or(libc::EIO),
                 IndexError::Db(_) => libc::EIO,
             },
             FsError::Network(_) => libc::EIO,
@@ -76,10 +78,9 @@ impl FsError {
             FsError::Journal(e) => match e {
                 // The state directory's disk is full or over quota: say so, it is the user's
                 // to fix (the data stays in memory meanwhile).
-                crate::journal::JournalError::Io { source, .. } => match source.raw_os_error() {
-                    Some(code @ (libc::ENOSPC | libc::EDQUOT)) => code,
-                    _ => libc::EIO,
-                },
+                crate::journal::JournalError::Io { source, .. } => {
+                    disk_full(source).unwrap_or(libc::EIO)
+                }
                 crate::journal::JournalError::Full { .. } => libc::EIO,
                 crate::journal::JournalError::Gone(_) => libc::EIO,
             },
@@ -87,5 +88,43 @@ impl FsError {
     }
 }
 
+/// ENOSPC or EDQUOT when `e` is one (the user's to fix, so reported as such, not as EIO).
+fn disk_full(e: &std::io::Error) -> Option<i32> {
+    match e.raw_os_error() {
+        Some(code @ (libc::ENOSPC | libc::EDQUOT)) => Some(code),
+        _ => None,
+    }
+}
+
 /// Result of filesystem operations.
 pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_state_disk_is_reported_as_enospc_from_the_index_and_the_journal() {
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(
+            FsError::Index(IndexError::Db(sled::Error::Io(full()))).errno(),
+            libc::ENOSPC
+        );
+        let quota = std::io::Error::from_raw_os_error(libc::EDQUOT);
+        assert_eq!(
+            FsError::Index(IndexError::Db(sled::Error::Io(quota))).errno(),
+            libc::EDQUOT
+        );
+        let journal = crate::journal::JournalError::Io {
+            path: "j".into(),
+            source: full(),
+        };
+        assert_eq!(FsError::Journal(journal).errno(), libc::ENOSPC);
+        let other = std::io::Error::from_raw_os_error(libc::EBADMSG);
+        assert_eq!(
+            FsError::Index(IndexError::Db(sled::Error::Io(other))).errno(),
+            libc::EIO
+        );
+    }
+}
+

@@ -17,6 +17,7 @@ use super::{Fs, FsError, FsResult};
 use crate::data::store::BlobStore;
 use crate::index::{Ino, Pending, Stored};
 use crate::journal::Loc;
+use netcore::codec::BlobId;
 
 /// Target size of a pack blob: a few MiB keeps per-blob costs (n slivers, n fsyncs) small and
 /// a small file's read (one pack) cheap.
@@ -40,9 +41,16 @@ pub(crate) struct Uploads {
     slots: tokio::sync::Semaphore,
     /// The last upload failure, for status and logs.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Blobs stored whose index commit then failed (a full state disk): nothing refers to
+    /// them; they are queued for GC as soon as the index takes writes again.
+    orphans: Mutex<Vec<BlobId>>,
 }
 
 impl Uploads {
+    fn lock_orphans(&self) -> std::sync::MutexGuard<'_, Vec<BlobId>> {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn new(concurrency: usize) -> Self {
         Uploads {
             claimed: Mutex::new(HashSet::new()),
@@ -50,6 +58,7 @@ impl Uploads {
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             slots: tokio::sync::Semaphore::new(concurrency.max(1)),
             last_error: Mutex::new(None),
+            orphans: Mutex::new(Vec::new()),
         }
     }
 
@@ -276,7 +285,18 @@ impl<B: BlobStore> Fs<B> {
         let committed =
             tokio::task::spawn_blocking(move || index.commit_upload(blob_id, &metadata, &items))
                 .await
-                .map_err(|e| FsError::Network(format!("commit task: {e}")))??;
+                .map_err(|e| FsError::Network(format!("commit task: {e}")))?;
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                // INV: a stored blob the index never took is not leaked: it is queued for GC
+                // once the index takes writes again (the records stay in the journal and are
+                // stored again).
+                tracing::warn!(blob = %blob_id, "stored, but the index commit failed: {e}");
+                self.inner.uploads.lock_orphans().push(blob_id);
+                return Err(e.into());
+            }
+        };
         tracing::debug!(blob = %blob_id, records = plan.records.len(), committed, bytes = plan.bytes, "stored");
         self.inner.reclaim_wake.notify_one();
         if committed == 0 {
@@ -285,8 +305,30 @@ impl<B: BlobStore> Fs<B> {
         Ok(())
     }
 
+    /// Queues for GC the blobs whose index commit failed, once the index takes the write.
+    fn requeue_orphans(&self) {
+        let orphans = std::mem::take(&mut *self.inner.uploads.lock_orphans());
+        if orphans.is_empty() {
+            return;
+        }
+        match self.inner.index.gc_enqueue(&orphans) {
+            Ok(()) => {
+                tracing::info!(
+                    blobs = orphans.len(),
+                    "queued blobs of failed commits for GC"
+                );
+                self.inner.gc_wake.notify_one();
+            }
+            Err(e) => {
+                tracing::debug!("cannot queue blobs of failed commits yet: {e}");
+                self.inner.uploads.lock_orphans().extend(orphans);
+            }
+        }
+    }
+
     /// One background round: uploads whatever waits in the journal and nobody has claimed.
     pub(crate) async fn upload_round(&self) -> FsResult<bool> {
+        self.requeue_orphans();
         let pending = self.inner.index.journal_pending(0, ROUND)?;
         if pending.is_empty() {
             return Ok(false);
