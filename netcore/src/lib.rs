@@ -12,6 +12,10 @@
 pub mod client;
 pub mod codec;
 pub mod committee;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(any(test, feature = "faults"))]
+pub mod fuzzing;
 pub mod identity;
 pub mod node;
 pub mod root;

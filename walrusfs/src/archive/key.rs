@@ -463,7 +463,21 @@ fn seal_ad(archive: &PublicKey) -> Vec<u8> {
     ad
 }
 
+/// Highest Argon2id cost a key file may ask for: far above any sane setting, low enough that a
+/// damaged or hostile key file cannot make an unlock allocate tens of GiB or run for hours.
+const MAX_KDF: KdfParams = KdfParams {
+    m_kib: 4 << 20,
+    t: 64,
+    p: 64,
+};
+
 fn kdf_key(passphrase: &str, salt: &[u8; 16], kdf: KdfParams) -> Result<[u8; 32], KeyError> {
+    if kdf.m_kib > MAX_KDF.m_kib || kdf.t > MAX_KDF.t || kdf.p > MAX_KDF.p {
+        return Err(KeyError::Kdf(format!(
+            "implausible Argon2id cost (memory {} KiB, {} passes, {} lanes; at most {} KiB, {}, {}): is the key file damaged?",
+            kdf.m_kib, kdf.t, kdf.p, MAX_KDF.m_kib, MAX_KDF.t, MAX_KDF.p
+        )));
+    }
     let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
         .map_err(|e| KeyError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -613,5 +627,59 @@ mod tests {
         expected.extend_from_slice(&[2, 1, b't', 1]); // created 1 (zigzag), label, Testnet
         expected.extend_from_slice(&[3; 32]);
         assert_eq!(bytes, expected);
+    }
+
+    /// Fuzz target (see `netcore::fuzzing`): a key line whose record is damaged but whose
+    /// checksum was made to match, parsed and unlocked.
+    #[cfg(feature = "faults")]
+    mod fuzz {
+        use super::*;
+        use netcore::fuzzing::{cases, mutate, Mutation};
+        use proptest::prelude::*;
+
+        fn relabel(body: &[u8]) -> String {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body);
+            format!("{LINE_PREFIX}.{b64}.{}", checksum(&b64))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases() / 5))]
+
+            #[test]
+            fn fuzz_key_lines(testnet in any::<bool>(), ops in proptest::collection::vec(any::<Mutation>(), 1..6)) {
+                let key = ArchiveKey::generate();
+                let file = if testnet {
+                    KeyFile::testnet(&key)
+                } else {
+                    KeyFile::protect(&key, "pw", FAST).unwrap()
+                };
+                let body = postcard::to_stdvec(&file.body).unwrap();
+                let line = relabel(&mutate(&body, &ops));
+                if let Ok(parsed) = KeyFile::from_line(&line, "fuzz") {
+                    let cheap = match &parsed.body.protection {
+                        Protection::Passphrase { kdf, .. } => kdf.m_kib <= 1024 && kdf.t <= 2 && kdf.p <= 2,
+                        Protection::Testnet { .. } => true,
+                    };
+                    if cheap {
+                        if let Ok(k) = parsed.unlock(Some("pw")) {
+                            // Whatever opens is the archive the file names.
+                            prop_assert_eq!(k.archive_id(), parsed.archive());
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn an_absurd_kdf_cost_is_refused_before_any_work() {
+            let key = ArchiveKey::generate();
+            let mut file = KeyFile::protect(&key, "pw", FAST).unwrap();
+            if let Protection::Passphrase { kdf, .. } = &mut file.body.protection {
+                kdf.m_kib = 8 << 20; // 8 GiB: without the cap, an unlock would try it
+            }
+            let line = relabel(&postcard::to_stdvec(&file.body).unwrap());
+            let parsed = KeyFile::from_line(&line, "t").unwrap();
+            assert!(matches!(parsed.unlock(Some("pw")), Err(KeyError::Kdf(_))));
+        }
     }
 }

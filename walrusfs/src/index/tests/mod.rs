@@ -6,6 +6,8 @@
 mod crash;
 mod dir;
 mod file;
+#[cfg(feature = "faults")]
+mod fuzz;
 mod model;
 mod records;
 mod rename;
