@@ -162,7 +162,10 @@ fn a_node_scrubber_quarantines_rot_and_repair_restores_it() {
             rotted += 1;
         }
     }
-    assert!(rotted >= 2, "a data pack and an index record to rot: {rotted}");
+    assert!(
+        rotted >= 2,
+        "a data pack and an index record to rot: {rotted}"
+    );
     m.net().up_again();
     m.net().reconfigure(
         2,
