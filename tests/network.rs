@@ -164,6 +164,81 @@ fn corrupted_slivers_are_detected_and_the_read_is_still_correct() {
     );
 }
 
+/// Adds a `[faults]` table to node `i`'s `node.toml` (test builds) and restarts it.
+fn misbehave(net: &Testnet, i: u16, faults: &str) {
+    let path = net.node_dir(i).join("node.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("\n[faults]\n{faults}\n"));
+    std::fs::write(&path, text).unwrap();
+    net.kill(i);
+    net.up_again();
+}
+
+#[test]
+fn lying_slow_flaky_and_refusing_nodes_cannot_spoil_writes_or_reads() {
+    let net = Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let before: Vec<(String, Vec<u8>)> = [1000usize, 2 << 20]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let d = random_bytes(n, 40 + i as u64);
+            (net.put_bytes(work.path(), &d), d)
+        })
+        .collect();
+    // Node 0 serves other blobs' slivers, node 1 cut and flipped ones; node 2 refuses stores
+    // and answers late; node 3 drops every second connection's request.
+    misbehave(&net, 0, "wrong_slivers = true");
+    misbehave(&net, 1, "truncate_slivers = true\ncorrupt_slivers = true");
+    misbehave(&net, 2, "refuse_stores = true\ndelay_ms = 300");
+    misbehave(&net, 3, "drop_every = 2");
+    // Writes reach n - f = 5 confirmations without node 2.
+    let data = random_bytes(3 << 20, 50);
+    let id = net.put_bytes(work.path(), &data);
+    let started = std::time::Instant::now();
+    while [4u16, 5, 6]
+        .iter()
+        .any(|&i| !net.sliver_path(i, &id).exists())
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "honest nodes never stored it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The new blob reached n - f = 5 nodes or more, two of them liars: k honest ones remain.
+    // The older blobs are read with an honest node gone too: of the six left, nodes 2 (slow),
+    // 3 (flaky), 4 and 6 serve good slivers, so a read whose request node 3 drops still has k.
+    let out_file = work.path().join("read");
+    for (n, (id, want)) in [(id.clone(), data)].iter().chain(before.iter()).enumerate() {
+        if n == 1 {
+            net.kill(5);
+        }
+        let out = std::process::Command::new(common::bin())
+            .args(["blob", "get", "--testnet", net.dir_str(), id, "-o"])
+            .arg(&out_file)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(&std::fs::read(&out_file).unwrap(), want);
+        let log = String::from_utf8_lossy(&out.stderr);
+        // The reader had to ask nodes 0 and 1, and must have rejected what they served.
+        for node in ["node=0", "node=1"] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(node) && l.contains("failed verification")),
+                "{node}'s bad sliver was not rejected:\n{log}"
+            );
+        }
+    }
+    assert!(
+        !net.sliver_path(2, &id).exists(),
+        "node 2 refused the store"
+    );
+    net.up_again();
+}
+
 #[test]
 fn untrusted_clients_cannot_store_or_delete() {
     let net = Testnet::up(7);

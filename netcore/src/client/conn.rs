@@ -139,13 +139,14 @@ impl NodeConn {
                     Some(wire::read_body(&mut recv, expected as usize).await?)
                 }
                 (Response::Sliver { len }, Some(expected)) => {
-                    return Err(NodeError::Verification(
-                        crate::codec::CodecError::SliverLength {
-                            index: self.info.index,
-                            expected: expected as usize,
-                            got: *len as usize,
-                        },
-                    ))
+                    let e = crate::codec::CodecError::SliverLength {
+                        index: self.info.index,
+                        expected: expected as usize,
+                        got: *len as usize,
+                    };
+                    // As loud as a hash mismatch: either way the node served a wrong sliver.
+                    tracing::warn!(node = self.info.index, "sliver failed verification: {e}");
+                    return Err(NodeError::Verification(e));
                 }
                 (Response::Sliver { .. }, None) => {
                     return Err(NodeError::Unexpected("unrequested sliver body".into()))

@@ -15,6 +15,24 @@ pub struct FaultConfig {
     /// claiming the archive asked for but signed by another key.
     #[serde(default)]
     pub forge_roots: bool,
+    /// Wait this long before answering each request: latency, or with seconds, a stall.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Refuse every store (as a full or failing disk would).
+    #[serde(default)]
+    pub refuse_stores: bool,
+    /// Serve slivers with a flipped byte.
+    #[serde(default)]
+    pub corrupt_slivers: bool,
+    /// Serve slivers cut to half their length.
+    #[serde(default)]
+    pub truncate_slivers: bool,
+    /// Serve another blob's sliver (of the same length where there is one) as the one asked for.
+    #[serde(default)]
+    pub wrong_slivers: bool,
+    /// Close the connection instead of answering every this-many-th request (0: never).
+    #[serde(default)]
+    pub drop_every: u32,
 }
 
 impl FaultConfig {
@@ -31,4 +49,22 @@ pub fn forged_root(archive: PublicKey) -> RootRecord {
         .unwrap_or_else(|_| unreachable!("a 6-byte body is within the limit"));
     record.archive = archive;
     record
+}
+
+/// A sliver as a faulty node would serve it; `other` is another blob's sliver, if any.
+pub fn damage_sliver(config: &FaultConfig, mut data: Vec<u8>, other: Option<Vec<u8>>) -> Vec<u8> {
+    if config.wrong_slivers {
+        if let Some(o) = other {
+            return o;
+        }
+    }
+    if config.truncate_slivers {
+        data.truncate(data.len() / 2);
+    }
+    if config.corrupt_slivers {
+        if let Some(b) = data.get_mut(0) {
+            *b ^= 0x5a;
+        }
+    }
+    data
 }

@@ -108,6 +108,8 @@ struct State {
     /// Handshakes in progress per IP address.
     handshakes_per_source: Arc<Limiter<IpAddr>>,
     started: Instant,
+    /// Requests received.
+    requests: std::sync::atomic::AtomicU64,
     /// Slivers for the group committer.
     commits: tokio::sync::mpsc::Sender<CommitJob>,
 }
@@ -167,6 +169,7 @@ impl Node {
                 roots,
                 config,
                 started: Instant::now(),
+                requests: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -373,10 +376,11 @@ async fn serve_connection(
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
                         let state = state.clone();
+                        let conn = conn.clone();
                         streams.spawn(
                             async move {
                                 let deadline = state.config.request_timeout();
-                                if tokio::time::timeout(deadline, serve_stream(&state, peer, send, recv))
+                                if tokio::time::timeout(deadline, serve_stream(&state, &conn, peer, send, recv))
                                     .await
                                     .is_err()
                                 {
@@ -404,10 +408,31 @@ async fn serve_connection(
 
 async fn serve_stream(
     state: &State,
+    #[cfg_attr(not(feature = "faults"), allow(unused_variables))] conn: &quinn::Connection,
     peer: Option<PublicKey>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(feature = "faults")]
+    {
+        let f = &state.config.faults;
+        if f.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(f.delay_ms)).await;
+        }
+        if f.drop_every > 0
+            && state
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(u64::from(f.drop_every))
+        {
+            warn!("fault injection: dropping the connection");
+            conn.close(2u32.into(), b"fault injection");
+            return;
+        }
+    }
     let (response, mut body) = match wire::read_frame::<_, RequestFrame>(&mut recv).await {
         Ok(frame) if frame.version != PROTOCOL_VERSION => (
             Response::Error(WireError::VersionMismatch {
@@ -607,6 +632,11 @@ async fn store_sliver(
         warn!("store from untrusted client refused");
         return Err(WireError::Unauthorized);
     }
+    #[cfg(feature = "faults")]
+    if state.config.faults.refuse_stores {
+        warn!("fault injection: refusing a store");
+        return Err(WireError::Internal("fault injection: store refused".into()));
+    }
     // Check everything that can be checked before accepting a single body byte.
     metadata
         .check_id(&blob_id)
@@ -678,6 +708,27 @@ async fn get_sliver(
         .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
     let budget = acquire_budget(state, len, trusted).await?;
     let data = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+    #[cfg(feature = "faults")]
+    let data = {
+        let f = &state.config.faults;
+        let other = if f.wrong_slivers {
+            blocking(state, |s| {
+                for other in s.blob_ids()? {
+                    if other == blob_id {
+                        continue;
+                    }
+                    if let Ok(d) = s.get_sliver(&other, index) {
+                        return Ok(Some(d));
+                    }
+                }
+                Ok(None)
+            })
+            .await?
+        } else {
+            None
+        };
+        super::faults::damage_sliver(f, data, other)
+    };
     Ok(Body {
         data,
         _budget: budget,
