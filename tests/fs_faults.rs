@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::mount::{
     assert_errno, assert_same_bytes, close_checked, evict_path, is_mountpoint, snapshot,
-    wait_until, Kind, Mount,
+    wait_until, Kind, Mount, Options,
 };
 use common::{alive, random_bytes};
 
@@ -317,5 +317,119 @@ fn harness_unmounts_and_stops_nodes_when_a_test_panics() {
     assert!(
         live.is_empty(),
         "node processes {live:?} survived the panic"
+    );
+}
+
+/// `walrusfs fsck` of `m`'s (unmounted) state directory; asserts it finds no problem.
+fn fsck_passes(m: &Mount, when: &str) {
+    let state = m.state().to_str().unwrap().to_owned();
+    let out = m
+        .net()
+        .cli(&["fsck", "--testnet", m.net().dir_str(), "--state", &state]);
+    assert!(
+        out.status.success(),
+        "fsck {when}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_crash_at_each_point_of_the_write_path_loses_nothing_fsynced_and_fsck_passes() {
+    for point in [
+        "spill.sealed",
+        "upload.stored",
+        "publish.parts_stored",
+        "publish.root_written",
+        "gc.deleted",
+    ] {
+        let m = Mount::with_options(Options {
+            extra: &["--gc-grace-secs", "0"],
+            ..Options::default()
+        });
+        let kept = random_bytes(700_000, 1);
+        write_synced(&m.join("kept"), &kept);
+        fs::write(m.join("doomed"), random_bytes(300_000, 2)).unwrap();
+        let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        let pid = m.pid().unwrap();
+        fs::write(m.state().join("crash-at"), point).unwrap();
+        match point {
+            // The close seals the file into the journal and dies there.
+            "spill.sealed" => {
+                let mut f = create(&m.join("new"));
+                let _ = f.write_all(&random_bytes(50_000, 3));
+                let _ = close_checked(f);
+            }
+            // The fsync stores the file on the network and dies before committing it.
+            "upload.stored" => {
+                let mut f = create(&m.join("new"));
+                let _ = f.write_all(&random_bytes(50_000, 3));
+                let _ = f.sync_all();
+            }
+            "publish.parts_stored" | "publish.root_written" => {
+                write_synced(&m.join("new"), &random_bytes(50_000, 3));
+                let _ = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+            }
+            // The delete is published; GC deletes the blob and dies before recording it.
+            _ => {
+                fs::remove_file(m.join("doomed")).unwrap();
+                let _ = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+            }
+        }
+        m.await_crash(pid);
+        fs::remove_file(m.state().join("crash-at")).unwrap();
+        fsck_passes(&m, &format!("after a crash at {point}"));
+        m.mount_again();
+        assert_file(&m.join("kept"), &kept, point);
+        if point == "gc.deleted" {
+            assert!(
+                !m.join("doomed").exists(),
+                "{point}: a published delete came back"
+            );
+        }
+        // The state directory still takes writes and drains.
+        write_synced(&m.join("after"), &random_bytes(10_000, 4));
+        let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{point}: sync after recovery: {out:?}"
+        );
+        m.unmount();
+        fsck_passes(&m, &format!("after recovering from {point}"));
+    }
+}
+
+#[test]
+fn fsck_refuses_a_mounted_archive_and_names_blobs_the_network_lost() {
+    let m = Mount::new();
+    write_synced(&m.join("f"), &random_bytes(400_000, 9));
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let state = m.state().to_str().unwrap().to_owned();
+    let fsck = || {
+        m.net()
+            .cli(&["fsck", "--testnet", m.net().dir_str(), "--state", &state])
+    };
+    let out = fsck();
+    assert!(!out.status.success(), "fsck of a mounted archive");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unmount it first"),
+        "{out:?}"
+    );
+    m.unmount();
+    fsck_passes(&m, "of a healthy archive");
+    // Five of seven nodes lose their disks: k = 3 slivers of nothing remain.
+    for i in 0..5u16 {
+        m.net().kill(i);
+        fs::remove_dir_all(m.net().node_dir(i).join("store")).unwrap();
+    }
+    m.net().up_again();
+    let out = fsck();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "fsck with data lost: {out:?}");
+    assert!(
+        err.contains("only 2 nodes hold a sliver, 3 are needed"),
+        "fsck names the lost blobs: {err}"
     );
 }

@@ -243,6 +243,15 @@ impl Mount {
         );
     }
 
+    /// Waits for mount process `pid` to die on its own (an armed crash point killed it), then
+    /// detaches the dead mountpoint as [`Mount::kill9`] does.
+    pub fn await_crash(&self, pid: i32) {
+        wait_until(EXIT_TIMEOUT, || !alive(pid))
+            .unwrap_or_else(|| panic!("mount process {pid} never reached its crash point"));
+        lazy_unmount(&self.mnt);
+        assert!(!self.is_mounted(), "{} still mounted", self.mnt.display());
+    }
+
     /// Sends `sig` to the mount process and waits (bounded) until it has exited; returns
     /// whether it exited in time. Does not touch the mountpoint.
     pub fn signal_and_wait(&self, sig: libc::c_int) -> bool {

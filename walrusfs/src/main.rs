@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod blob;
 mod ctl;
+mod fsck;
 mod keys;
 mod mount;
 mod mountinfo;
@@ -57,6 +58,9 @@ enum Command {
     Snapshot(ctl::SnapshotCommand),
     /// Check every sliver of every blob the archive references and restore missing or bad ones.
     Repair(repair::RepairArgs),
+    /// Check an unmounted state directory: the index, the journal, the root record, and that
+    /// every blob the index refers to is retrievable.
+    Fsck(fsck::FsckArgs),
     /// Start a local 7-node testnet and mount it (the one-command demo).
     Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => ctl::snapshot(cmd),
         Command::Up(args) => mount::up(args),
         Command::Repair(args) => repair::repair(args),
+        Command::Fsck(args) => fsck::fsck(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,9 +42,9 @@ pub const PID_FILE: &str = "mount.pid";
 /// Name of the log file in the state directory.
 pub const LOG_FILE: &str = "mount.log";
 /// Name of the local index in the state directory.
-const INDEX_DIR: &str = "index";
+pub(crate) const INDEX_DIR: &str = "index";
 /// Name of the write-back journal in the state directory.
-const JOURNAL_DIR: &str = "journal";
+pub(crate) const JOURNAL_DIR: &str = "journal";
 /// What the state directory of walrusfs versions before archives held; their index (format 1)
 /// is not converted.
 const LEGACY_KEY_FILE: &str = "master.key";
@@ -145,19 +145,33 @@ impl MountArgs {
             Mode::Follower => "-ro".into(),
             Mode::Snapshot(name) => format!("-snapshot-{}", sanitize(&name)),
         };
-        match (&self.state, &self.net.testnet) {
-            (Some(s), _) => Ok(s.clone()),
-            (None, Some(t)) => Ok(t.join(format!("fs{suffix}"))),
-            (None, None) => {
-                let base = std::env::var_os("XDG_STATE_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-                    })
-                    .context("no --state given and neither XDG_STATE_HOME nor HOME is set")?;
-                let id = key.archive_id().to_string();
-                Ok(base.join("walrusfs").join(format!("{}{suffix}", &id[..16])))
-            }
+        state_dir(
+            self.state.as_deref(),
+            self.net.testnet.as_deref(),
+            key,
+            &suffix,
+        )
+    }
+}
+
+/// The state directory: `state` if given, else `TESTNET/fs<suffix>`, else
+/// `$XDG_STATE_HOME/walrusfs/<archive id prefix><suffix>` (`~/.local/state` by default).
+pub(crate) fn state_dir(
+    state: Option<&Path>,
+    testnet: Option<&Path>,
+    key: &ArchiveKey,
+    suffix: &str,
+) -> anyhow::Result<PathBuf> {
+    match (state, testnet) {
+        (Some(s), _) => Ok(s.to_owned()),
+        (None, Some(t)) => Ok(t.join(format!("fs{suffix}"))),
+        (None, None) => {
+            let base = std::env::var_os("XDG_STATE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+                .context("no --state given and neither XDG_STATE_HOME nor HOME is set")?;
+            let id = key.archive_id().to_string();
+            Ok(base.join("walrusfs").join(format!("{}{suffix}", &id[..16])))
         }
     }
 }
