@@ -300,3 +300,54 @@ fn a_node_refuses_slivers_for_another_index_or_committee() {
         }
     });
 }
+
+#[test]
+fn a_node_refuses_stores_that_would_eat_its_free_space_reserve() {
+    let net = Testnet::up(4);
+    // A reserve no disk has: node 0 must refuse every store, loudly, and the others carry on.
+    net.reconfigure(0, &[("min_free_mib", "1099511627776")]);
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes(100_000, 21);
+    let id = net.put_bytes(work.path(), &data);
+    let started = Instant::now();
+    while (1..4u16).any(|i| !net.sliver_path(i, &id).exists()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "others never stored it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!net.sliver_path(0, &id).exists(), "node 0 kept its reserve");
+    let committee = Committee::load(&net.dir.path().join("committee.toml")).unwrap();
+    let trusted = Identity::load(&net.dir.path().join("client.key")).unwrap();
+    let blob_id: netcore::codec::BlobId = id.parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = connect(&committee, 1, &trusted, "127.0.0.1").await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&frame(Request::GetMetadata { blob_id }).await)
+            .await
+            .unwrap();
+        let _ = send.finish();
+        let Response::Metadata(metadata) = wire::read_frame(&mut recv).await.unwrap() else {
+            panic!("no metadata")
+        };
+        let len = metadata.sliver_len().unwrap() as u64;
+        let conn = connect(&committee, 0, &trusted, "127.0.0.1").await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let req = Request::StoreSliver {
+            blob_id,
+            metadata,
+            index: 0,
+            len,
+        };
+        send.write_all(&frame(req).await).await.unwrap();
+        let r: Response = wire::read_frame(&mut recv).await.unwrap();
+        match r {
+            Response::Error(WireError::Internal(why)) => {
+                assert!(why.contains("disk nearly full"), "{why}")
+            }
+            other => panic!("the store was not refused: {other:?}"),
+        }
+    });
+}

@@ -91,6 +91,10 @@ pub struct NodeConfig {
     /// half of `max_connections`, and at most this many from one IP address.
     #[serde(default = "default_per_key")]
     pub max_connections_per_key: u32,
+    /// Free space (MiB) kept on the store's filesystem: a store that would leave less is
+    /// refused, so a full disk cannot break the node or what else lives on that disk.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
     /// Read rate of the background scrubber, which hashes every stored sliver and moves
     /// damaged ones aside; 0 turns it off.
     #[serde(default = "default_scrub_mib_per_sec")]
@@ -136,6 +140,9 @@ fn default_handshake_timeout_secs() -> u64 {
 fn default_per_key() -> u32 {
     64
 }
+fn default_min_free_mib() -> u64 {
+    64
+}
 fn default_scrub_mib_per_sec() -> u64 {
     16
 }
@@ -170,6 +177,7 @@ impl NodeConfig {
             max_handshakes: default_max_handshakes(),
             handshake_timeout_secs: default_handshake_timeout_secs(),
             max_connections_per_key: default_per_key(),
+            min_free_mib: default_min_free_mib(),
             scrub_mib_per_sec: default_scrub_mib_per_sec(),
             scrub_interval_secs: default_scrub_interval_secs(),
             committee: None,

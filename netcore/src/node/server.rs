@@ -89,6 +89,8 @@ pub enum NodeError {
 struct State {
     identity: Identity,
     store: SliverStore,
+    /// Where the store lives (its filesystem's free space is checked before each store).
+    store_dir: PathBuf,
     roots: RootStore,
     trusted: HashSet<PublicKey>,
     config: NodeConfig,
@@ -166,6 +168,7 @@ impl Node {
                 handshakes_per_source: Limiter::new(config.max_handshakes_per_source),
                 identity,
                 store,
+                store_dir: dir.join(STORE_DIR),
                 roots,
                 config,
                 started: Instant::now(),
@@ -673,6 +676,7 @@ async fn store_sliver(
             limit: state.config.max_sliver_bytes,
         });
     }
+    check_free_space(state, len)?;
     // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
     let _permit = acquire_budget(state, len, true).await?;
     let body = wire::read_body(recv, len as usize)
@@ -733,6 +737,24 @@ async fn get_sliver(
         data,
         _budget: budget,
     })
+}
+
+/// Refuses a store of `len` bytes that would leave less than the configured reserve free on
+/// the store's filesystem.
+fn check_free_space(state: &State, len: u64) -> Result<(), WireError> {
+    let reserve = state.config.min_free_mib.saturating_mul(1 << 20);
+    let Ok(fs) = nix::sys::statvfs::statvfs(&state.store_dir) else {
+        return Ok(()); // cannot tell: the write itself reports a full disk
+    };
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    let free = u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
+    if free < len.saturating_add(reserve) {
+        warn!(free, reserve, len, "store refused: disk nearly full");
+        return Err(WireError::Internal(format!(
+            "disk nearly full: {free} bytes free, {reserve} kept in reserve"
+        )));
+    }
+    Ok(())
 }
 
 /// Waits (up to half the request deadline) for `len` bytes of the in-flight budget; an
