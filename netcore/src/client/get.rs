@@ -52,7 +52,8 @@ impl Client {
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(0);
         let hedge = cfg.hedge_after(0);
-        let (mut got, failures) = hedged(order, 1, hedge, |index| {
+        // Metadata is small: two nodes are asked at once, so one stalled node costs nothing.
+        let (mut got, failures) = hedged(order, 1, 1, hedge, |index| {
             let node = &self.inner.nodes[usize::from(index)];
             Box::pin(async move {
                 let r = async {
@@ -94,7 +95,7 @@ impl Client {
         let deadline = cfg.request_deadline(sliver_len);
         let hedge = cfg.hedge_after(sliver_len);
         let order = self.read_order(true).await;
-        let (slivers, failures) = hedged(order, usize::from(k), hedge, |index| {
+        let (slivers, failures) = hedged(order, usize::from(k), 0, hedge, |index| {
             let node = &self.inner.nodes[usize::from(index)];
             Box::pin(async move {
                 let r = async {
@@ -148,18 +149,38 @@ impl Client {
     }
 }
 
-/// Asks nodes in `order` until `want` answers succeed: `want` requests start at once; each
-/// failure starts the next node, and so does each `hedge` period without an answer, so one
-/// slow node costs at most a hedge delay. Returns the successes and every failure.
+/// The shortest adaptive hedge delay (see [`hedged`]).
+const MIN_HEDGE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether `e` is a lost connection (not an answer): the node may well answer a retry.
+fn is_transient(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::Transport(_) | NodeError::Frame(crate::wire::FrameError::Io(_))
+    )
+}
+
+/// Asks nodes in `order` until `want` answers succeed: `want + extra` requests start at once;
+/// each failure starts the next node, and so does each `hedge` period without an answer, so
+/// one slow node costs at most a hedge delay. Once the first answer is in, after `t`, the
+/// rest get as long again (at least [`MIN_HEDGE`]) before the next node is asked: a stalled
+/// node among fast ones costs about one fast answer, not the fixed hedge delay. Returns the
+/// successes and every failure.
 async fn hedged<'a, T>(
     order: Vec<SliverIndex>,
     want: usize,
+    extra: usize,
     hedge: std::time::Duration,
     launch: impl Fn(SliverIndex) -> Attempt<'a, T>,
 ) -> (Vec<T>, Failures) {
-    let mut pending = order.into_iter();
+    let started = tokio::time::Instant::now();
+    let mut pending: std::collections::VecDeque<SliverIndex> = order.into();
+    let mut retried = Vec::new();
     let mut running = FuturesUnordered::new();
-    for index in pending.by_ref().take(want) {
+    for _ in 0..want + extra {
+        let Some(index) = pending.pop_front() else {
+            break;
+        };
         running.push(launch(index));
     }
     let mut done = Vec::with_capacity(want);
@@ -169,17 +190,32 @@ async fn hedged<'a, T>(
     while done.len() < want && !running.is_empty() {
         tokio::select! {
             Some((node, result)) = running.next() => match result {
-                Ok(v) => done.push(v),
+                Ok(v) => {
+                    done.push(v);
+                    if done.len() == 1 && want > 1 {
+                        let now = tokio::time::Instant::now();
+                        let sooner = now + (now - started).max(MIN_HEDGE);
+                        if sooner < timer.deadline() {
+                            timer.as_mut().reset(sooner);
+                        }
+                    }
+                }
                 Err(error) => {
                     debug!(node, "request failed: {error}");
+                    // A connection lost mid-request is worth one more try, after every other
+                    // node (the next request reconnects).
+                    if is_transient(&error) && !retried.contains(&node) {
+                        retried.push(node);
+                        pending.push_back(node);
+                    }
                     failures.push(NodeFailure { node, error });
-                    if let Some(next) = pending.next() {
+                    if let Some(next) = pending.pop_front() {
                         running.push(launch(next));
                     }
                 }
             },
             () = &mut timer => {
-                if let Some(next) = pending.next() {
+                if let Some(next) = pending.pop_front() {
                     debug!(node = next, "hedging a slow request");
                     running.push(launch(next));
                 }
