@@ -25,8 +25,14 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+mod admission;
+mod background;
+
+use admission::admit_handshake;
+use background::{committer, scrubber, CommitJob, MAX_BATCH};
+
 use super::config::{NodeConfig, KEY_FILE, LOCK_FILE, PID_FILE, ROOTS_DIR, STORE_DIR};
-use super::limits::{LimitGuard, Limiter};
+use super::limits::Limiter;
 use super::roots::{RootStore, RootStoreError};
 use super::store::{SliverStore, StoreError};
 use crate::codec::{BlobId, SliverIndex};
@@ -254,112 +260,6 @@ impl Node {
         let _ = std::fs::remove_file(&pid_path);
         info!("storage node stopped");
         Ok(())
-    }
-}
-
-/// A handshake admitted to run, holding its slots.
-struct Handshake {
-    incoming: quinn::Incoming,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    _source: LimitGuard<IpAddr>,
-}
-
-/// The slots an established connection holds while it is served.
-struct ConnectionSlots {
-    _total: tokio::sync::OwnedSemaphorePermit,
-    _untrusted: Option<(tokio::sync::OwnedSemaphorePermit, LimitGuard<IpAddr>)>,
-    _key: Option<LimitGuard<PublicKey>>,
-}
-
-/// Decides on an incoming connection before any handshake state exists: an address not yet
-/// validated is sent a Retry (stateless: a spoofed source never answers it); a validated one
-/// needs a free handshake slot, in all and for its address.
-fn admit_handshake(state: &State, incoming: quinn::Incoming) -> Option<Handshake> {
-    if !incoming.remote_address_validated() {
-        if incoming.may_retry() {
-            if let Err(e) = incoming.retry() {
-                e.into_incoming().ignore();
-            }
-        } else {
-            incoming.ignore();
-        }
-        return None;
-    }
-    let ip = incoming.remote_address().ip();
-    let Some(source) = state.handshakes_per_source.try_acquire(ip) else {
-        debug!(%ip, "too many handshakes from one address; refused");
-        incoming.refuse();
-        return None;
-    };
-    let Ok(slot) = state.handshakes.clone().try_acquire_owned() else {
-        warn!("handshake limit reached; refusing a connection");
-        incoming.refuse();
-        return None;
-    };
-    Some(Handshake {
-        incoming,
-        _slot: slot,
-        _source: source,
-    })
-}
-
-impl Handshake {
-    /// Runs the handshake (bounded in time; its slots are freed when it ends) and admits the
-    /// connection under its key's limits.
-    async fn finish(self, state: &State) -> Option<(quinn::Connection, ConnectionSlots)> {
-        let remote = self.incoming.remote_address();
-        let conn = match tokio::time::timeout(state.config.handshake_timeout(), self.incoming).await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                debug!(%remote, "handshake failed: {e}");
-                return None;
-            }
-            Err(_) => {
-                debug!(%remote, "handshake timed out");
-                return None;
-            }
-        };
-        let peer = peer_key(&conn);
-        let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
-        let refuse = |why: &str| {
-            debug!(%remote, peer = ?peer, "connection refused: {why}");
-            conn.close(1u32.into(), why.as_bytes());
-            None
-        };
-        let key = match peer {
-            Some(k) => match state.per_key.try_acquire(k) {
-                Some(g) => Some(g),
-                None => return refuse("too many connections from this key"),
-            },
-            None => None,
-        };
-        let untrusted = if trusted {
-            None
-        } else {
-            let Ok(slot) = state.untrusted_connections.clone().try_acquire_owned() else {
-                return refuse("untrusted connection limit reached");
-            };
-            let Some(source) = state.untrusted_per_source.try_acquire(remote.ip()) else {
-                return refuse("too many untrusted connections from this address");
-            };
-            Some((slot, source))
-        };
-        let Ok(total) = state.connections.clone().try_acquire_owned() else {
-            warn!("connection limit reached; refusing a connection");
-            return refuse("connection limit reached");
-        };
-        if trusted {
-            conn.set_receive_window(TRUSTED_WINDOW.into());
-        }
-        Some((
-            conn,
-            ConnectionSlots {
-                _total: total,
-                _untrusted: untrusted,
-                _key: key,
-            },
-        ))
     }
 }
 
@@ -778,111 +678,6 @@ async fn acquire_budget(state: &State, len: u64, trusted: bool) -> Result<Budget
     match tokio::time::timeout(state.config.request_timeout() / 2, acquire).await {
         Ok(Ok(b)) => Ok(b),
         _ => Err(WireError::Busy),
-    }
-}
-
-/// A sliver waiting for the group committer.
-struct CommitJob {
-    blob_id: BlobId,
-    metadata: crate::codec::BlobMetadata,
-    index: SliverIndex,
-    body: Vec<u8>,
-    reply: tokio::sync::oneshot::Sender<Result<(), WireError>>,
-}
-
-/// Slivers stored per group commit at most.
-const MAX_BATCH: usize = 64;
-
-/// The group committer: stores the slivers that arrived while the previous batch was being
-/// made durable as one batch (two filesystem syncs for all of them, see
-/// `SliverStore::put_batch`), then answers each.
-async fn committer(state: Arc<State>, mut jobs: tokio::sync::mpsc::Receiver<CommitJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let st = state.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let items: Vec<super::store::PutItem<'_>> = batch
-                .iter()
-                .map(|j| super::store::PutItem {
-                    blob_id: j.blob_id,
-                    metadata: &j.metadata,
-                    index: j.index,
-                    data: &j.body,
-                })
-                .collect();
-            let results = st.store.put_batch(&items);
-            drop(items);
-            (batch, results)
-        })
-        .await;
-        let Ok((batch, results)) = done else {
-            warn!("group commit task failed");
-            continue;
-        };
-        debug!(slivers = batch.len(), "group commit");
-        for (job, r) in batch.into_iter().zip(results) {
-            let _ = job.reply.send(r.map(|_| ()).map_err(wire_error));
-        }
-    }
-}
-
-/// The background scrubber: pass after pass over the store at `scrub_mib_per_sec`, hashing
-/// every sliver against its metadata; damaged ones are quarantined (see
-/// [`SliverStore::scrub_blob`]), so the node stops serving them and a repair restores them.
-async fn scrubber(state: Arc<State>) {
-    let rate = state.config.scrub_mib_per_sec << 20;
-    if rate == 0 {
-        return;
-    }
-    let every = std::time::Duration::from_secs(state.config.scrub_interval_secs.max(1));
-    loop {
-        let started = Instant::now();
-        let st = state.clone();
-        let ids = match tokio::task::spawn_blocking(move || st.store.blob_ids()).await {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(e)) => {
-                warn!("scrub: cannot list the store: {e}");
-                Vec::new()
-            }
-            Err(_) => return,
-        };
-        let (mut blobs, mut bytes, mut bad) = (0u64, 0u64, 0u64);
-        for id in ids {
-            let st = state.clone();
-            let report = match tokio::task::spawn_blocking(move || st.store.scrub_blob(&id)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    warn!(blob = %id, "scrub: {e}");
-                    continue;
-                }
-                Err(_) => return,
-            };
-            blobs += 1;
-            bytes += report.bytes;
-            bad += report.quarantined.len() as u64 + u64::from(report.bad_metadata);
-            // Paced: the pass reads at most `rate` bytes per second on average.
-            let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        if bad > 0 {
-            warn!(
-                blobs,
-                bytes,
-                damaged = bad,
-                "scrub pass found damage (quarantined; run walrusfs repair)"
-            );
-        } else {
-            info!(blobs, bytes, elapsed = ?started.elapsed(), "scrub pass: everything intact");
-        }
-        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
     }
 }
 
