@@ -78,7 +78,8 @@ pub struct NodeConfig {
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
     /// Handshakes in progress at once from one IP address (addresses are validated with a
-    /// QUIC Retry first, so a spoofed source cannot use another's share).
+    /// QUIC Retry first, so a spoofed source cannot use another's share); also the most
+    /// connections untrusted keys may hold from one address.
     #[serde(default = "default_per_source")]
     pub max_handshakes_per_source: u32,
     /// Handshakes in progress at once in all.
@@ -87,8 +88,8 @@ pub struct NodeConfig {
     /// Seconds a handshake may take before its slot is freed.
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
-    /// Connections at once from one client key. Untrusted keys together may hold at most
-    /// half of `max_connections`, and at most this many from one IP address.
+    /// Connections at once from one client key. (Untrusted keys together may hold at most
+    /// half of `max_connections`.)
     #[serde(default = "default_per_key")]
     pub max_connections_per_key: u32,
     /// Free space (MiB) kept on the store's filesystem: a store that would leave less is
@@ -242,5 +243,55 @@ impl NodeConfig {
     /// [`NodeConfig::handshake_timeout_secs`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A `node.toml` as `walrusfs node --init` wrote it before admission limits, scrubbing,
+    /// the free-space reserve and committee slots existed: it must keep loading, with defaults.
+    const OLD: &str = r#"listen = "127.0.0.1:7100"
+trusted_clients = []
+max_sliver_bytes = 1073741824
+max_inflight_bytes = 1073741824
+max_connections = 1024
+max_streams_per_connection = 64
+request_timeout_secs = 300
+"#;
+
+    #[test]
+    fn a_config_from_before_the_new_limits_loads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), OLD).unwrap();
+        let cfg = NodeConfig::load(dir.path()).unwrap();
+        assert_eq!(cfg.max_handshakes_per_source, default_per_source());
+        assert_eq!(cfg.max_connections_per_key, default_per_key());
+        assert_eq!(cfg.min_free_mib, default_min_free_mib());
+        assert_eq!(cfg.scrub_mib_per_sec, default_scrub_mib_per_sec());
+        assert_eq!(cfg.committee, None);
+    }
+
+    #[test]
+    fn configs_round_trip_and_bad_slots_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = NodeConfig::new("127.0.0.1:7100".parse().unwrap(), Vec::new());
+        cfg.committee = Some(CommitteeSlot {
+            index: 2,
+            n: 7,
+            k: 3,
+        });
+        cfg.save(dir.path()).unwrap();
+        assert_eq!(NodeConfig::load(dir.path()).unwrap(), cfg);
+        for (index, n, k) in [(7, 7, 3), (0, 7, 0), (0, 3, 4)] {
+            cfg.committee = Some(CommitteeSlot { index, n, k });
+            cfg.save(dir.path()).unwrap();
+            assert!(
+                matches!(NodeConfig::load(dir.path()), Err(ConfigError::Invalid(_))),
+                "slot {index}/{n}/{k} accepted"
+            );
+        }
     }
 }
