@@ -214,3 +214,56 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_read_that_meets_a_damaged_sliver_gets_it_repaired_in_the_background() {
+    let m = Mount::with_options(Options {
+        extra: &[
+            "--cache-mib",
+            "0",
+            "--disk-cache-mib",
+            "0",
+            "--repair-interval-secs",
+            "1",
+        ],
+        ..Options::default()
+    });
+    let data = random_bytes(2_000_000, 77);
+    fs::write(m.join("f"), &data).unwrap();
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // Rot node 0's slivers (systematic: a reader asks node 0 first); keep the good bytes.
+    let mut good = Vec::new();
+    for sliver in walk(&m.net().node_dir(0).join("store/blobs"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy() == "sliver-0")
+        })
+    {
+        let bytes = fs::read(&sliver).unwrap();
+        let mut bad = bytes.clone();
+        if let Some(b) = bad.get_mut(5) {
+            *b ^= 0x10;
+        }
+        fs::write(&sliver, &bad).unwrap();
+        good.push((sliver, bytes));
+    }
+    assert!(!good.is_empty());
+    // An ordinary read: correct data, and the mount notes what it met.
+    evict_path(&m.join("f"));
+    assert_same_bytes(&fs::read(m.join("f")).unwrap(), &data, "read past the rot");
+    // Without any command, the data blob's sliver on node 0 is whole again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !good
+        .iter()
+        .any(|(p, bytes)| bytes.len() > 100_000 && fs::read(p).is_ok_and(|b| &b == bytes))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount never repaired the sliver its read found damaged:\n{}",
+            m.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

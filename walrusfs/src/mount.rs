@@ -115,6 +115,10 @@ pub struct MountArgs {
     /// Seconds an unreferenced blob waits, once its drop is published, before it is deleted.
     #[arg(long, default_value_t = 60, hide = true)]
     gc_grace_secs: u64,
+    /// Seconds between background repairs of blobs whose reads met a missing or damaged
+    /// sliver on some node.
+    #[arg(long, default_value_t = 60, hide = true)]
+    repair_interval_secs: u64,
     /// Read the unlocked archive secret from stdin (the background mount process).
     #[arg(long, hide = true)]
     secret_stdin: bool,
@@ -428,6 +432,10 @@ fn spawn_background(
         ("--follow-interval", args.follow_interval.to_string()),
         ("--lease-secs", args.lease_secs.to_string()),
         ("--gc-grace-secs", args.gc_grace_secs.to_string()),
+        (
+            "--repair-interval-secs",
+            args.repair_interval_secs.to_string(),
+        ),
     ] {
         cmd.arg(flag).arg(value);
     }
@@ -622,6 +630,12 @@ fn serve(
         control::bind(state).context("cannot create the control socket")?
     };
     let control_task = rt.spawn(control::serve(listener, handler(&side, &fs, &key)));
+    let healer_task = rt.spawn(healer(
+        client.clone(),
+        fs.clone(),
+        Duration::from_secs(args.repair_interval_secs.max(1)),
+        stop_rx.clone(),
+    ));
 
     // SIGTERM/SIGINT unmount through the kernel, which ends the session like `fusermount3 -u`.
     let mp = mountpoint.to_owned();
@@ -645,6 +659,7 @@ fn serve(
     let _ = std::fs::remove_file(state.join(control::SOCKET_FILE));
     let _ = stop_tx.send(true);
     let _ = rt.block_on(background);
+    let _ = rt.block_on(healer_task);
     if let Side::Writer(w) = &side {
         // INV (DESIGN 3): unmount returns after the index is published and the lease released.
         match rt.block_on(w.release()) {
@@ -656,6 +671,52 @@ fn serve(
     let _ = std::fs::remove_file(&pid_path);
     tracing::info!("mount process exiting");
     result.context("FUSE session failed")
+}
+
+/// Heals, one blob at a time, what reads found: a blob whose read met a node without a valid
+/// sliver (missing, damaged, forged) has every node's sliver checked and the bad ones rebuilt
+/// and stored again (`Client::repair`), so an archive that is read mends without a command.
+async fn healer(
+    client: netcore::client::Client,
+    fs: Fs<NetworkStore>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        for id in client.take_damaged() {
+            if *stop.borrow() {
+                return;
+            }
+            let known = fs
+                .index()
+                .blob(&id)
+                .ok()
+                .flatten()
+                .map(|info| info.metadata);
+            let metadata = match known {
+                Some(m) => m,
+                None => match client.get_metadata(&id).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(blob = %id, "cannot repair: {e}");
+                        continue;
+                    }
+                },
+            };
+            match client.repair(&id, &metadata).await {
+                Ok(r) if !r.restored.is_empty() => {
+                    let nodes: Vec<u16> = r.restored.iter().map(|c| c.index).collect();
+                    tracing::info!(blob = %id, ?nodes, "repaired slivers a read found missing or damaged");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(blob = %id, "background repair failed: {e}"),
+            }
+        }
+    }
 }
 
 /// The writer's background loop: publishes at the interval, soon after an fsync, and renews
@@ -942,6 +1003,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         follow_interval: 10,
         lease_secs: LEASE_DURATION.as_secs(),
         gc_grace_secs: 60,
+        repair_interval_secs: 60,
         secret_stdin: false,
         mountpoint: mp.clone(),
     })?;

@@ -123,6 +123,18 @@ impl Client {
             })
         })
         .await;
+        // A node that answered without a valid sliver is worth repairing (see
+        // `Client::take_damaged`); one that did not answer is not damaged, only away.
+        if failures.0.iter().any(|f| {
+            matches!(
+                f.error,
+                NodeError::Verification(_)
+                    | NodeError::Remote(crate::wire::WireError::NotFound)
+                    | NodeError::Remote(crate::wire::WireError::Corrupt(_))
+            )
+        }) {
+            self.inner.note_damaged(*blob_id);
+        }
         if slivers.len() < usize::from(k) {
             return Err(ClientError::NotEnoughSlivers {
                 blob_id: *blob_id,

@@ -101,7 +101,13 @@ pub(crate) struct Inner {
     /// Reusable Reed-Solomon work buffers: a fresh codec per call spends as long zeroing new
     /// memory as coding (4 MiB blob: 6.3 ms fresh vs 1.6 ms reused, see the codec benches).
     codecs: std::sync::Mutex<Vec<crate::codec::Codec>>,
+    /// Blobs whose reads met a node without a valid sliver (missing, damaged, forged), for
+    /// whoever repairs them in the background ([`Client::take_damaged`]).
+    damaged: std::sync::Mutex<std::collections::BTreeSet<BlobId>>,
 }
+
+/// Blobs remembered as damaged at most; more are dropped (a repair walk finds them anyway).
+const MAX_DAMAGED: usize = 10_000;
 
 /// Codecs kept for reuse; beyond this many concurrent users, extra ones are dropped after use.
 const MAX_POOLED_CODECS: usize = 4;
@@ -110,6 +116,14 @@ const MAX_POOLED_CODECS: usize = 4;
 const MAX_POOLED_BLOB: u64 = 16 << 20;
 
 impl Inner {
+    /// Remembers that a node answered a read of `blob_id` without a valid sliver.
+    pub(crate) fn note_damaged(&self, blob_id: BlobId) {
+        let mut d = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() < MAX_DAMAGED {
+            d.insert(blob_id);
+        }
+    }
+
     /// Runs `f` with a pooled codec (for blobs of `blob_len` bytes).
     pub(crate) fn with_codec<T>(
         &self,
@@ -165,6 +179,7 @@ impl Client {
                 nodes,
                 background: Default::default(),
                 codecs: Default::default(),
+                damaged: Default::default(),
             }),
         })
     }
@@ -184,6 +199,12 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// The blobs reads found damaged on some node since the last call (see [`Inner`]).
+    pub fn take_damaged(&self) -> Vec<BlobId> {
+        let mut d = self.inner.damaged.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *d).into_iter().collect()
     }
 
     /// What each node holds of `blob_id`, in index order.
