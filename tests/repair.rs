@@ -267,3 +267,71 @@ fn a_read_that_meets_a_damaged_sliver_gets_it_repaired_in_the_background() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `walrusfs audit`'s table row for `node`: (served, failed, unreachable).
+fn audit_row(out: &Output, node: u16) -> (u64, u64, u64) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&node.to_string()))
+        .unwrap_or_else(|| panic!("no row for node {node} in {text}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+#[test]
+fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
+    let m = Mount::new();
+    for i in 0..4 {
+        fs::write(m.join(format!("f{i}")), random_bytes(700_000, 60 + i)).unwrap();
+    }
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let audit = || m.net().cli(&["audit", "--testnet", m.net().dir_str()]);
+    // `sync` returns at n - f confirmations; the last slivers follow within moments.
+    let mut out = audit();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !out.status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        out = audit();
+    }
+    assert!(out.status.success(), "a healthy archive: {out:?}");
+    let (served, failed, unreachable) = audit_row(&out, 3);
+    assert!(served >= 2 && failed == 0 && unreachable == 0, "{out:?}");
+
+    // Node 2's slivers rot; node 4 loses its disk.
+    for sliver in walk(&m.net().node_dir(2).join("store/blobs"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("sliver-"))
+        })
+    {
+        let mut bytes = fs::read(&sliver).unwrap();
+        if let Some(b) = bytes.get_mut(3) {
+            *b ^= 0x20;
+        }
+        fs::write(&sliver, &bytes).unwrap();
+    }
+    m.net().kill(4);
+    fs::remove_dir_all(m.net().node_dir(4).join("store")).unwrap();
+    m.net().up_again();
+    let out = audit();
+    assert!(!out.status.success(), "an audit with failures: {out:?}");
+    for node in [2u16, 4] {
+        let (served, failed, _) = audit_row(&out, node);
+        assert!(served == 0 && failed >= 2, "node {node}: {out:?}");
+    }
+    for node in [0u16, 1, 3, 5, 6] {
+        assert_eq!(audit_row(&out, node).1, 0, "node {node} is honest: {out:?}");
+    }
+    // Repair restores them; the audit is clean again.
+    assert!(repair(&m).status.success());
+    let out = audit();
+    assert!(out.status.success(), "after repair: {out:?}");
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod blob;
 mod ctl;
 mod fsck;
@@ -61,6 +62,8 @@ enum Command {
     /// Check an unmounted state directory: the index, the journal, the root record, and that
     /// every blob the index refers to is retrievable.
     Fsck(fsck::FsckArgs),
+    /// Challenge every node for its slivers of random blobs of the archive and score them.
+    Audit(audit::AuditArgs),
     /// Start a local 7-node testnet and mount it (the one-command demo).
     Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Up(args) => mount::up(args),
         Command::Repair(args) => repair::repair(args),
         Command::Fsck(args) => fsck::fsck(args),
+        Command::Audit(args) => audit::audit(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use netcore::client::{Client, ClientError};
 use netcore::codec::{BlobId, BlobMetadata};
-use walrusfs::archive::body::{pick, IndexChain};
+use walrusfs::archive::body::{pick, IndexChain, RootBody};
 use walrusfs::archive::key::ArchiveKey;
 use walrusfs::archive::restore::{apply_chain, Quiet};
 use walrusfs::data::store::NetworkStore;
@@ -129,6 +129,55 @@ fn work_dir(args: &RepairArgs, key: &ArchiveKey) -> anyhow::Result<PathBuf> {
     Ok(base.join("walrusfs").join(name))
 }
 
+/// Every blob root version `version` (with `body`) references: its index records, and the
+/// blobs its index and every snapshot's refer to, with their metadata where the index records
+/// it. Each index is restored into a scratch directory under `work`, then removed.
+pub(crate) async fn archive_blobs(
+    store: &NetworkStore,
+    key: &ArchiveKey,
+    body: &RootBody,
+    version: u64,
+    work: &Path,
+) -> anyhow::Result<BTreeMap<BlobId, Option<BlobMetadata>>> {
+    let mut blobs: BTreeMap<BlobId, Option<BlobMetadata>> = BTreeMap::new();
+    for id in body.index_blobs() {
+        blobs.insert(id, None);
+    }
+    let mut chains: Vec<(String, &IndexChain)> = Vec::new();
+    if let Some(c) = &body.index {
+        chains.push(("the index".into(), c));
+    }
+    for s in &body.snapshots {
+        chains.push((format!("snapshot {}", s.name), &s.index));
+    }
+    for (i, (what, chain)) in chains.iter().enumerate() {
+        let dir = work.join(format!("index-{i}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        let index = Index::open_replica(&dir)?;
+        let index_key = key.index_key();
+        apply_chain(
+            store,
+            &index_key,
+            key.archive_id(),
+            chain,
+            0,
+            &index,
+            &Quiet,
+        )
+        .await
+        .with_context(|| format!("cannot read {what} of root version {version}"))?;
+        for (id, info) in index.blobs()? {
+            blobs.insert(id, Some(info.metadata));
+        }
+        drop(index);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(blobs)
+}
+
 async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<Totals> {
     let store = NetworkStore::new(client.clone());
     let answers = client
@@ -159,43 +208,7 @@ async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<T
             Err(e) => tracing::info!(node, "root record not restored: {e}"),
         }
     }
-    // Every blob the archive references, with its metadata where the index records it.
-    let mut blobs: BTreeMap<BlobId, Option<BlobMetadata>> = BTreeMap::new();
-    for id in body.index_blobs() {
-        blobs.insert(id, None);
-    }
-    let mut chains: Vec<(String, &IndexChain)> = Vec::new();
-    if let Some(c) = &body.index {
-        chains.push(("the index".into(), c));
-    }
-    for s in &body.snapshots {
-        chains.push((format!("snapshot {}", s.name), &s.index));
-    }
-    for (i, (what, chain)) in chains.iter().enumerate() {
-        let dir = work.join(format!("index-{i}"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot clear {}", dir.display()))?;
-        }
-        let index = Index::open_replica(&dir)?;
-        let index_key = key.index_key();
-        apply_chain(
-            &store,
-            &index_key,
-            key.archive_id(),
-            chain,
-            0,
-            &index,
-            &Quiet,
-        )
-        .await
-        .with_context(|| format!("cannot read {what} of root version {version}"))?;
-        for (id, info) in index.blobs()? {
-            blobs.insert(id, Some(info.metadata));
-        }
-        drop(index);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    let blobs = archive_blobs(&store, key, &body, version, work).await?;
 
     let done_path = work.join(DONE_FILE);
     let done: BTreeSet<BlobId> = match std::fs::read_to_string(&done_path) {

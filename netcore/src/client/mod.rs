@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use error::{ClientError, Failures, NodeError, NodeFailure};
 pub use put::PutOutcome;
-pub use repair::RepairReport;
+pub use repair::{Challenge, RepairReport};
 pub use root::RootWrite;
 
 use crate::codec::{BlobId, SliverIndex};

@@ -162,6 +162,63 @@ impl Client {
     }
 }
 
+/// What a node did when challenged for its sliver of a blob ([`Client::challenge`]).
+#[derive(Debug)]
+pub enum Challenge {
+    /// It served a sliver that verified.
+    Served,
+    /// It answered without a valid sliver: missing, cut short, corrupt, or another blob's.
+    Failed(NodeError),
+    /// It could not be asked (down, overloaded, refusing the connection).
+    Unreachable(NodeError),
+}
+
+impl Client {
+    /// Asks node `node` for its sliver of `blob_id` and verifies it against `metadata` (an
+    /// audit's challenge).
+    pub async fn challenge(
+        &self,
+        blob_id: &BlobId,
+        metadata: &BlobMetadata,
+        node: SliverIndex,
+    ) -> Challenge {
+        let Some(conn) = self.inner.nodes.get(usize::from(node)) else {
+            return Challenge::Unreachable(NodeError::Unexpected(format!("no node {node}")));
+        };
+        let Ok(sliver_len) = metadata.sliver_len() else {
+            return Challenge::Failed(NodeError::Unexpected("invalid metadata".into()));
+        };
+        let cfg = &self.inner.config;
+        let req = Request::GetSliver {
+            blob_id: *blob_id,
+            index: node,
+        };
+        let r = conn
+            .request_expecting(
+                cfg,
+                req,
+                None,
+                Some(sliver_len as u64),
+                cfg.request_deadline(sliver_len as u64),
+            )
+            .await;
+        match r {
+            Ok((Response::Sliver { .. }, Some(data))) => {
+                match cpu_bound(|| metadata.verify_sliver(*blob_id, node, data)) {
+                    Ok(_) => Challenge::Served,
+                    Err(e) => Challenge::Failed(NodeError::Verification(e)),
+                }
+            }
+            Ok((other, _)) => Challenge::Failed(super::conn::unexpected(other)),
+            Err(e) => match classify(e) {
+                Check::Damaged(e) => Challenge::Failed(e),
+                Check::Unreachable(e) => Challenge::Unreachable(e),
+                Check::Intact(_) => Challenge::Served,
+            },
+        }
+    }
+}
+
 /// A node that answered (even with an error about the sliver) holds no valid copy: repair it.
 /// One that did not answer, or is overloaded or refusing us, is left for a later run.
 fn classify(e: NodeError) -> Check {
