@@ -12,7 +12,6 @@ use futures::stream::{self, StreamExt};
 use netcore::client::{Challenge, NodeError};
 use netcore::codec::{BlobId, BlobMetadata};
 use rand::seq::SliceRandom;
-use walrusfs::archive::body::pick;
 use walrusfs::data::store::NetworkStore;
 
 use crate::keys::{archive_key, KeyArgs};
@@ -66,17 +65,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     let (n, scores, sampled) = rt.block_on(async {
         let client = args.net.client()?;
         let store = NetworkStore::new(client.clone());
-        let answers = client
-            .get_root(&key.archive_id())
-            .await
-            .context("cannot read the archive's root record")?;
-        let latest = answers.latest();
-        if latest.is_empty() {
-            bail!("no archive {} on this network", key.archive_id());
-        }
-        let Some((record, body)) = pick(&key.index_key(), &latest) else {
-            bail!("no copy of the archive's latest root record opens under this key");
-        };
+        let (_, record, body) = crate::repair::latest_root(&client, &key).await?;
         let blobs =
             crate::repair::archive_blobs(&store, &key, &body, record.version, scratch.path())
                 .await?;

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use netcore::client::{Client, ClientError};
 use netcore::codec::{BlobId, BlobMetadata};
+use netcore::root::{RootAnswers, RootRecord};
 use walrusfs::archive::body::{pick, IndexChain, RootBody};
 use walrusfs::archive::key::ArchiveKey;
 use walrusfs::archive::restore::{apply_chain, Quiet};
@@ -129,6 +130,28 @@ fn work_dir(args: &RepairArgs, key: &ArchiveKey) -> anyhow::Result<PathBuf> {
     Ok(base.join("walrusfs").join(name))
 }
 
+/// The archive's latest root record on the network, opened: every node's answer, the record,
+/// and its body.
+pub(crate) async fn latest_root(
+    client: &Client,
+    key: &ArchiveKey,
+) -> anyhow::Result<(RootAnswers, RootRecord, RootBody)> {
+    let answers = client
+        .get_root(&key.archive_id())
+        .await
+        .context("cannot read the archive's root record")?;
+    let latest = answers.latest();
+    if latest.is_empty() {
+        bail!("no archive {} on this network", key.archive_id());
+    }
+    let Some((record, body)) = pick(&key.index_key(), &latest) else {
+        bail!("no copy of the archive's latest root record opens under this key");
+    };
+    let record = record.clone();
+    drop(latest);
+    Ok((answers, record, body))
+}
+
 /// Every blob root version `version` (with `body`) references: its index records, and the
 /// blobs its index and every snapshot's refer to, with their metadata where the index records
 /// it. Each index is restored into a scratch directory under `work`, then removed.
@@ -180,17 +203,7 @@ pub(crate) async fn archive_blobs(
 
 async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<Totals> {
     let store = NetworkStore::new(client.clone());
-    let answers = client
-        .get_root(&key.archive_id())
-        .await
-        .context("cannot read the archive's root record")?;
-    let latest = answers.latest();
-    if latest.is_empty() {
-        bail!("no archive {} on this network", key.archive_id());
-    }
-    let Some((record, body)) = pick(&key.index_key(), &latest) else {
-        bail!("no copy of the archive's latest root record opens under this key");
-    };
+    let (answers, record, body) = latest_root(client, key).await?;
     let version = record.version;
     // Nodes that lost (a wiped disk) or missed the latest root record get it again.
     let behind: Vec<u16> = (0..client.committee().n)
@@ -202,7 +215,7 @@ async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<T
         })
         .collect();
     let mut totals = Totals::default();
-    for (node, r) in client.put_root_on(record, &behind).await {
+    for (node, r) in client.put_root_on(&record, &behind).await {
         match r {
             Ok(()) => totals.roots_restored += 1,
             Err(e) => tracing::info!(node, "root record not restored: {e}"),
