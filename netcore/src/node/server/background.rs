@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::{wire_error, State};
+use super::requests::wire_error;
+use super::State;
 use crate::codec::{BlobId, SliverIndex};
 use crate::wire::WireError;
 

@@ -1,0 +1,339 @@
+//! Request handling: each decoded request checked, run against the sliver and root stores off
+//! the async workers, and answered; sliver bodies in either direction hold a share of the
+//! node's byte budget (see the server's module docs).
+
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{State, BUDGET_UNIT};
+use crate::codec::{BlobId, SliverIndex};
+use crate::identity::PublicKey;
+use crate::node::roots::RootStoreError;
+use crate::node::store::{SliverStore, StoreError};
+use crate::wire::{
+    self, HealthInfo, Request, Response, StorageConfirmation, WireError, PROTOCOL_VERSION,
+};
+
+use super::background::CommitJob;
+
+/// A sliver being served, with the budget it holds.
+pub(super) struct Body<'a> {
+    pub(super) data: Vec<u8>,
+    _budget: Budget<'a>,
+}
+
+/// A share of the in-flight byte budget.
+struct Budget<'a> {
+    _all: tokio::sync::SemaphorePermit<'a>,
+    _untrusted: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+/// Handles one decoded request; returns the response and, for a sliver read, its body.
+pub(super) async fn handle<'a>(
+    state: &'a State,
+    peer: Option<PublicKey>,
+    request: Request,
+    recv: &mut quinn::RecvStream,
+) -> (Response, Option<Body<'a>>) {
+    let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
+    let result = match request {
+        Request::Health => {
+            let stats = state.store.stats();
+            Ok((
+                Response::Health(HealthInfo {
+                    version: PROTOCOL_VERSION,
+                    public_key: state.identity.public_key(),
+                    blobs: stats.blobs,
+                    sliver_bytes: stats.sliver_bytes,
+                    uptime_secs: state.started.elapsed().as_secs(),
+                    client_trusted: trusted,
+                }),
+                None,
+            ))
+        }
+        Request::StoreSliver {
+            blob_id,
+            metadata,
+            index,
+            len,
+        } => {
+            let span = info_span!("store", blob = %blob_id, index);
+            store_sliver(state, trusted, blob_id, metadata, index, len, recv)
+                .instrument(span)
+                .await
+                .map(|c| (Response::Stored(c), None))
+        }
+        Request::GetSliver { blob_id, index } => {
+            let span = info_span!("get_sliver", blob = %blob_id, index);
+            get_sliver(state, trusted, blob_id, index)
+                .instrument(span)
+                .await
+                .map(|body| {
+                    (
+                        Response::Sliver {
+                            len: body.data.len() as u64,
+                        },
+                        Some(body),
+                    )
+                })
+        }
+        Request::GetMetadata { blob_id } => blocking(state, |s| s.get_metadata(&blob_id))
+            .await
+            .map(|m| (Response::Metadata(m), None)),
+        Request::Status { blob_id } => blocking(state, |s| s.status(&blob_id)).await.map(|st| {
+            (
+                Response::Status(wire::BlobStatus {
+                    has_metadata: st.has_metadata,
+                    slivers: st.slivers,
+                }),
+                None,
+            )
+        }),
+        Request::Delete { blob_id } => {
+            if !trusted {
+                warn!(blob = %blob_id, "delete from untrusted client refused");
+                Err(WireError::Unauthorized)
+            } else {
+                info!(blob = %blob_id, "delete");
+                blocking(state, |s| s.delete(&blob_id))
+                    .await
+                    .map(|existed| (Response::Deleted { existed }, None))
+            }
+        }
+        Request::PutRoot { record } => {
+            let span = info_span!("put_root", archive = %record.archive, version = record.version);
+            put_root(state, trusted, record)
+                .instrument(span)
+                .await
+                .map(|version| (Response::RootStored { version }, None))
+        }
+        #[cfg(feature = "faults")]
+        Request::GetRoot { archive } if state.config.faults.forge_roots => {
+            warn!("fault injection: serving a forged root record");
+            Ok((
+                Response::Root(Some(crate::node::faults::forged_root(archive))),
+                None,
+            ))
+        }
+        Request::GetRoot { archive } => roots_blocking(|| state.roots.get(&archive))
+            .await
+            .map(|r| (Response::Root(r), None)),
+    };
+    result.unwrap_or_else(|e| (Response::Error(e), None))
+}
+
+async fn put_root(
+    state: &State,
+    trusted: bool,
+    record: crate::root::RootRecord,
+) -> Result<u64, WireError> {
+    if !trusted {
+        warn!("root write from untrusted client refused");
+        return Err(WireError::Unauthorized);
+    }
+    let version = record.version;
+    roots_blocking(|| state.roots.put(&record)).await?;
+    // INV: acknowledged only once the record is durable (RootStore::put fsyncs).
+    debug!("root stored");
+    Ok(version)
+}
+
+/// Runs a root store operation off the async workers and maps its error to the wire.
+async fn roots_blocking<T>(f: impl FnOnce() -> Result<T, RootStoreError>) -> Result<T, WireError> {
+    tokio::task::block_in_place(f).map_err(|e| match e {
+        RootStoreError::Invalid(e) => WireError::InvalidRequest(e.to_string()),
+        RootStoreError::Stale { held } => WireError::StaleRoot { held },
+        RootStoreError::Corrupt { path, reason } => {
+            warn!(path = %path.display(), "damaged root file: {reason}");
+            WireError::Corrupt(reason)
+        }
+        RootStoreError::Io { path, source } => {
+            warn!(path = %path.display(), "disk error: {source}");
+            WireError::Internal(format!("disk error: {source}"))
+        }
+    })
+}
+
+async fn store_sliver(
+    state: &State,
+    trusted: bool,
+    blob_id: BlobId,
+    metadata: crate::codec::BlobMetadata,
+    index: SliverIndex,
+    len: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<StorageConfirmation, WireError> {
+    if !trusted {
+        warn!("store from untrusted client refused");
+        return Err(WireError::Unauthorized);
+    }
+    #[cfg(feature = "faults")]
+    if state.config.faults.refuse_stores {
+        warn!("fault injection: refusing a store");
+        return Err(WireError::Internal("fault injection: store refused".into()));
+    }
+    // Check everything that can be checked before accepting a single body byte.
+    metadata
+        .check_id(&blob_id)
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    let expected = metadata
+        .sliver_len()
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))? as u64;
+    if len != expected {
+        return Err(WireError::InvalidRequest(format!(
+            "sliver length {len} does not match the metadata's {expected}"
+        )));
+    }
+    if index >= metadata.params.n {
+        return Err(WireError::InvalidRequest(format!(
+            "sliver index {index} out of range"
+        )));
+    }
+    if let Some(slot) = state.config.committee {
+        if index != slot.index {
+            return Err(WireError::InvalidRequest(format!(
+                "this node stores sliver {}, not {index}",
+                slot.index
+            )));
+        }
+        if metadata.params.n != slot.n || metadata.params.k != slot.k {
+            return Err(WireError::InvalidRequest(format!(
+                "blob encoded for n = {}, k = {}; this committee has n = {}, k = {}",
+                metadata.params.n, metadata.params.k, slot.n, slot.k
+            )));
+        }
+    }
+    if len > state.config.max_sliver_bytes {
+        return Err(WireError::TooLarge {
+            limit: state.config.max_sliver_bytes,
+        });
+    }
+    check_free_space(state, len)?;
+    // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
+    let _permit = acquire_budget(state, len, true).await?;
+    let body = wire::read_body(recv, len as usize)
+        .await
+        .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
+    let (reply, done) = tokio::sync::oneshot::channel();
+    state
+        .commits
+        .send(CommitJob {
+            blob_id,
+            metadata,
+            index,
+            body,
+            reply,
+        })
+        .await
+        .map_err(|_| WireError::Busy)?;
+    done.await.map_err(|_| WireError::Busy)??;
+    // INV: the confirmation is signed only after put_sliver returned, i.e. after fsync.
+    debug!("stored");
+    Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
+}
+
+async fn get_sliver(
+    state: &State,
+    trusted: bool,
+    blob_id: BlobId,
+    index: SliverIndex,
+) -> Result<Body<'_>, WireError> {
+    let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
+    let len = metadata
+        .sliver_len()
+        .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
+    let budget = acquire_budget(state, len, trusted).await?;
+    let data = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+    #[cfg(feature = "faults")]
+    let data = {
+        let f = &state.config.faults;
+        let other = if f.wrong_slivers {
+            blocking(state, |s| {
+                for other in s.blob_ids()? {
+                    if other == blob_id {
+                        continue;
+                    }
+                    if let Ok(d) = s.get_sliver(&other, index) {
+                        return Ok(Some(d));
+                    }
+                }
+                Ok(None)
+            })
+            .await?
+        } else {
+            None
+        };
+        crate::node::faults::damage_sliver(f, data, other)
+    };
+    Ok(Body {
+        data,
+        _budget: budget,
+    })
+}
+
+/// Refuses a store of `len` bytes that would leave less than the configured reserve free on
+/// the store's filesystem.
+fn check_free_space(state: &State, len: u64) -> Result<(), WireError> {
+    let reserve = state.config.min_free_mib.saturating_mul(1 << 20);
+    let Ok(fs) = nix::sys::statvfs::statvfs(&state.store_dir) else {
+        return Ok(()); // cannot tell: the write itself reports a full disk
+    };
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    let free = u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
+    if free < len.saturating_add(reserve) {
+        warn!(free, reserve, len, "store refused: disk nearly full");
+        return Err(WireError::Internal(format!(
+            "disk nearly full: {free} bytes free, {reserve} kept in reserve"
+        )));
+    }
+    Ok(())
+}
+
+/// Waits (up to half the request deadline) for `len` bytes of the in-flight budget; an
+/// untrusted reader also needs them from its half.
+async fn acquire_budget(state: &State, len: u64, trusted: bool) -> Result<Budget<'_>, WireError> {
+    let units = u32::try_from(len.div_ceil(BUDGET_UNIT)).map_err(|_| WireError::TooLarge {
+        limit: state.config.max_sliver_bytes,
+    })?;
+    let acquire = async {
+        let untrusted = if trusted {
+            None
+        } else {
+            Some(state.untrusted_budget.acquire_many(units).await?)
+        };
+        let all = state.budget.acquire_many(units).await?;
+        Ok::<_, tokio::sync::AcquireError>(Budget {
+            _all: all,
+            _untrusted: untrusted,
+        })
+    };
+    match tokio::time::timeout(state.config.request_timeout() / 2, acquire).await {
+        Ok(Ok(b)) => Ok(b),
+        _ => Err(WireError::Busy),
+    }
+}
+
+/// Runs a (disk-bound, fsyncing) store operation and maps its error to the wire.
+/// `block_in_place` hands this worker's other tasks to another thread meanwhile, so a slow
+/// disk delays only this request. Needs the multi-threaded runtime the node runs on.
+async fn blocking<T, F>(state: &State, f: F) -> Result<T, WireError>
+where
+    F: FnOnce(&SliverStore) -> Result<T, StoreError>,
+{
+    tokio::task::block_in_place(|| f(&state.store)).map_err(wire_error)
+}
+
+/// A store error as the client sees it.
+pub(super) fn wire_error(e: StoreError) -> WireError {
+    match e {
+        StoreError::NotFound { .. } => WireError::NotFound,
+        StoreError::Invalid(e) => WireError::InvalidRequest(e.to_string()),
+        StoreError::Corrupt { path, reason } => {
+            warn!(path = %path.display(), "damaged data on disk: {reason}");
+            WireError::Corrupt(reason)
+        }
+        StoreError::Io { path, source } => {
+            warn!(path = %path.display(), "disk error: {source}");
+            WireError::Internal(format!("disk error: {source}"))
+        }
+    }
+}
