@@ -640,21 +640,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     ) {
         let _s = debug_span!("create", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
-        let attr = match self.fs.create_node(
-            ctx(req),
-            parent.0,
-            name.as_bytes(),
-            FileKind::File,
-            perm,
-            0,
-            None,
-        ) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(e)),
-        };
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        match self.fs.open(attr.ino, writable) {
-            Ok(fh) => reply.created(
+        match self
+            .fs
+            .create_and_open(ctx(req), parent.0, name.as_bytes(), perm, writable)
+        {
+            Ok((attr, fh)) => reply.created(
                 &TTL,
                 &file_attr(&attr),
                 Generation(0),

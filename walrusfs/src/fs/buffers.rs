@@ -91,6 +91,9 @@ pub(crate) struct FileBuffers {
     /// Bumped whenever buffers leave for the journal: content fetched for a partial write
     /// while the lock was released is stale if this moved meanwhile.
     spills: u64,
+    /// Chunk versions reserved when this process created the file, not yet used (see
+    /// `index::CREATOR_VERSIONS`); empty for files it did not create.
+    spare_versions: std::ops::Range<u64>,
 }
 
 impl FileBuffers {
@@ -103,7 +106,24 @@ impl FileBuffers {
             attr_dirty: false,
             bufs: BTreeMap::new(),
             spills: 0,
+            spare_versions: 0..0,
         }
+    }
+
+    /// Gives this file the versions its creation reserved (call once, right after creating).
+    pub(crate) fn created_with_versions(&mut self, versions: std::ops::Range<u64>) {
+        self.spare_versions = versions;
+    }
+
+    /// Takes `count` consecutive reserved versions, if that many are left; returns the first.
+    pub(crate) fn take_versions(&mut self, count: u64) -> Option<u64> {
+        let first = self.spare_versions.start;
+        let end = first.checked_add(count)?;
+        if end > self.spare_versions.end {
+            return None;
+        }
+        self.spare_versions.start = end;
+        Some(first)
     }
 
     /// Changes each time buffers leave for the journal (see the field).

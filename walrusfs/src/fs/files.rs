@@ -74,6 +74,31 @@ impl<B: BlobStore> Fs<B> {
         Ok(fh)
     }
 
+    /// Creates regular file `name` in `parent` and opens it (FUSE `create`): the new file's
+    /// open record starts with the versions its creation reserved, so its first closes need
+    /// no version transaction.
+    pub fn create_and_open(
+        &self,
+        ctx: super::RequestCtx,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        writable: bool,
+    ) -> FsResult<(super::Attr, u64)> {
+        let attr = self.create_node(ctx, parent, name, FileKind::File, perm, 0, None)?;
+        let fh = self.open(attr.ino, writable)?;
+        if let Some(file) = self.existing_file(attr.ino) {
+            let mut st = file.lock();
+            // Only the record made for this open, before anything was written, may use them.
+            if st.handles == 1 && !st.buf.is_dirty() {
+                let first = crate::index::FIRST_VERSION;
+                st.buf
+                    .created_with_versions(first..first + crate::index::CREATOR_VERSIONS);
+            }
+        }
+        Ok((attr, fh))
+    }
+
     /// The open-file record of `ino`, creating it from the index if needed; with
     /// `new_handle`, counts one more handle.
     pub(crate) fn open_file(&self, ino: Ino, new_handle: bool) -> FsResult<Arc<OpenFile>> {

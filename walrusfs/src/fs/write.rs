@@ -272,7 +272,12 @@ impl<B: BlobStore> Fs<B> {
             }
             return Ok(());
         }
-        let first_version = self.inner.index.reserve_versions(ino, dirty.len() as u64)?;
+        // INV: versions come from the range the create reserved, or from a durable reservation;
+        // either way none is handed out twice.
+        let first_version = match st.buf.take_versions(dirty.len() as u64) {
+            Some(v) => v,
+            None => self.inner.index.reserve_versions(ino, dirty.len() as u64)?,
+        };
         let sealed: Vec<(u64, ChunkPlace, u32, Vec<u8>)> = dirty
             .iter()
             .enumerate()

@@ -159,7 +159,11 @@ impl Index {
                 ctime: now,
                 crtime: now,
                 rdev: node.rdev,
-                next_version: FIRST_VERSION,
+                next_version: if node.kind == FileKind::File {
+                    FIRST_VERSION + super::CREATOR_VERSIONS
+                } else {
+                    FIRST_VERSION
+                },
             };
             tx.put_inode(&attr)?;
             if let Some(target) = &node.symlink_target {

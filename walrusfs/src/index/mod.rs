@@ -315,7 +315,14 @@ impl Index {
 }
 
 /// The first chunk version of a new inode (0 is left free as "no version").
-const FIRST_VERSION: u64 = 1;
+pub(crate) const FIRST_VERSION: u64 = 1;
+
+/// Chunk versions a new regular file starts with already reserved for its creator:
+/// `FIRST_VERSION..FIRST_VERSION + CREATOR_VERSIONS` are made durable by the create itself, so
+/// the filesystem core can hand them out from memory to the file it just created, without a
+/// transaction per close (each costs sled two synchronous log writes). Versions never repeat:
+/// after a crash the creator's memory is gone and `next_version` is already past them.
+pub const CREATOR_VERSIONS: u64 = 64;
 
 /// Reads a `meta` record that must exist.
 fn required(meta: &sled::Tree, key: &[u8]) -> Result<sled::IVec> {

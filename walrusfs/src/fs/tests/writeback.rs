@@ -382,3 +382,47 @@ fn mostly_dead_packs_are_compacted_under_concurrent_reads() {
         "nothing left to compact"
     );
 }
+
+#[test]
+fn a_new_file_uses_the_versions_its_creation_reserved_and_never_reuses_them() {
+    use crate::index::{CREATOR_VERSIONS, FIRST_VERSION};
+    let s = setup();
+    let (attr, fh) =
+        s.fs.create_and_open(CTX, ROOT_INO, b"v", 0o644, true)
+            .unwrap();
+    let ino = attr.ino;
+    let first = pattern(5000, 1);
+    s.fs.write(fh, 0, &first).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.write(fh, 0, &pattern(5000, 2)).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    // Two closes, no version transaction: the counter is where the create left it.
+    assert_eq!(
+        s.fs.index().get_attr(ino).unwrap().next_version,
+        FIRST_VERSION + CREATOR_VERSIONS
+    );
+    s.fs.sync_all().unwrap();
+    let stored = s.fs.index().chunk(ino, 0).unwrap().unwrap();
+    assert_eq!(
+        stored.version,
+        FIRST_VERSION + 1,
+        "the second close's version"
+    );
+    // A crash loses the in-memory spare versions; later writes get fresh ones.
+    let s = s.reopen();
+    let fh = s.fs.open(ino, true).unwrap();
+    let third = pattern(7000, 3);
+    s.fs.write(fh, 0, &third).unwrap();
+    s.fs.release(fh).unwrap();
+    s.fs.sync_all().unwrap();
+    let stored = s.fs.index().chunk(ino, 0).unwrap().unwrap();
+    assert!(
+        stored.version >= FIRST_VERSION + CREATOR_VERSIONS,
+        "a version from the creator's range was handed out again: {}",
+        stored.version
+    );
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), third);
+    s.fs.index().check().unwrap();
+}
