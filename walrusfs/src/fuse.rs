@@ -92,6 +92,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: only the node id 0 matters to the kernel.
+fn missing_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
 fn ctx(req: &Request) -> RequestCtx {
     RequestCtx {
         uid: req.uid(),
@@ -197,7 +218,14 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         if name.len() > NAME_MAX {
             return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
         }
-        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            // A negative entry (node id 0) with a timeout: the kernel then skips the lookup
+            // that precedes every create of a new name (one FUSE round trip per new file).
+            Err(e) if e.errno() == libc::ENOENT && self.fs.caches_missing_names() => {
+                reply.entry(&TTL, &missing_attr(), Generation(0))
+            }
+            r => reply_entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

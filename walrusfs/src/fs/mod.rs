@@ -289,6 +289,13 @@ impl<B: BlobStore> Fs<B> {
         }
     }
 
+    /// Whether the kernel may remember that a name does not exist: only in a writer's mount,
+    /// where every change to the namespace goes through this kernel (a follower's tree changes
+    /// under it as the writer publishes).
+    pub fn caches_missing_names(&self) -> bool {
+        !self.inner.cfg.read_only
+    }
+
     /// Refuses (or again accepts) changes from now on.
     pub fn set_read_only(&self, read_only: bool) {
         self.inner.read_only.store(read_only, Ordering::SeqCst);
