@@ -7,6 +7,7 @@ mod common;
 
 use std::path::Path;
 
+use common::quic::{self, exchange, frame};
 use common::{random_bytes, Testnet};
 
 const SIZES: &[usize] = &[0, 1, 1000, 1 << 20, (17 << 20) + 1];
@@ -322,32 +323,6 @@ fn testnet_status_and_clean_shutdown() {
     assert!(Path::new(&net.dir.path().join("node-0/node.pid")).exists());
 }
 
-/// Opens a raw QUIC connection to node 0 as the testnet's trusted client, for sending
-/// hand-made frames.
-async fn raw_connection(net: &Testnet) -> quinn::Connection {
-    let committee =
-        netcore::committee::Committee::load(&net.dir.path().join("committee.toml")).unwrap();
-    let id = netcore::identity::Identity::load(&net.dir.path().join("client.key")).unwrap();
-    let node = &committee.nodes[0];
-    let tls = id.client_tls(node.public_key).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    endpoint
-        .connect(node.address, "walrusfs")
-        .unwrap()
-        .await
-        .unwrap()
-}
-
-/// Sends `bytes` on a fresh stream and returns the node's decoded response.
-async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> netcore::wire::Response {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let _ = send.write_all(bytes).await;
-    let _ = send.finish();
-    netcore::wire::read_frame(&mut recv).await.unwrap()
-}
-
 #[test]
 fn malformed_and_oversize_frames_get_errors_and_the_node_keeps_serving() {
     use netcore::wire::{Request, RequestFrame, Response, WireError, PROTOCOL_VERSION};
@@ -357,7 +332,10 @@ fn malformed_and_oversize_frames_get_errors_and_the_node_keeps_serving() {
     let id = net.put_bytes(work.path(), &data);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let conn = raw_connection(&net).await;
+        let (committee, client) = quic::committee_and_client(&net);
+        let conn = quic::connect(&committee, 0, &client, "127.0.0.1")
+            .await
+            .unwrap();
         // Garbage that is not a request.
         let r = exchange(&conn, &[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99]).await;
         assert!(
@@ -371,20 +349,20 @@ fn malformed_and_oversize_frames_get_errors_and_the_node_keeps_serving() {
             "{r:?}"
         );
         // A future protocol version.
-        let mut frame = Vec::new();
+        let mut future = Vec::new();
         let req = RequestFrame {
             version: PROTOCOL_VERSION + 1,
             request: Request::Health,
         };
-        netcore::wire::write_frame(&mut frame, &req).await.unwrap();
-        let r = exchange(&conn, &frame).await;
+        netcore::wire::write_frame(&mut future, &req).await.unwrap();
+        let r = exchange(&conn, &future).await;
         assert!(
             matches!(r, Response::Error(WireError::VersionMismatch { .. })),
             "{r:?}"
         );
         // A sliver body far beyond the node's limit is refused before it is read.
         let blob_id: netcore::codec::BlobId = id.parse().unwrap();
-        let meta = match exchange(&conn, &encode(Request::GetMetadata { blob_id }).await).await {
+        let meta = match exchange(&conn, &frame(Request::GetMetadata { blob_id }).await).await {
             Response::Metadata(m) => m,
             other => panic!("{other:?}"),
         };
@@ -394,7 +372,7 @@ fn malformed_and_oversize_frames_get_errors_and_the_node_keeps_serving() {
             index: 0,
             len: 1 << 40,
         };
-        let r = exchange(&conn, &encode(huge).await).await;
+        let r = exchange(&conn, &frame(huge).await).await;
         assert!(
             matches!(
                 r,
@@ -403,19 +381,9 @@ fn malformed_and_oversize_frames_get_errors_and_the_node_keeps_serving() {
             "{r:?}"
         );
         // The same connection still serves well-formed requests.
-        let r = exchange(&conn, &encode(Request::Health).await).await;
+        let r = exchange(&conn, &frame(Request::Health).await).await;
         assert!(matches!(r, Response::Health(_)), "{r:?}");
     });
     // And other clients are served as before.
     assert_eq!(net.get_bytes(work.path(), &id), data);
-}
-
-async fn encode(request: netcore::wire::Request) -> Vec<u8> {
-    let mut frame = Vec::new();
-    let req = netcore::wire::RequestFrame {
-        version: netcore::wire::PROTOCOL_VERSION,
-        request,
-    };
-    netcore::wire::write_frame(&mut frame, &req).await.unwrap();
-    frame
 }

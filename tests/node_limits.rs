@@ -12,45 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::quic::{committee_and_client, connect, exchange, frame};
 use common::{random_bytes, Testnet};
 use netcore::committee::Committee;
 use netcore::identity::Identity;
-use netcore::wire::{self, Request, RequestFrame, Response, WireError, PROTOCOL_VERSION};
-
-/// A QUIC connection from local address `from` to node `node` under `id`.
-async fn connect(
-    committee: &Committee,
-    node: usize,
-    id: &Identity,
-    from: &str,
-) -> Result<quinn::Connection, String> {
-    let info = &committee.nodes[node];
-    let tls = id.client_tls(info.public_key).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint =
-        netcore::transport::endpoint(format!("{from}:0").parse().unwrap(), None).unwrap();
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(netcore::transport::transport_config(64));
-    endpoint.set_default_client_config(config);
-    let connecting = endpoint
-        .connect(info.address, "walrusfs")
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("handshake timed out".into()),
-    }
-}
-
-async fn frame(request: Request) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let req = RequestFrame {
-        version: PROTOCOL_VERSION,
-        request,
-    };
-    wire::write_frame(&mut bytes, &req).await.unwrap();
-    bytes
-}
+use netcore::wire::{self, Request, Response, WireError};
 
 /// Asks for a sliver; reads the body after `pause` (a slow reader). Returns its length, or
 /// the node's error.
@@ -106,8 +72,7 @@ fn node_memory_stays_within_its_budget_under_hundreds_of_readers() {
     );
     let pid = net.pid(0).unwrap();
     let idle = peak_rss(pid);
-    let committee = Committee::load(&net.dir.path().join("committee.toml")).unwrap();
-    let trusted = Identity::load(&net.dir.path().join("client.key")).unwrap();
+    let (committee, trusted) = committee_and_client(&net);
     let blob_id: netcore::codec::BlobId = id.parse().unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -261,37 +226,24 @@ fn a_node_refuses_slivers_for_another_index_or_committee() {
     let work = tempfile::tempdir().unwrap();
     let id = net.put_bytes(work.path(), &random_bytes(50_000, 8));
     net.wait_all_slivers(&id);
-    let committee = Committee::load(&net.dir.path().join("committee.toml")).unwrap();
-    let trusted = Identity::load(&net.dir.path().join("client.key")).unwrap();
+    let (committee, trusted) = committee_and_client(&net);
     let blob_id: netcore::codec::BlobId = id.parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let conn = connect(&committee, 0, &trusted, "127.0.0.1").await.unwrap();
-        let exchange = |bytes: Vec<u8>| {
-            let conn = conn.clone();
-            async move {
-                let (mut send, mut recv) = conn.open_bi().await.unwrap();
-                let _ = send.write_all(&bytes).await;
-                let _ = send.finish();
-                wire::read_frame::<_, Response>(&mut recv).await.unwrap()
-            }
-        };
-        let metadata = match exchange(frame(Request::GetMetadata { blob_id }).await).await {
+        let metadata = match exchange(&conn, &frame(Request::GetMetadata { blob_id }).await).await {
             Response::Metadata(m) => m,
             other => panic!("{other:?}"),
         };
         let len = metadata.sliver_len().unwrap() as u64;
         // Node 0 is asked to store sliver 1 (another node's).
-        let r = exchange(
-            frame(Request::StoreSliver {
-                blob_id,
-                metadata,
-                index: 1,
-                len,
-            })
-            .await,
-        )
-        .await;
+        let req = Request::StoreSliver {
+            blob_id,
+            metadata,
+            index: 1,
+            len,
+        };
+        let r = exchange(&conn, &frame(req).await).await;
         match r {
             Response::Error(WireError::InvalidRequest(why)) => {
                 assert!(why.contains("stores sliver 0"), "{why}")
@@ -318,31 +270,25 @@ fn a_node_refuses_stores_that_would_eat_its_free_space_reserve() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!net.sliver_path(0, &id).exists(), "node 0 kept its reserve");
-    let committee = Committee::load(&net.dir.path().join("committee.toml")).unwrap();
-    let trusted = Identity::load(&net.dir.path().join("client.key")).unwrap();
+    let (committee, trusted) = committee_and_client(&net);
     let blob_id: netcore::codec::BlobId = id.parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let conn = connect(&committee, 1, &trusted, "127.0.0.1").await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&frame(Request::GetMetadata { blob_id }).await)
-            .await
-            .unwrap();
-        let _ = send.finish();
-        let Response::Metadata(metadata) = wire::read_frame(&mut recv).await.unwrap() else {
+        let Response::Metadata(metadata) =
+            exchange(&conn, &frame(Request::GetMetadata { blob_id }).await).await
+        else {
             panic!("no metadata")
         };
         let len = metadata.sliver_len().unwrap() as u64;
         let conn = connect(&committee, 0, &trusted, "127.0.0.1").await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let req = Request::StoreSliver {
             blob_id,
             metadata,
             index: 0,
             len,
         };
-        send.write_all(&frame(req).await).await.unwrap();
-        let r: Response = wire::read_frame(&mut recv).await.unwrap();
+        let r = exchange(&conn, &frame(req).await).await;
         match r {
             Response::Error(WireError::Internal(why)) => {
                 assert!(why.contains("disk nearly full"), "{why}")

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod mount;
+pub mod quic;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! invariants, that every record of the write-back journal reads back, that the archive's root
 //! record opens under the key, and that every blob the index refers to is retrievable (at least
 //! `k` nodes hold a sliver and the metadata; with `--full`, fetched, verified and decoded).
+//! Opening the journal cuts off a record torn by a crash, as the next mount would.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -63,22 +63,8 @@ impl Client {
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(sliver_len);
         let checks = futures::future::join_all(self.inner.nodes.iter().map(|node| async move {
-            let index = node.info.index;
-            let req = Request::GetSliver { blob_id, index };
-            let r = node
-                .request_expecting(cfg, req, None, Some(sliver_len), deadline)
-                .await;
-            let check = match r {
-                Ok((Response::Sliver { .. }, Some(data))) => {
-                    match cpu_bound(|| metadata.verify_sliver(blob_id, index, data)) {
-                        Ok(v) => Check::Intact(v),
-                        Err(e) => Check::Damaged(NodeError::Verification(e)),
-                    }
-                }
-                Ok((other, _)) => Check::Damaged(super::conn::unexpected(other)),
-                Err(e) => classify(e),
-            };
-            (index, check)
+            let check = check_node(node, cfg, blob_id, metadata, sliver_len, deadline).await;
+            (node.info.index, check)
         }))
         .await;
 
@@ -189,33 +175,39 @@ impl Client {
             return Challenge::Failed(NodeError::Unexpected("invalid metadata".into()));
         };
         let cfg = &self.inner.config;
-        let req = Request::GetSliver {
-            blob_id: *blob_id,
-            index: node,
-        };
-        let r = conn
-            .request_expecting(
-                cfg,
-                req,
-                None,
-                Some(sliver_len as u64),
-                cfg.request_deadline(sliver_len as u64),
-            )
-            .await;
-        match r {
-            Ok((Response::Sliver { .. }, Some(data))) => {
-                match cpu_bound(|| metadata.verify_sliver(*blob_id, node, data)) {
-                    Ok(_) => Challenge::Served,
-                    Err(e) => Challenge::Failed(NodeError::Verification(e)),
-                }
-            }
-            Ok((other, _)) => Challenge::Failed(super::conn::unexpected(other)),
-            Err(e) => match classify(e) {
-                Check::Damaged(e) => Challenge::Failed(e),
-                Check::Unreachable(e) => Challenge::Unreachable(e),
-                Check::Intact(_) => Challenge::Served,
-            },
+        let sliver_len = sliver_len as u64;
+        let deadline = cfg.request_deadline(sliver_len);
+        match check_node(conn, cfg, *blob_id, metadata, sliver_len, deadline).await {
+            Check::Intact(_) => Challenge::Served,
+            Check::Damaged(e) => Challenge::Failed(e),
+            Check::Unreachable(e) => Challenge::Unreachable(e),
         }
+    }
+}
+
+/// Fetches `node`'s sliver of `blob_id` and verifies it against `metadata`.
+async fn check_node(
+    node: &super::conn::NodeConn,
+    cfg: &super::ClientConfig,
+    blob_id: BlobId,
+    metadata: &BlobMetadata,
+    sliver_len: u64,
+    deadline: std::time::Duration,
+) -> Check {
+    let index = node.info.index;
+    let req = Request::GetSliver { blob_id, index };
+    match node
+        .request_expecting(cfg, req, None, Some(sliver_len), deadline)
+        .await
+    {
+        Ok((Response::Sliver { .. }, Some(data))) => {
+            match cpu_bound(|| metadata.verify_sliver(blob_id, index, data)) {
+                Ok(v) => Check::Intact(v),
+                Err(e) => Check::Damaged(NodeError::Verification(e)),
+            }
+        }
+        Ok((other, _)) => Check::Damaged(super::conn::unexpected(other)),
+        Err(e) => classify(e),
     }
 }
 

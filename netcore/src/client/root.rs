@@ -104,19 +104,7 @@ impl Client {
             .nodes
             .iter()
             .filter(|n| only.contains(&n.info.index))
-            .map(|node| async move {
-                let req = Request::PutRoot {
-                    record: record.clone(),
-                };
-                let r = node
-                    .request(cfg, req, None, cfg.request_deadline(0))
-                    .await
-                    .and_then(|(resp, _)| match resp {
-                        Response::RootStored { .. } => Ok(()),
-                        other => Err(super::conn::unexpected(other)),
-                    });
-                (node.info.index, r)
-            });
+            .map(|node| async move { (node.info.index, put_root_one(node, cfg, record).await) });
         futures::future::join_all(futs).await
     }
 
@@ -132,16 +120,10 @@ impl Client {
             let record = record.clone();
             tasks.spawn(async move {
                 let node = &inner.nodes[index];
-                let cfg = &inner.config;
-                let req = Request::PutRoot { record };
-                let r = node
-                    .request(cfg, req, None, cfg.request_deadline(0))
-                    .await
-                    .and_then(|(resp, _)| match resp {
-                        Response::RootStored { .. } => Ok(()),
-                        other => Err(super::conn::unexpected(other)),
-                    });
-                (node.info.index, r)
+                (
+                    node.info.index,
+                    put_root_one(node, &inner.config, &record).await,
+                )
             });
         }
         let mut out = RootWrite::default();
@@ -178,5 +160,23 @@ impl Client {
                 failures: Failures(failures),
             })
         }
+    }
+}
+
+/// Writes `record` to one node; `Ok` once it stored it durably.
+async fn put_root_one(
+    node: &super::conn::NodeConn,
+    cfg: &super::ClientConfig,
+    record: &RootRecord,
+) -> Result<(), NodeError> {
+    let req = Request::PutRoot {
+        record: record.clone(),
+    };
+    let (resp, _) = node
+        .request(cfg, req, None, cfg.request_deadline(0))
+        .await?;
+    match resp {
+        Response::RootStored { .. } => Ok(()),
+        other => Err(super::conn::unexpected(other)),
     }
 }

@@ -119,14 +119,9 @@ impl<B: BlobStore> Fs<B> {
         if self.inner.cfg.sync_close || self.writes_may_wait(0) {
             return Err(FsError::WouldBlock);
         }
-        let handle = self.handle(fh)?;
-        let Some(file) = self.existing_file(handle.ino) else {
-            return Ok(());
-        };
-        match self.spill_until(&file, None, false) {
+        match self.flush_inner(fh, false) {
             Err(FsError::Journal(JournalError::Full { .. })) => Err(FsError::WouldBlock),
-            Err(e) => Err(e),
-            Ok(()) => Ok(self.inner.index.flush_log()?),
+            r => r,
         }
     }
 
@@ -138,6 +133,10 @@ impl<B: BlobStore> Fs<B> {
     /// Close-time flush of handle `fh`: journals the file's dirty data (and, with
     /// `sync_close`, stores it on the network as [`Fs::fsync`] does).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        self.flush_inner(fh, true)
+    }
+
+    fn flush_inner(&self, fh: u64, may_wait: bool) -> FsResult<()> {
         let handle = self.handle(fh)?;
         let Some(file) = self.existing_file(handle.ino) else {
             return Ok(());
@@ -145,7 +144,7 @@ impl<B: BlobStore> Fs<B> {
         if self.inner.cfg.sync_close {
             return self.sync_file(&file);
         }
-        self.spill(&file, None)?;
+        self.spill_until(&file, None, may_wait)?;
         // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
         // data (written to the kernel), and the index changes that name the file and point at
         // the records are handed to the kernel too (sled buffers them for up to half a second).

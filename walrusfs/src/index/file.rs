@@ -115,7 +115,7 @@ impl Index {
     pub fn blobs(&self) -> Result<Vec<(BlobId, BlobInfo)>> {
         let _r = self.read_lock();
         self.trees
-            .tree(TreeId::Blobs)
+            .blobs
             .iter()
             .map(|item| {
                 let (key, value) = item?;
