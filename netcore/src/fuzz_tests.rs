@@ -97,6 +97,8 @@ fn builtin_response_seeds() -> Vec<Vec<u8>> {
             sliver_bytes: 9000,
             uptime_secs: 5,
             client_trusted: true,
+            free_bytes: 1 << 30,
+            quota_left_bytes: Some(1 << 20),
         }),
         Response::Stored(StorageConfirmation::sign(&node, b.blob_id, 2)),
         Response::Sliver { len: 334 },

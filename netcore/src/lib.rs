@@ -17,6 +17,7 @@ mod fuzz_tests;
 #[cfg(any(test, feature = "faults"))]
 pub mod fuzzing;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod root;
 pub mod transport;

@@ -21,8 +21,9 @@ pub const ALPN: &[u8] = b"walrusfs/1";
 /// Version carried in every request; bumped on any incompatible message change.
 ///
 /// History: 1, the first network; 2 added the root record requests ([`Request::PutRoot`],
-/// [`Request::GetRoot`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// [`Request::GetRoot`]); 3 added free space and the client's quota to [`HealthInfo`], and
+/// the [`WireError::NoSpace`] and [`WireError::QuotaExceeded`] refusals.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest control frame either side accepts. Metadata of a 1024-node blob is ~33 KiB, the
 /// largest legitimate frame; anything beyond 64 KiB is an attack or a bug.
@@ -139,6 +140,10 @@ pub struct HealthInfo {
     pub uptime_secs: u64,
     /// Whether the asking client may store and delete.
     pub client_trusted: bool,
+    /// Sliver bytes the node still accepts: free disk beyond its reserve.
+    pub free_bytes: u64,
+    /// Sliver bytes the asking client may still store under its quota (`None`: no quota).
+    pub quota_left_bytes: Option<u64>,
 }
 
 /// What a node holds of one blob.
@@ -190,6 +195,57 @@ pub enum WireError {
         /// The version the node holds.
         held: u64,
     },
+    /// Storing this would eat into the free space the node keeps in reserve.
+    #[error("node disk nearly full: {free} bytes free, {reserve} kept in reserve")]
+    NoSpace {
+        /// Free bytes on the node's disk.
+        free: u64,
+        /// Bytes the node keeps free.
+        reserve: u64,
+    },
+    /// Storing this would take the client past its quota on this node.
+    #[error("storage quota exceeded on node: {used} of {quota} bytes used")]
+    QuotaExceeded {
+        /// The client's quota in sliver bytes.
+        quota: u64,
+        /// What the client stores on the node now.
+        used: u64,
+    },
+}
+
+impl WireError {
+    /// A short, fixed name for the kind of error (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireError::VersionMismatch { .. } => "version_mismatch",
+            WireError::Unauthorized => "unauthorized",
+            WireError::NotFound => "not_found",
+            WireError::InvalidRequest(_) => "invalid",
+            WireError::TooLarge { .. } => "too_large",
+            WireError::Busy => "busy",
+            WireError::Corrupt(_) => "corrupt",
+            WireError::Internal(_) => "internal",
+            WireError::StaleRoot { .. } => "stale_root",
+            WireError::NoSpace { .. } => "no_space",
+            WireError::QuotaExceeded { .. } => "quota_exceeded",
+        }
+    }
+}
+
+impl Request {
+    /// A short, fixed name for the request (a metrics label).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Health => "health",
+            Request::StoreSliver { .. } => "store_sliver",
+            Request::GetSliver { .. } => "get_sliver",
+            Request::GetMetadata { .. } => "get_metadata",
+            Request::Status { .. } => "status",
+            Request::Delete { .. } => "delete",
+            Request::PutRoot { .. } => "put_root",
+            Request::GetRoot { .. } => "get_root",
+        }
+    }
 }
 
 /// A node's signed statement that it durably stores sliver `index` of `blob_id`. `n - f` of

@@ -47,7 +47,7 @@ pub enum Op {
 }
 
 /// The mount's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// Done; `message` says what happened.
@@ -56,7 +56,7 @@ pub enum Response {
         message: String,
     },
     /// What the mount is.
-    Status(Status),
+    Status(Box<Status>),
     /// The operation failed.
     Error {
         /// What went wrong and what to do.
@@ -64,8 +64,9 @@ pub enum Response {
     },
 }
 
-/// A mount's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A mount's status (`walrusfs status`). Fields added after the first version default when
+/// absent, so a newer `walrusfs status` still reads an older mount's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The archive (public key, hex).
     pub archive: String,
@@ -75,12 +76,93 @@ pub struct Status {
     pub version: u64,
     /// Index changes not yet published.
     pub unpublished_changes: u64,
-    /// Bytes written but not yet stored on the network.
+    /// Bytes written but not yet sealed into the journal (memory).
     pub dirty_bytes: u64,
     /// Blobs waiting to be deleted.
     pub gc_backlog: u64,
     /// Whether the mount refuses changes.
     pub read_only: bool,
+    /// Milliseconds left of the writer lease (negative: expired; absent: no lease held).
+    #[serde(default)]
+    pub lease_left_ms: Option<i64>,
+    /// What waits to be stored on the network.
+    #[serde(default)]
+    pub pending: Pending,
+    /// Cache hit counts.
+    #[serde(default)]
+    pub caches: Vec<CacheStatus>,
+    /// Each storage node as this mount sees it.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+    /// What the network can still take, in file bytes (see `statfs`), if known.
+    #[serde(default)]
+    pub network_free_bytes: Option<u64>,
+    /// The latest errors, oldest first.
+    #[serde(default)]
+    pub recent_errors: Vec<RecentError>,
+}
+
+/// What waits to be stored on the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Sealed bytes in the journal.
+    pub journal_bytes: u64,
+    /// Chunks waiting in the journal.
+    pub chunks: u64,
+    /// Files with chunks waiting.
+    pub files: u64,
+    /// Whether `files` is exact (else a lower bound: the queue was too long to walk).
+    pub files_exact: bool,
+    /// Seconds the oldest waiting chunk has waited, at least (counted from when this mount
+    /// saw it appended, or from the mount's start for chunks replayed from an earlier run).
+    pub oldest_secs: Option<u64>,
+    /// Blob uploads running now.
+    pub uploads_in_flight: u64,
+}
+
+/// One cache's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// `memory` (plaintext chunks) or `disk` (sealed chunks).
+    pub name: String,
+    /// Lookups served.
+    pub hits: u64,
+    /// Lookups not served.
+    pub misses: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}
+
+/// A storage node as the mount sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Index in the committee.
+    pub index: u16,
+    /// Its address.
+    pub address: String,
+    /// `ok`, `failing` (its last request failed), `backing off` (skipped after a failed
+    /// connect) or `unknown` (not asked yet).
+    pub state: String,
+    /// Moving average of its answer time, milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Requests answered.
+    pub answered: u64,
+    /// Requests that got no answer.
+    pub failed: u64,
+    /// Sliver bytes it still accepts (free disk beyond its reserve, within this client's
+    /// quota), as of the last health check.
+    pub free_bytes: Option<u64>,
+    /// Its last failure and how many seconds ago.
+    pub last_error: Option<(String, u64)>,
+}
+
+/// An error the mount met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentError {
+    /// When, seconds since the epoch.
+    pub at: u64,
+    /// What happened.
+    pub message: String,
 }
 
 /// Serves one request per connection on `listener` with `handle` until the listener fails.

@@ -13,6 +13,8 @@ use fuser::{
 };
 use tracing::debug_span;
 
+use netcore::metrics as m;
+
 use crate::data::store::BlobStore;
 use crate::fs::{Attr, Fs, FsError, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
@@ -27,8 +29,8 @@ const MAX_WRITE: u32 = 1 << 20;
 const MAX_READAHEAD: u32 = 1 << 20;
 /// Block size reported by `stat`, which tools use as their I/O size.
 const BLKSIZE: u32 = 1 << 20;
-/// Capacity reported by statfs beyond what is used: the network's free space is not known
-/// locally, so a fixed headroom keeps tools that check free space working.
+/// Capacity reported by statfs beyond what is used while the network's free space is not
+/// known (no node answered yet, or a filesystem without a network, in tests).
 const REPORTED_HEADROOM: u64 = 1 << 40;
 /// statfs block unit.
 const STATFS_BSIZE: u32 = 4096;
@@ -47,10 +49,28 @@ impl<B: BlobStore> FuseAdapter<B> {
     }
 }
 
+thread_local! {
+    /// The FUSE operation this thread is answering (a metrics label for its errors).
+    static OP: std::cell::Cell<&'static str> = const { std::cell::Cell::new("other") };
+}
+
+/// Counts a FUSE operation and remembers it as this thread's current one.
+fn begin(op: &'static str) {
+    OP.with(|o| o.set(op));
+    metrics::counter!(m::FUSE_OPS, m::LABEL_OP => op).increment(1);
+}
+
 fn errno(e: FsError) -> Errno {
+    let op = OP.with(std::cell::Cell::get);
+    // "No such name" and "no such attribute" are answers, not failures (every create looks
+    // its name up first; the kernel asks for security.capability before each write).
+    if !matches!(e.errno(), libc::ENOENT | libc::ENODATA) {
+        metrics::counter!(m::FUSE_ERRORS, m::LABEL_OP => op).increment(1);
+    }
     match &e {
         FsError::Network(_) | FsError::Integrity(_) | FsError::WriteBack(_) => {
-            tracing::warn!("I/O error: {e}")
+            tracing::warn!("I/O error: {e}");
+            crate::fs::note_error(format!("{op}: {e}"));
         }
         FsError::Index(crate::index::IndexError::Corrupt(_) | crate::index::IndexError::Db(_)) => {
             tracing::error!("index error: {e}")
@@ -214,6 +234,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        begin("lookup");
         let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
         if name.len() > NAME_MAX {
             return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
@@ -229,6 +250,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        begin("getattr");
         let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -254,6 +276,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        begin("setattr");
         let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
         let changes = SetAttr {
             perm: mode.map(|m| (m & 0o7777) as u16),
@@ -271,6 +294,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        begin("readlink");
         let _s = debug_span!("readlink", ino = ino.0).entered();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
@@ -288,6 +312,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        begin("mknod");
         let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
         let Some(k) = node_kind(mode) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
@@ -309,6 +334,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        begin("mkdir");
         let _s = debug_span!("mkdir", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
         reply_entry(
@@ -326,11 +352,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        begin("unlink");
         let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        begin("rmdir");
         let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
     }
@@ -343,6 +371,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        begin("symlink");
         let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
         let target = target.as_os_str().as_bytes().to_vec();
         reply_entry(
@@ -369,6 +398,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        begin("rename");
         let _s = debug_span!(
             "rename",
             parent = parent.0,
@@ -401,11 +431,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        begin("link");
         let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        begin("open");
         let _s = debug_span!("open", ino = ino.0).entered();
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, writable) {
@@ -427,9 +459,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        begin("read");
         let _s = debug_span!("read", ino = ino.0, offset, size).entered();
         match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                metrics::counter!(m::READ_BYTES).increment(data.len() as u64);
+                reply.data(&data)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -446,7 +482,9 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        begin("write");
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        metrics::counter!(m::WRITTEN_BYTES).increment(data.len() as u64);
         match self.fs.write_nowait(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(FsError::WouldBlock) => {
@@ -455,11 +493,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
                 // (`ls`, reads of stored data): stalled writers must not stall the mount.
                 let fs = self.fs.clone();
                 let data = data.to_vec();
-                self.fs
-                    .offload(move || match fs.write(fh.0, offset, &data) {
+                self.fs.offload(move || {
+                    OP.with(|o| o.set("write"));
+                    match fs.write(fh.0, offset, &data) {
                         Ok(n) => reply.written(n as u32),
                         Err(e) => reply.error(errno(e)),
-                    });
+                    }
+                });
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -473,12 +513,16 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        begin("flush");
         let _s = debug_span!("flush", ino = ino.0).entered();
         match self.fs.flush_nowait(fh.0) {
             Err(FsError::WouldBlock) => {
                 // May wait for the network: off FUSE's threads (see `write`).
                 let fs = self.fs.clone();
-                self.fs.offload(move || reply_empty(reply, fs.flush(fh.0)));
+                self.fs.offload(move || {
+                    OP.with(|o| o.set("flush"));
+                    reply_empty(reply, fs.flush(fh.0))
+                });
             }
             r => reply_empty(reply, r),
         }
@@ -494,6 +538,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        begin("release");
         let _s = debug_span!("release", ino = ino.0).entered();
         reply_empty(reply, self.fs.release(fh.0));
     }
@@ -506,13 +551,18 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        begin("fsync");
         let _s = debug_span!("fsync", ino = ino.0).entered();
         // An fsync waits for the network: on a thread of its own (see `write`).
         let fs = self.fs.clone();
-        self.fs.offload(move || reply_empty(reply, fs.fsync(ino.0)));
+        self.fs.offload(move || {
+            OP.with(|o| o.set("fsync"));
+            reply_empty(reply, fs.fsync(ino.0))
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        begin("opendir");
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -528,6 +578,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        begin("readdir");
         let _s = debug_span!("readdir", ino = ino.0, offset).entered();
         let walked = self.walk_dir(ino.0, offset, |child, next, k, name| {
             reply.add(INodeNo(child), next, kind(k), name)
@@ -546,6 +597,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        begin("readdirplus");
         let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
         let walked = self.walk_dir(ino.0, offset, |child, next, _, name| {
             match self.fs.getattr(child) {
@@ -575,17 +627,27 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        begin("fsyncdir");
         let _s = debug_span!("fsyncdir", ino = ino.0).entered();
         let fs = self.fs.clone();
-        self.fs.offload(move || reply_empty(reply, fs.fsync(ino.0)));
+        self.fs.offload(move || {
+            OP.with(|o| o.set("fsync"));
+            reply_empty(reply, fs.fsync(ino.0))
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        begin("statfs");
         match self.fs.statfs() {
             Ok(s) => {
                 let bs = u64::from(STATFS_BSIZE);
                 let used = (s.used_bytes + s.dirty_bytes).div_ceil(bs);
-                let free = REPORTED_HEADROOM / bs;
+                // What the network can take, less what already waits to go there; a fixed
+                // headroom only while no node has answered yet (or without a network).
+                let free = match s.network_free {
+                    Some(net) => net.saturating_sub(s.pending_bytes) / bs,
+                    None => REPORTED_HEADROOM / bs,
+                };
                 let files_free = u64::from(u32::MAX);
                 reply.statfs(
                     used + free,
@@ -612,6 +674,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        begin("setxattr");
         let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
         // POSIX ACLs are not implemented: storing them as plain attributes would leave the
         // mode bits disagreeing with them (cp -a sets permissions through this attribute and
@@ -629,11 +692,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        begin("getxattr");
         let _s = debug_span!("getxattr", ino = ino.0, ?name).entered();
         xattr_reply(reply, size, self.fs.getxattr(ino.0, name.as_bytes()));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        begin("listxattr");
         let _s = debug_span!("listxattr", ino = ino.0).entered();
         let list = self.fs.listxattr(ino.0).map(|names| {
             let mut out = Vec::new();
@@ -647,11 +712,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        begin("removexattr");
         let _s = debug_span!("removexattr", ino = ino.0, ?name).entered();
         reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        begin("access");
         // default_permissions: the kernel checks permissions before asking us.
         reply.ok();
     }
@@ -666,6 +733,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        begin("create");
         let _s = debug_span!("create", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -694,6 +762,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        begin("fallocate");
         let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
         // Space is not reserved on the network ahead of time; plain fallocate only extends the
         // size, as the caller expects. Other modes (punch hole, ...) are not supported.

@@ -15,6 +15,8 @@ mod mountinfo;
 mod network;
 mod node;
 mod repair;
+mod status;
+mod telemetry;
 mod testnet;
 
 /// walrusfs: files on a decentralized, erasure-coded, encrypted storage network.
@@ -54,6 +56,8 @@ enum Command {
         /// The mountpoint.
         mountpoint: std::path::PathBuf,
     },
+    /// Show what a mount is doing: data waiting to upload, nodes' health, caches, errors.
+    Status(status::StatusArgs),
     /// Create, list or delete snapshots of an archive.
     #[command(subcommand)]
     Snapshot(ctl::SnapshotCommand),
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => mount::mount(args),
         Command::Unmount { mountpoint } => mount::unmount(&mountpoint),
         Command::Sync { mountpoint } => ctl::sync(&mountpoint),
+        Command::Status(args) => status::status(args),
         Command::Snapshot(cmd) => ctl::snapshot(cmd),
         Command::Up(args) => mount::up(args),
         Command::Repair(args) => repair::repair(args),

@@ -119,6 +119,9 @@ pub struct MountArgs {
     /// sliver on some node.
     #[arg(long, default_value_t = 60, hide = true)]
     repair_interval_secs: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464), at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Read the unlocked archive secret from stdin (the background mount process).
     #[arg(long, hide = true)]
     secret_stdin: bool,
@@ -421,6 +424,9 @@ fn spawn_background(
     if args.sync_close {
         cmd.arg("--sync-close");
     }
+    if let Some(addr) = args.metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
+    }
     for (flag, value) in [
         ("--chunk-size", args.chunk_size.to_string()),
         ("--dirty-mib", args.dirty_mib.to_string()),
@@ -510,6 +516,9 @@ fn serve(
         .context("cannot start async runtime")?;
     let client = {
         let _guard = rt.enter();
+        if let Some(addr) = args.metrics {
+            crate::telemetry::serve_metrics(addr)?;
+        }
         crate::network::connect(&committee, &client_key)?
     };
     let store = Arc::new(NetworkStore::new(client.clone()));
@@ -587,6 +596,11 @@ fn serve(
         &state.join(JOURNAL_DIR),
     )?;
 
+    // What the network can take, for statfs: asked before the first statfs can come.
+    let space = Arc::new(crate::telemetry::NetSpace::default());
+    fs.set_network_free(rt.block_on(space.poll(&client)));
+    let clock = Arc::new(crate::telemetry::Clock::new());
+
     let mut options = vec![
         fuser::MountOption::FSName(format!("walrusfs:{}", state.display())),
         fuser::MountOption::Subtype("walrusfs".into()),
@@ -629,7 +643,20 @@ fn serve(
         let _guard = rt.enter();
         control::bind(state).context("cannot create the control socket")?
     };
-    let control_task = rt.spawn(control::serve(listener, handler(&side, &fs, &key)));
+    let view = View {
+        client: client.clone(),
+        space: space.clone(),
+        clock: clock.clone(),
+    };
+    let control_task = rt.spawn(control::serve(listener, handler(&side, &fs, &key, view)));
+    let gauges_task = rt.spawn(crate::telemetry::mount_gauges(
+        fs.clone(),
+        client.clone(),
+        space,
+        clock,
+        stop_rx.clone(),
+    ));
+
     let healer_task = rt.spawn(healer(
         client.clone(),
         fs.clone(),
@@ -638,24 +665,35 @@ fn serve(
     ));
 
     // SIGTERM/SIGINT unmount through the kernel, which ends the session like `fusermount3 -u`.
+    // The handlers are installed here, before readiness is announced, so a stop request that
+    // follows at once is not lost.
     let mp = mountpoint.to_owned();
-    rt.spawn(async move {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
+        let _guard = rt.enter();
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    rt.spawn(async move {
+        if let (Ok(mut term), Ok(mut int)) = signals {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
             tracing::info!("signal received: unmounting");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = tokio::task::spawn_blocking(move || kernel_unmount(&mp)).await;
         }
     });
+    // Readiness for systemd (`Type=notify` units run `mount --foreground`); a no-op elsewhere.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let result = session.join();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // The session ended: the kernel has unmounted and `destroy` stored all buffered data.
     control_task.abort();
+    gauges_task.abort();
     let _ = std::fs::remove_file(state.join(control::SOCKET_FILE));
     let _ = stop_tx.send(true);
     let _ = rt.block_on(background);
@@ -738,13 +776,18 @@ async fn publisher(
         if kicked {
             tokio::time::sleep(PUBLISH_DEBOUNCE).await;
         }
-        match writer.maintain().await {
+        let maintained = writer.maintain().await;
+        metrics::gauge!(netcore::metrics::ARCHIVE_VERSION).set(writer.version().await as f64);
+        match maintained {
             Ok(_) => fs.set_read_only(false),
             Err(e @ ArchiveError::LeaseLost { .. }) => {
                 tracing::error!("{e}");
                 fs.set_read_only(true);
             }
-            Err(e) => tracing::warn!("publishing the index failed (retrying): {e}"),
+            Err(e) => {
+                tracing::warn!("publishing the index failed (retrying): {e}");
+                walrusfs::fs::note_error(format!("publishing the index failed: {e}"));
+            }
         }
         if writer.lost() {
             fs.set_read_only(true);
@@ -766,7 +809,10 @@ async fn follower(
             _ = stop.changed() => return,
         }
         match replica.follow(&walrusfs::archive::restore::Quiet).await {
-            Ok(Some(changed)) => invalidate(&notifier, &changed),
+            Ok(Some(changed)) => {
+                metrics::gauge!(netcore::metrics::ARCHIVE_VERSION).set(changed.version as f64);
+                invalidate(&notifier, &changed)
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!("following the archive failed (retrying): {e}"),
         }
@@ -787,11 +833,20 @@ fn invalidate(notifier: &fuser::Notifier, changed: &Changed) {
     }
 }
 
+/// What `walrusfs status` reads besides the filesystem.
+#[derive(Clone)]
+struct View {
+    client: netcore::client::Client,
+    space: Arc<crate::telemetry::NetSpace>,
+    clock: Arc<crate::telemetry::Clock>,
+}
+
 /// The control socket's handler for this mount.
 fn handler(
     side: &Side,
     fs: &Fs<NetworkStore>,
     key: &ArchiveKey,
+    view: View,
 ) -> impl Fn(Op) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>
        + Send
        + Sync
@@ -806,21 +861,35 @@ fn handler(
         Side::Replica(_, true) => "replica",
         Side::Replica(_, false) => "snapshot",
     };
+    let replica = match side {
+        Side::Writer(_) => None,
+        Side::Replica(r, _) => Some(r.clone()),
+    };
     let fs = fs.clone();
     let archive = key.archive_id().to_string();
     move |op| {
         let writer = writer.clone();
+        let replica = replica.clone();
         let fs = fs.clone();
         let archive = archive.clone();
+        let view = view.clone();
         Box::pin(async move {
             let result: Result<String, String> = match op {
                 Op::Sync => sync_mount(&fs, writer.as_deref()).await,
                 Op::Status => {
-                    let version = match &writer {
-                        Some(w) => w.version().await,
-                        None => 0,
+                    let (version, lease_left_ms) = match (&writer, &replica) {
+                        (Some(w), _) => (w.version().await, w.lease_left_ms().await),
+                        (None, Some(r)) => (r.version().await, None),
+                        (None, None) => (0, None),
                     };
-                    return Response::Status(control::Status {
+                    let f = fs.clone();
+                    let clock = view.clock.clone();
+                    let pending = tokio::task::spawn_blocking(move || {
+                        crate::telemetry::pending(&f, &clock, crate::telemetry::MAX_WALK)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    return Response::Status(Box::new(control::Status {
                         archive,
                         role: role.into(),
                         version,
@@ -828,7 +897,13 @@ fn handler(
                         dirty_bytes: fs.dirty_bytes(),
                         gc_backlog: fs.gc_backlog(),
                         read_only: writer.as_ref().is_none_or(|w| w.lost()),
-                    });
+                        lease_left_ms,
+                        pending,
+                        caches: crate::telemetry::caches(&fs),
+                        nodes: crate::telemetry::nodes(&view.client, &view.space).await,
+                        network_free_bytes: fs.network_free(),
+                        recent_errors: crate::telemetry::recent_errors(),
+                    }));
                 }
                 Op::SnapshotCreate { name } => match &writer {
                     None => Err(
@@ -1004,6 +1079,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         lease_secs: LEASE_DURATION.as_secs(),
         gc_grace_secs: 60,
         repair_interval_secs: 60,
+        metrics: None,
         secret_stdin: false,
         mountpoint: mp.clone(),
     })?;

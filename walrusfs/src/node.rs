@@ -27,6 +27,9 @@ pub struct NodeArgs {
     /// for another index or committee shape).
     #[arg(long, requires = "init", value_name = "INDEX/N/K", value_parser = parse_slot)]
     slot: Option<CommitteeSlot>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465), at /metrics.
+    #[arg(long, value_name = "ADDR", conflicts_with = "init")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_slot(s: &str) -> Result<CommitteeSlot, String> {
@@ -53,13 +56,24 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         return init(&args.dir, listen, args.trust_client, args.slot);
     }
     limit_malloc_caching();
-    let node = Node::open(&args.dir)
+    let mut node = Node::open(&args.dir)
         .with_context(|| format!("cannot open node directory {}", args.dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start async runtime")?;
-    rt.block_on(node.serve(shutdown_signal()))?;
+    if let Some(addr) = args.metrics {
+        let _guard = rt.enter();
+        crate::telemetry::serve_metrics(addr)?;
+    }
+    // Readiness and stopping for systemd (`Type=notify`); no-ops elsewhere.
+    node.on_ready(|| {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    });
+    rt.block_on(node.serve(async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }))?;
     Ok(())
 }
 

@@ -6,14 +6,52 @@ use std::time::{Duration, Instant};
 use super::{ClientConfig, NodeError};
 use crate::committee::NodeInfo;
 use crate::identity::CERT_SUBJECT;
-use crate::wire::{self, RequestFrame, Response, PROTOCOL_VERSION};
+use crate::wire::{self, RequestFrame, Response, WireError, PROTOCOL_VERSION};
 
 pub(crate) struct NodeConn {
     pub(crate) info: NodeInfo,
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     state: tokio::sync::Mutex<ConnState>,
+    /// What this client has seen of the node (for `walrusfs status`).
+    seen: std::sync::Mutex<Seen>,
+    /// The node's index as a metrics label.
+    label: String,
 }
+
+/// What a client has seen of one node: request outcomes and latency.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The node's index in the committee.
+    pub index: crate::codec::SliverIndex,
+    /// Its address.
+    pub address: std::net::SocketAddr,
+    /// Requests that got an answer (errors the node reported included).
+    pub answered: u64,
+    /// Requests that got none (unreachable, timed out, connection lost).
+    pub failed: u64,
+    /// Moving average of the time to an answer, in milliseconds (requests carrying a sliver
+    /// included), if any answer was seen.
+    pub latency_ms: Option<f64>,
+    /// Seconds since the last answer, if any.
+    pub last_answer_secs_ago: Option<u64>,
+    /// The last failure and how long ago, in seconds.
+    pub last_failure: Option<(String, u64)>,
+    /// Whether the client is skipping the node after a failed connect.
+    pub backing_off: bool,
+}
+
+#[derive(Default)]
+struct Seen {
+    answered: u64,
+    failed: u64,
+    latency_ms: Option<f64>,
+    last_answer: Option<Instant>,
+    last_failure: Option<(String, Instant)>,
+}
+
+/// Weight of the newest sample in the latency moving average.
+const LATENCY_WEIGHT: f64 = 0.2;
 
 #[derive(Default)]
 struct ConnState {
@@ -28,10 +66,69 @@ impl NodeConn {
         info: NodeInfo,
     ) -> Self {
         NodeConn {
+            label: info.index.to_string(),
             info,
             endpoint,
             config,
             state: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    /// What this client has seen of the node.
+    pub(crate) async fn view(&self) -> NodeView {
+        let backing_off = self.backing_off().await;
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        NodeView {
+            index: self.info.index,
+            address: self.info.address,
+            answered: seen.answered,
+            failed: seen.failed,
+            latency_ms: seen.latency_ms,
+            last_answer_secs_ago: seen.last_answer.map(|t| t.elapsed().as_secs()),
+            last_failure: seen
+                .last_failure
+                .as_ref()
+                .map(|(e, t)| (e.clone(), t.elapsed().as_secs())),
+            backing_off,
+        }
+    }
+
+    /// Records the outcome of one request that took `took`.
+    fn record(&self, outcome: &Result<(Response, Option<Vec<u8>>), NodeError>, took: Duration) {
+        use crate::metrics as m;
+        let answered = matches!(outcome, Ok(_) | Err(NodeError::Remote(_)));
+        let result = match outcome {
+            Ok(_) => "ok",
+            Err(NodeError::Remote(e)) => e.kind(),
+            Err(NodeError::Timeout) => "timeout",
+            Err(NodeError::Connect(_) | NodeError::BackingOff) => "unreachable",
+            Err(NodeError::Verification(_)) => "bad_sliver",
+            Err(_) => "transport",
+        };
+        metrics::counter!(m::CLIENT_NODE_REQUESTS, m::LABEL_NODE => self.label.clone(), m::LABEL_RESULT => result)
+            .increment(1);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if answered {
+            let ms = took.as_secs_f64() * 1000.0;
+            metrics::histogram!(m::CLIENT_NODE_SECONDS, m::LABEL_NODE => self.label.clone())
+                .record(took.as_secs_f64());
+            seen.answered += 1;
+            seen.last_answer = Some(Instant::now());
+            seen.latency_ms = Some(match seen.latency_ms {
+                Some(avg) => avg + LATENCY_WEIGHT * (ms - avg),
+                None => ms,
+            });
+        } else if !matches!(outcome, Err(NodeError::BackingOff)) {
+            seen.failed += 1;
+        }
+        if let Err(e) = outcome {
+            if !matches!(
+                e,
+                NodeError::BackingOff | NodeError::Remote(WireError::NotFound)
+            ) {
+                seen.last_failure = Some((e.to_string(), Instant::now()));
+            }
         }
     }
 
@@ -109,6 +206,22 @@ impl NodeConn {
     }
 
     pub(crate) async fn request_expecting(
+        &self,
+        cfg: &ClientConfig,
+        request: wire::Request,
+        body: Option<&[u8]>,
+        expect_body: Option<u64>,
+        deadline: Duration,
+    ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
+        let start = Instant::now();
+        let outcome = self
+            .exchange(cfg, request, body, expect_body, deadline)
+            .await;
+        self.record(&outcome, start.elapsed());
+        outcome
+    }
+
+    async fn exchange(
         &self,
         cfg: &ClientConfig,
         request: wire::Request,

@@ -37,6 +37,20 @@ impl Client {
         blob_id: &BlobId,
         metadata: &BlobMetadata,
     ) -> Result<Vec<u8>, ClientError> {
+        let start = std::time::Instant::now();
+        let r = self.get_verified(blob_id, metadata).await;
+        if r.is_ok() {
+            metrics::histogram!(crate::metrics::CLIENT_GET_SECONDS)
+                .record(start.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    async fn get_verified(
+        &self,
+        blob_id: &BlobId,
+        metadata: &BlobMetadata,
+    ) -> Result<Vec<u8>, ClientError> {
         metadata.check_id(blob_id)?;
         let slivers = self.gather_slivers(blob_id, metadata).await?;
         // INV: decode sees only VerifiedSliver values, which exist only after verification.

@@ -20,6 +20,7 @@ mod root;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use conn::NodeView;
 pub use error::{ClientError, Failures, NodeError, NodeFailure};
 pub use put::PutOutcome;
 pub use repair::{Challenge, RepairReport};
@@ -199,6 +200,15 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// What this client has seen of each node (answers, failures, latency), in index order.
+    pub async fn node_views(&self) -> Vec<NodeView> {
+        let mut views = Vec::with_capacity(self.inner.nodes.len());
+        for node in &self.inner.nodes {
+            views.push(node.view().await);
+        }
+        views
     }
 
     /// The blobs reads found damaged on some node since the last call (see [`Inner`]).

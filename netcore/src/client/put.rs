@@ -26,6 +26,16 @@ impl Client {
     /// Stores `data` as one blob. Returns once `n - f` nodes have durably stored their sliver
     /// and signed for it; slivers for slower nodes keep going in the background.
     pub async fn put(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
+        let start = std::time::Instant::now();
+        let r = self.put_inner(data).await;
+        if r.is_ok() {
+            metrics::histogram!(crate::metrics::CLIENT_PUT_SECONDS)
+                .record(start.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    async fn put_inner(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
         let params = self.inner.committee.params();
         let encoded = cpu_bound(|| {
             self.inner

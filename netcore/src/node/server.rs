@@ -128,6 +128,8 @@ pub struct Node {
     state: Arc<State>,
     /// The group committer's queue, until `serve` starts it.
     commit_queue: tokio::sync::mpsc::Receiver<CommitJob>,
+    /// Called once the node listens (e.g. to tell systemd it is ready).
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Node {
@@ -154,6 +156,7 @@ impl Node {
             .min(Semaphore::MAX_PERMITS);
         let (commits, commit_queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
         Ok(Node {
+            on_ready: None,
             dir: dir.to_owned(),
             _lock: lock,
             commit_queue,
@@ -181,6 +184,11 @@ impl Node {
         })
     }
 
+    /// Calls `f` once the node listens and serves.
+    pub fn on_ready(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_ready = Some(Box::new(f));
+    }
+
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
         self.state.identity.public_key()
@@ -193,6 +201,7 @@ impl Node {
         let state = self.state;
         let committer = tokio::spawn(committer(state.clone(), self.commit_queue));
         let scrubber = tokio::spawn(scrubber(state.clone()));
+        let gauges = tokio::spawn(update_gauges(state.clone()));
         let tls = state
             .identity
             .server_tls()
@@ -218,6 +227,9 @@ impl Node {
         let stats = state.store.stats();
         info!(%addr, key = %state.identity.public_key(), blobs = stats.blobs,
               bytes = stats.sliver_bytes, "storage node serving");
+        if let Some(ready) = self.on_ready {
+            ready();
+        }
 
         // Tells connections to stop taking new requests; the ones they hold run to completion.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -255,9 +267,23 @@ impl Node {
         endpoint.wait_idle().await;
         committer.abort();
         scrubber.abort();
+        gauges.abort();
         let _ = std::fs::remove_file(&pid_path);
         info!("storage node stopped");
         Ok(())
+    }
+}
+
+/// Keeps the store's gauges (blobs, bytes, free space) current for metrics scrapes.
+async fn update_gauges(state: Arc<State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let stats = state.store.stats();
+        let free = requests::free_bytes(&state); // one statvfs: quick
+        metrics::gauge!(crate::metrics::NODE_BLOBS).set(stats.blobs as f64);
+        metrics::gauge!(crate::metrics::NODE_SLIVER_BYTES).set(stats.sliver_bytes as f64);
+        metrics::gauge!(crate::metrics::NODE_FREE_BYTES).set(free as f64);
     }
 }
 
@@ -271,6 +297,8 @@ async fn serve_connection(
     let span = info_span!("conn", %remote, peer = ?peer);
     async move {
         debug!("connected");
+        let connections = metrics::gauge!(crate::metrics::NODE_CONNECTIONS);
+        connections.increment(1.0);
         let mut streams = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -302,6 +330,7 @@ async fn serve_connection(
         }
         // Let requests already received finish (the shutdown path bounds this).
         while streams.join_next().await.is_some() {}
+        connections.decrement(1.0);
     }
     .instrument(span)
     .await

@@ -119,6 +119,11 @@ impl<B: BlobStore> Replica<B> {
         &self.index
     }
 
+    /// The root version applied.
+    pub async fn version(&self) -> u64 {
+        self.state.lock().await.root_version
+    }
+
     /// Applies the newest published version, if there is one this copy lacks. A snapshot
     /// copy never changes after open.
     pub async fn follow(&self, progress: &dyn Progress) -> Result<Option<Changed>> {

@@ -310,6 +310,12 @@ impl<B: BlobStore> Writer<B> {
         self.state.lock().await.version
     }
 
+    /// Milliseconds left of the lease as last written (negative: expired), if one is held.
+    pub async fn lease_left_ms(&self) -> Option<i64> {
+        let st = self.state.lock().await;
+        st.body.lease.as_ref().map(|l| l.expires_ms - now_ms())
+    }
+
     /// Snapshots as of the last root written.
     pub async fn snapshots(&self) -> Vec<Snapshot> {
         self.state.lock().await.body.snapshots.clone()

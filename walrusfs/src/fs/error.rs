@@ -1,6 +1,38 @@
 //! Filesystem errors and their one mapping to errno.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use crate::index::IndexError;
+
+/// Errors remembered for `walrusfs status`.
+const RECENT_ERRORS: usize = 20;
+
+/// The latest errors this process met that a user should hear of (failed uploads, I/O errors
+/// returned to applications), newest last, with when (seconds since the epoch).
+static RECENT: Mutex<VecDeque<(u64, String)>> = Mutex::new(VecDeque::new());
+
+/// Remembers an error for [`recent_errors`].
+pub fn note_error(message: String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut r = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    if r.len() == RECENT_ERRORS {
+        r.pop_front();
+    }
+    r.push_back((now, message));
+}
+
+/// The errors [`note_error`] remembered, oldest first.
+pub fn recent_errors() -> Vec<(u64, String)> {
+    RECENT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
 
 /// Errors of filesystem operations.
 #[derive(Debug, thiserror::Error)]

@@ -27,8 +27,12 @@ pub struct StatFs {
     pub used_bytes: u64,
     /// Inodes in use.
     pub inodes: u64,
-    /// Bytes of data not yet stored on the network.
+    /// Bytes written and still in memory.
     pub dirty_bytes: u64,
+    /// Bytes waiting to be stored on the network (memory and journal).
+    pub pending_bytes: u64,
+    /// File bytes the network can still take (see [`Fs::set_network_free`]), if known.
+    pub network_free: Option<u64>,
 }
 
 /// `S_ISGID`: new entries of a setgid directory take its group; subdirectories inherit it.
@@ -264,6 +268,8 @@ impl<B: BlobStore> Fs<B> {
             used_bytes: s.bytes,
             inodes: s.inodes,
             dirty_bytes: self.dirty_bytes(),
+            pending_bytes: self.dirty_bytes() + self.inner.journal.bytes(),
+            network_free: self.network_free(),
         })
     }
 }

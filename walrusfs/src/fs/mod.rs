@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use error::{FsError, FsResult};
+pub use error::{note_error, recent_errors, FsError, FsResult};
 pub use meta::{Attr, RequestCtx, StatFs};
 
 use crate::data::crypto::DataKey;
@@ -151,6 +151,8 @@ pub(crate) struct Inner<B: BlobStore> {
     /// Refuse changes: set at mount for a read-only mount, and later if the archive's writer
     /// lease is lost.
     pub(crate) read_only: AtomicBool,
+    /// File bytes the network can still take, as last measured (`u64::MAX`: not known).
+    pub(crate) network_free: AtomicU64,
     /// Signalled whenever data became durable (an fsync, a sync): the archive publishes soon
     /// after.
     pub(crate) durable: Arc<tokio::sync::Notify>,
@@ -181,6 +183,27 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) reclaim_wake: Arc<tokio::sync::Notify>,
     /// The background tasks, until shut down.
     pub(crate) background: Mutex<Option<background::Background>>,
+}
+
+/// What waits to be stored on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes in the write-back journal (sealed records not yet reclaimed).
+    pub journal_bytes: u64,
+    /// Bytes written and still in memory, not yet sealed into the journal.
+    pub memory_bytes: u64,
+    /// Chunks waiting in the journal.
+    pub chunks: u64,
+    /// Files with chunks waiting (counted over the walked part of the queue).
+    pub files: u64,
+    /// Whether `files` counts the whole queue.
+    pub files_exact: bool,
+    /// The sequence number of the oldest record waiting, if any.
+    pub oldest_seq: Option<u64>,
+    /// The sequence number the next record will get.
+    pub next_seq: u64,
+    /// Blob uploads running now.
+    pub uploads_in_flight: u64,
 }
 
 /// What a filesystem is made of.
@@ -232,6 +255,7 @@ impl<B: BlobStore> Fs<B> {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
                 read_only: AtomicBool::new(cfg.read_only),
+                network_free: AtomicU64::new(u64::MAX),
                 durable: Arc::new(tokio::sync::Notify::new()),
                 journal: Arc::new(journal),
                 dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
@@ -301,6 +325,22 @@ impl<B: BlobStore> Fs<B> {
         self.inner.read_only.store(read_only, Ordering::SeqCst);
     }
 
+    /// Records what the network can still take, in file bytes (`statfs` reports it, less
+    /// what waits to be stored).
+    pub fn set_network_free(&self, bytes: u64) {
+        self.inner
+            .network_free
+            .store(bytes.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// What [`Fs::set_network_free`] last recorded, if anything.
+    pub fn network_free(&self) -> Option<u64> {
+        match self.inner.network_free.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            b => Some(b),
+        }
+    }
+
     /// Notified whenever data became durable (fsync); the archive publishes soon after.
     pub fn durable_notify(&self) -> Arc<tokio::sync::Notify> {
         self.inner.durable.clone()
@@ -334,6 +374,37 @@ impl<B: BlobStore> Fs<B> {
     /// Bytes in the write-back journal, and the number of chunks it holds not yet stored.
     pub fn journal_backlog(&self) -> (u64, usize) {
         (self.inner.journal.bytes(), self.inner.index.journal_len())
+    }
+
+    /// What waits to be stored on the network: see [`Backlog`]. Counting files walks the
+    /// journal queue, up to `max_chunks` entries.
+    pub fn backlog(&self, max_chunks: usize) -> FsResult<Backlog> {
+        let index = &self.inner.index;
+        let chunks = index.journal_len() as u64;
+        let mut files = std::collections::HashSet::new();
+        let mut from = 0;
+        let mut walked = 0usize;
+        let mut oldest_seq = None;
+        while walked < max_chunks {
+            let batch = index.journal_pending(from, 1024.min(max_chunks - walked))?;
+            let Some(last) = batch.last() else { break };
+            from = last.jchunk.seq + 1;
+            walked += batch.len();
+            for p in &batch {
+                oldest_seq.get_or_insert(p.jchunk.seq);
+                files.insert(p.ino);
+            }
+        }
+        Ok(Backlog {
+            journal_bytes: self.inner.journal.bytes(),
+            memory_bytes: self.dirty_bytes(),
+            chunks,
+            files: files.len() as u64,
+            files_exact: (walked as u64) >= chunks,
+            oldest_seq,
+            next_seq: self.inner.journal.next_seq(),
+            uploads_in_flight: self.inner.uploads.in_flight() as u64,
+        })
     }
 
     /// Makes the index durable, the journal first (a durable index must never point at journal

@@ -39,6 +39,8 @@ pub(crate) struct Uploads {
     pub(crate) wake: std::sync::Arc<tokio::sync::Notify>,
     /// Blob uploads in flight at once.
     slots: tokio::sync::Semaphore,
+    /// Permits `slots` was made with.
+    concurrency: usize,
     /// The last upload failure, for status and logs.
     pub(crate) last_error: Mutex<Option<String>>,
     /// Blobs stored whose index commit then failed (a full state disk): nothing refers to
@@ -57,9 +59,16 @@ impl Uploads {
             released: tokio::sync::Notify::new(),
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             slots: tokio::sync::Semaphore::new(concurrency.max(1)),
+            concurrency: concurrency.max(1),
             last_error: Mutex::new(None),
             orphans: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Blob uploads running now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.slots.available_permits())
     }
 
     /// Claims the unclaimed records among `records`; returns them.
@@ -205,6 +214,7 @@ impl<B: BlobStore> Fs<B> {
         match first_error {
             None => Ok(()),
             Some(e) => {
+                super::error::note_error(format!("upload failed: {e}"));
                 *self
                     .inner
                     .uploads

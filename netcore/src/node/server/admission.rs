@@ -42,11 +42,13 @@ pub(super) fn admit_handshake(state: &State, incoming: quinn::Incoming) -> Optio
     let ip = incoming.remote_address().ip();
     let Some(source) = state.handshakes_per_source.try_acquire(ip) else {
         debug!(%ip, "too many handshakes from one address; refused");
+        refused("handshakes_per_source");
         incoming.refuse();
         return None;
     };
     let Ok(slot) = state.handshakes.clone().try_acquire_owned() else {
         warn!("handshake limit reached; refusing a connection");
+        refused("handshakes");
         incoming.refuse();
         return None;
     };
@@ -79,15 +81,16 @@ impl Handshake {
         };
         let peer = peer_key(&conn);
         let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
-        let refuse = |why: &str| {
+        let refuse = |why: &str, reason: &'static str| {
             debug!(%remote, peer = ?peer, "connection refused: {why}");
+            refused(reason);
             conn.close(1u32.into(), why.as_bytes());
             None
         };
         let key = match peer {
             Some(k) => match state.per_key.try_acquire(k) {
                 Some(g) => Some(g),
-                None => return refuse("too many connections from this key"),
+                None => return refuse("too many connections from this key", "per_key"),
             },
             None => None,
         };
@@ -95,16 +98,19 @@ impl Handshake {
             None
         } else {
             let Ok(slot) = state.untrusted_connections.clone().try_acquire_owned() else {
-                return refuse("untrusted connection limit reached");
+                return refuse("untrusted connection limit reached", "untrusted");
             };
             let Some(source) = state.untrusted_per_source.try_acquire(remote.ip()) else {
-                return refuse("too many untrusted connections from this address");
+                return refuse(
+                    "too many untrusted connections from this address",
+                    "untrusted_per_source",
+                );
             };
             Some((slot, source))
         };
         let Ok(total) = state.connections.clone().try_acquire_owned() else {
             warn!("connection limit reached; refusing a connection");
-            return refuse("connection limit reached");
+            return refuse("connection limit reached", "connections");
         };
         if trusted {
             conn.set_receive_window(TRUSTED_WINDOW.into());
@@ -118,4 +124,10 @@ impl Handshake {
             },
         ))
     }
+}
+
+/// Counts a refusal in the node's metrics.
+pub(super) fn refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::NODE_REFUSED, crate::metrics::LABEL_REASON => reason)
+        .increment(1);
 }

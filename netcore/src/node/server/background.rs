@@ -96,6 +96,8 @@ pub(super) async fn scrubber(state: Arc<State>) {
             blobs += 1;
             bytes += report.bytes;
             bad += report.quarantined.len() as u64 + u64::from(report.bad_metadata);
+            metrics::counter!(crate::metrics::NODE_QUARANTINED)
+                .increment(report.quarantined.len() as u64);
             // Paced: the pass reads at most `rate` bytes per second on average.
             let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

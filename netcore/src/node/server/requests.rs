@@ -35,6 +35,7 @@ pub(super) async fn handle<'a>(
     recv: &mut quinn::RecvStream,
 ) -> (Response, Option<Body<'a>>) {
     let trusted = peer.is_some_and(|k| state.trusted.contains(&k));
+    let op = request.name();
     let result = match request {
         Request::Health => {
             let stats = state.store.stats();
@@ -46,6 +47,8 @@ pub(super) async fn handle<'a>(
                     sliver_bytes: stats.sliver_bytes,
                     uptime_secs: state.started.elapsed().as_secs(),
                     client_trusted: trusted,
+                    free_bytes: free_bytes(state),
+                    quota_left_bytes: None,
                 }),
                 None,
             ))
@@ -118,6 +121,13 @@ pub(super) async fn handle<'a>(
             .await
             .map(|r| (Response::Root(r), None)),
     };
+    let result_label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::counter!(crate::metrics::NODE_REQUESTS,
+        crate::metrics::LABEL_OP => op, crate::metrics::LABEL_RESULT => result_label)
+    .increment(1);
     result.unwrap_or_else(|e| (Response::Error(e), None))
 }
 
@@ -213,6 +223,7 @@ async fn store_sliver(
     let body = wire::read_body(recv, len as usize)
         .await
         .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
+    metrics::counter!(crate::metrics::NODE_RECEIVED_BYTES).increment(len);
     let (reply, done) = tokio::sync::oneshot::channel();
     state
         .commits
@@ -264,26 +275,37 @@ async fn get_sliver(
         };
         crate::node::faults::damage_sliver(f, data, other)
     };
+    metrics::counter!(crate::metrics::NODE_SERVED_BYTES).increment(data.len() as u64);
     Ok(Body {
         data,
         _budget: budget,
     })
 }
 
+/// Free bytes on the store's filesystem (for unprivileged users), if it can be told.
+fn disk_free(state: &State) -> Option<u64> {
+    let fs = nix::sys::statvfs::statvfs(&state.store_dir).ok()?;
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    Some(u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size())))
+}
+
+/// Bytes of slivers the node still accepts: free disk beyond the reserve (`u64::MAX` when the
+/// disk cannot be asked: then nothing is refused for space either).
+pub(super) fn free_bytes(state: &State) -> u64 {
+    let reserve = state.config.min_free_mib.saturating_mul(1 << 20);
+    disk_free(state).map_or(u64::MAX, |free| free.saturating_sub(reserve))
+}
+
 /// Refuses a store of `len` bytes that would leave less than the configured reserve free on
 /// the store's filesystem.
 fn check_free_space(state: &State, len: u64) -> Result<(), WireError> {
     let reserve = state.config.min_free_mib.saturating_mul(1 << 20);
-    let Ok(fs) = nix::sys::statvfs::statvfs(&state.store_dir) else {
+    let Some(free) = disk_free(state) else {
         return Ok(()); // cannot tell: the write itself reports a full disk
     };
-    #[allow(clippy::useless_conversion)] // the field types differ between platforms
-    let free = u64::from(fs.blocks_available()).saturating_mul(u64::from(fs.fragment_size()));
     if free < len.saturating_add(reserve) {
         warn!(free, reserve, len, "store refused: disk nearly full");
-        return Err(WireError::Internal(format!(
-            "disk nearly full: {free} bytes free, {reserve} kept in reserve"
-        )));
+        return Err(WireError::NoSpace { free, reserve });
     }
     Ok(())
 }

@@ -1,0 +1,367 @@
+//! What an operator sees, end to end: `walrusfs status` on a mount during an outage and after,
+//! Prometheus metrics scraped from a mount and from a node while traffic moves, `statfs`
+//! reporting what the network can really take, and systemd readiness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::{wait_until, Mount, Options};
+use common::{bin, random_bytes};
+
+/// `walrusfs status --json` of the mount, parsed.
+fn status(m: &Mount) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["status", "--json"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET /metrics` from `port`.
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `series` (name and labels exactly as exported), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The sum of every sample of metric `name` whose labels contain each of `labels`.
+fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A node process started by a test (not by `testnet up`), killed when dropped.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn status_shows_data_waiting_through_an_outage_and_nodes_that_fail() {
+    let m = Mount::with_options(Options {
+        extra: &["--journal-wait-secs", "600"],
+        ..Options::default()
+    });
+    let s = status(&m);
+    assert_eq!(s["role"], "writer");
+    assert!(s["lease_left_ms"].as_i64().unwrap() > 0, "{s}");
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 7);
+
+    // Three of seven nodes down: nothing reaches n - f, so written data waits.
+    for i in [0, 1, 2] {
+        m.net().kill(i);
+    }
+    let data = random_bytes(300_000, 7);
+    std::fs::write(m.join("waiting"), &data).unwrap();
+    std::fs::write(m.join("waiting-too"), &data).unwrap();
+    let mut last = serde_json::Value::Null;
+    let seen = wait_until(Duration::from_secs(60), || {
+        last = status(&m);
+        let p = &last["pending"];
+        let failing = last["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["state"] != "ok")
+            .count();
+        p["files"].as_u64() == Some(2)
+            && p["chunks"].as_u64() >= Some(2)
+            && p["journal_bytes"].as_u64() >= Some(600_000)
+            && failing >= 3
+            && !last["recent_errors"].as_array().unwrap().is_empty()
+    });
+    assert!(
+        seen.is_some(),
+        "status never showed the outage:\n{last:#}\n{}",
+        m.logs()
+    );
+    // The human form names the same things.
+    let text = Command::new(bin())
+        .arg("status")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("2 files"), "{text}");
+    assert!(text.contains("upload failed"), "{text}");
+
+    // The nodes come back: everything is stored and nothing waits.
+    m.net().up_again();
+    let synced = Command::new(bin())
+        .arg("sync")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        synced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let s = status(&m);
+    assert_eq!(s["pending"]["chunks"], 0, "{s:#}");
+    assert_eq!(s["pending"]["files"], 0, "{s:#}");
+    assert_eq!(std::fs::read(m.join("waiting")).unwrap(), data);
+}
+
+#[test]
+fn metrics_of_a_mount_and_a_node_move_with_traffic() {
+    let mount_port = free_port();
+    let extra: &'static [&'static str] = Box::leak(Box::new([
+        "--metrics",
+        Box::leak(format!("127.0.0.1:{mount_port}").into_boxed_str()) as &str,
+    ]));
+    let m = Mount::with_options(Options {
+        extra,
+        ..Options::default()
+    });
+    // Node 0 serves again with metrics, started by hand.
+    m.net().kill(0);
+    let node_port = free_port();
+    let node = NodeProcess(
+        Command::new(bin())
+            .args(["node", "--dir"])
+            .arg(m.net().node_dir(0))
+            .args(["--metrics", &format!("127.0.0.1:{node_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || TcpStream::connect((
+            "127.0.0.1",
+            node_port
+        ))
+        .is_ok())
+        .is_some(),
+        "the node's metrics endpoint never came up"
+    );
+    let before_mount = scrape(mount_port);
+    let before_node = scrape(node_port);
+
+    // Stores that wait for every node (the mount's own return at n - f, and it may still be
+    // backing off from node 0's old process): a blob put and read with the CLI.
+    let work = tempfile::tempdir().unwrap();
+    let id = m.net().put_bytes(work.path(), &random_bytes(100_000, 3));
+    assert_eq!(m.net().get_bytes(work.path(), &id).len(), 100_000);
+
+    let data = random_bytes(2 << 20, 11);
+    std::fs::write(m.join("f"), &data).unwrap();
+    let synced = Command::new(bin())
+        .arg("sync")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        synced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    common::mount::evict_path(&m.join("f"));
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), data);
+
+    let started = Instant::now();
+    let mut after_mount = String::new();
+    let mut after_node = String::new();
+    let moved = wait_until(Duration::from_secs(20), || {
+        after_mount = scrape(mount_port);
+        after_node = scrape(node_port);
+        sum(
+            &after_node,
+            "walrusfs_node_requests_total",
+            &["op=\"store_sliver\"", "result=\"ok\""],
+        ) >= 1.0
+            && sample(&after_node, "walrusfs_node_blobs").unwrap_or(0.0) >= 1.0
+    });
+    assert!(moved.is_some(), "node metrics never moved:\n{after_node}");
+    eprintln!("metrics settled in {:?}", started.elapsed());
+
+    let grew = |before: &str, after: &str, name: &str, labels: &[&str]| {
+        let (b, a) = (sum(before, name, labels), sum(after, name, labels));
+        assert!(
+            a > b,
+            "{name}{labels:?} did not grow ({b} -> {a}):\n{after}"
+        );
+    };
+    // Mount: FUSE operations, bytes, uploads and fetches, per-node requests.
+    grew(
+        &before_mount,
+        &after_mount,
+        "walrusfs_fuse_ops_total",
+        &["op=\"write\""],
+    );
+    grew(
+        &before_mount,
+        &after_mount,
+        "walrusfs_fuse_ops_total",
+        &["op=\"read\""],
+    );
+    assert!(sum(&after_mount, "walrusfs_written_bytes_total", &[]) >= data.len() as f64);
+    assert!(sum(&after_mount, "walrusfs_read_bytes_total", &[]) >= data.len() as f64);
+    grew(
+        &before_mount,
+        &after_mount,
+        "walrusfs_client_put_seconds_count",
+        &[],
+    );
+    grew(
+        &before_mount,
+        &after_mount,
+        "walrusfs_client_node_requests_total",
+        &["node=\"1\"", "result=\"ok\""],
+    );
+    assert!(
+        after_mount.contains("walrusfs_upload_pending_bytes"),
+        "{after_mount}"
+    );
+    assert!(
+        after_mount.contains("# HELP walrusfs_fuse_ops_total"),
+        "{after_mount}"
+    );
+    // Node: requests by type and result, bytes in, what it holds, its free disk.
+    grew(
+        &before_node,
+        &after_node,
+        "walrusfs_node_received_bytes_total",
+        &[],
+    );
+    assert!(sample(&after_node, "walrusfs_node_sliver_bytes").unwrap() > 0.0);
+    assert!(sample(&after_node, "walrusfs_node_free_bytes").unwrap() > 0.0);
+    drop(node);
+}
+
+#[test]
+fn statfs_reports_what_the_network_can_take() {
+    let m = Mount::new();
+    let s = status(&m);
+    let nodes: Vec<u64> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            n["free_bytes"]
+                .as_u64()
+                .expect("every node reported its room")
+        })
+        .collect();
+    // Each node's room is its disk's free space less its 64 MiB reserve.
+    let disk = nix::sys::statvfs::statvfs(&m.net().node_dir(0)).unwrap();
+    #[allow(clippy::useless_conversion)]
+    let disk_free = u64::from(disk.blocks_available()) * u64::from(disk.fragment_size());
+    let reserve = 64u64 << 20;
+    for room in &nodes {
+        let expected = disk_free - reserve;
+        assert!(
+            room.abs_diff(expected) < expected / 50,
+            "node room {room}, disk says {expected}"
+        );
+    }
+    // What the mount reports: the 5 roomiest of 7, times k/n = 3/7, less what waits.
+    let net = s["network_free_bytes"].as_u64().unwrap();
+    let mut sorted = nodes.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let expected = (u128::from(sorted[4]) * 5 * 3 / 7) as u64;
+    assert_eq!(net, expected, "{s:#}");
+    let fs = nix::sys::statvfs::statvfs(m.path()).unwrap();
+    #[allow(clippy::useless_conversion)]
+    let avail = u64::from(fs.blocks_available()) * u64::from(fs.fragment_size());
+    assert!(
+        avail.abs_diff(net) < net / 50 + (1 << 20),
+        "statfs says {avail} available, the network {net}"
+    );
+    assert_ne!(avail, 1 << 40, "still the fixed 1 TiB");
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let m = Mount::new();
+    m.unmount();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "mount",
+            "--foreground",
+            "--testnet",
+            m.net().dir_str(),
+            "--state",
+        ])
+        .arg(m.state())
+        .arg(m.path())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(m.is_mounted(), "ready before the mount is live");
+    // SIGTERM: the mount says it is stopping, unmounts and exits cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!m.is_mounted());
+}
