@@ -365,3 +365,167 @@ fn a_foreground_mount_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(status.success(), "{status}");
     assert!(!m.is_mounted());
 }
+
+/// Removes the mount helper link a test installed, and unmounts what it left mounted.
+struct HelperInstall {
+    link: std::path::PathBuf,
+    mountpoint: std::path::PathBuf,
+}
+
+impl Drop for HelperInstall {
+    fn drop(&mut self) {
+        if common::mount::is_mountpoint(&self.mountpoint) {
+            common::mount::lazy_unmount(&self.mountpoint);
+        }
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+#[test]
+fn an_fstab_line_mounts_with_mount_a_and_unmounts_with_umount() {
+    common::mount::require_fuse();
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mount(8) runs helpers for root only");
+        return;
+    }
+    // mount(8) looks for `mount.fuse.walrusfs` in /sbin; a link there to the binary under
+    // test stands for `contrib/install`.
+    let link = std::path::PathBuf::from("/sbin/mount.fuse.walrusfs");
+    if let Ok(target) = std::fs::read_link(&link) {
+        assert!(
+            target.to_string_lossy().contains("walrusfs"),
+            "{} exists and is not a walrusfs link",
+            link.display()
+        );
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let net = common::Testnet::up(7);
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&mnt).unwrap();
+    let _cleanup = HelperInstall {
+        link,
+        mountpoint: mnt.clone(),
+    };
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a comment\nwalrusfs:{} {} fuse.walrusfs _netdev,nofail,x-systemd.automount,noatime,testnet={},cache_mib=32 0 0\n",
+            state.display(),
+            mnt.display(),
+            net.dir_str()
+        ),
+    )
+    .unwrap();
+    let mount_all = || {
+        let out = Command::new("mount")
+            .args(["-a", "-T"])
+            .arg(&fstab)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -a: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    mount_all();
+    assert!(common::mount::is_mountpoint(&mnt), "mount -a did not mount");
+    let data = random_bytes(500_000, 5);
+    std::fs::write(mnt.join("f"), &data).unwrap();
+    // mount -a again: mount(8) sees the archive mounted (same source, target and type).
+    mount_all();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let count = mounts
+        .lines()
+        .filter(|l| l.contains(&*mnt.to_string_lossy()))
+        .count();
+    assert_eq!(count, 1, "mounted twice:\n{mounts}");
+    assert!(
+        mounts.contains("fuse.walrusfs"),
+        "not of type fuse.walrusfs:\n{mounts}"
+    );
+
+    // umount: the mount process stores what waits, publishes and exits.
+    let pid: i32 = std::fs::read_to_string(state.join("mount.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || !common::alive(pid)).is_some(),
+        "the mount process did not exit after umount"
+    );
+    let log = std::fs::read_to_string(state.join("mount.log")).unwrap();
+    assert!(log.contains("lease released"), "{log}");
+
+    // Mounted again by mountpoint alone, as `mount /srv/photos` would: the data is there.
+    let out = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), data);
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(state.join("mount.pid"))
+        .map(|p| p.trim().parse().unwrap_or(0))
+        .unwrap_or(0);
+    if pid > 0 {
+        wait_until(Duration::from_secs(60), || !common::alive(pid));
+    }
+}
+
+#[test]
+fn a_node_log_that_is_a_file_stays_within_its_cap() {
+    let net = common::Testnet::up(7);
+    // Node 0 again, logging every request to a file capped at 20 kB.
+    net.kill(0);
+    let log = net.dir.path().join("node-0.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let node = NodeProcess(
+        Command::new(bin())
+            .args(["node", "--dir"])
+            .arg(net.node_dir(0))
+            .env("RUST_LOG", "debug")
+            .env("WALRUSFS_LOG_CAP_BYTES", "20000")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    );
+    let work = tempfile::tempdir().unwrap();
+    for i in 0..30 {
+        let id = net.put_bytes(work.path(), &random_bytes(10_000, i));
+        assert_eq!(net.get_bytes(work.path(), &id).len(), 10_000);
+    }
+    let rotated = log.with_extension("log.1");
+    assert!(rotated.exists(), "never rotated");
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size <= 20_000 + 4096, "log grew to {size} bytes");
+    assert!(std::fs::metadata(&rotated).unwrap().len() <= 20_000 + 4096);
+    // And the node still logs to the fresh file.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DEBUG") || text.contains("INFO"), "{text}");
+    drop(node);
+}

@@ -10,7 +10,9 @@ mod blob;
 mod ctl;
 mod fsck;
 mod keys;
+mod logfile;
 mod mount;
+mod mount_helper;
 mod mountinfo;
 mod network;
 mod node;
@@ -79,7 +81,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let helper = argv
+        .first()
+        .is_some_and(|a| mount_helper::invoked_as_helper(a));
+    if helper {
+        // Started by mount(8) for an fstab line of type fuse.walrusfs.
+        match mount_helper::mount_args(&argv[1..]) {
+            Ok(Some(args)) => argv = args,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mount.fuse.walrusfs: {e:#}");
+                return ExitCode::from(MOUNT_FAILURE);
+            }
+        }
+    }
+    let cli = Cli::parse_from(argv);
     let default_level = match cli.command {
         Command::Node(_) => "info",
         Command::Mount(_) => "info,fuser::mnt=error",
@@ -87,9 +104,13 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if matches!(cli.command, Command::Node(_) | Command::Mount(_)) {
+        // A long-running process whose log is a file: keep that file bounded.
+        logfile::cap_stderr_if_file();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| logfile::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
@@ -114,10 +135,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walrusfs: error: {e:#}");
-            ExitCode::FAILURE
+            if helper {
+                ExitCode::from(MOUNT_FAILURE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// mount(8)'s exit status for a failed mount, which its helpers return too.
+const MOUNT_FAILURE: u8 = 32;
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     if out.exists() {

@@ -610,6 +610,12 @@ fn serve(
     if read_only {
         options.push(fuser::MountOption::RO);
     }
+    if nix::unistd::Uid::effective().is_root() {
+        // fuser mounts directly as root and passes the subtype only to fusermount3 (used
+        // otherwise): hand it to the kernel too, so the mount's type is fuse.walrusfs as an
+        // fstab line of that type expects.
+        options.push(fuser::MountOption::CUSTOM("subtype=walrusfs".into()));
+    }
     let mut config = fuser::Config::default();
     config.mount_options = options;
     config.acl = fuser::SessionACL::All;
