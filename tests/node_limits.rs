@@ -290,10 +290,83 @@ fn a_node_refuses_stores_that_would_eat_its_free_space_reserve() {
         };
         let r = exchange(&conn, &frame(req).await).await;
         match r {
-            Response::Error(WireError::Internal(why)) => {
-                assert!(why.contains("disk nearly full"), "{why}")
+            Response::Error(e @ WireError::NoSpace { .. }) => {
+                assert!(e.to_string().contains("disk nearly full"), "{e}")
             }
             other => panic!("the store was not refused: {other:?}"),
         }
+        // And it says so when asked: no room.
+        let Response::Health(h) = exchange(&conn, &frame(Request::Health).await).await else {
+            panic!("no health answer")
+        };
+        assert_eq!(h.free_bytes, 0);
     });
+}
+
+/// Whether node `i` holds its sliver of `id`, waiting up to 2 s for a slow store.
+fn holds(net: &Testnet, i: u16, id: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if net.sliver_path(i, id).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_client_stores_no_more_than_its_quota_on_a_node() {
+    let net = Testnet::up(4);
+    net.reconfigure(0, &[("quota_mib", "1")]);
+    let quota = 1u64 << 20;
+    let work = tempfile::tempdir().unwrap();
+    // 400 kB blobs until node 0 refuses one; the others store every one (puts succeed).
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let id = net.put_bytes(work.path(), &random_bytes(400_000, 100 + i));
+        if holds(&net, 0, &id) {
+            stored.push(id);
+        } else {
+            refused = Some(id);
+            break;
+        }
+    }
+    let refused = refused.expect("node 0 never refused a store");
+    let size = |i: u16, id: &str| std::fs::metadata(net.sliver_path(i, id)).unwrap().len();
+    let used: u64 = stored.iter().map(|id| size(0, id)).sum();
+    assert!(!stored.is_empty());
+    assert!(used <= quota, "{used} stored against a quota of {quota}");
+    assert!(used + size(1, &refused) > quota, "refused with room left");
+    assert!(holds(&net, 1, &refused), "the other nodes store it");
+
+    // The client is told how much quota it has left.
+    let (committee, trusted) = committee_and_client(&net);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let left = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let conn = connect(&committee, 0, &trusted, "127.0.0.1").await.unwrap();
+            match exchange(&conn, &frame(Request::Health).await).await {
+                Response::Health(h) => h.quota_left_bytes,
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    assert_eq!(left(&rt), Some(quota - used));
+
+    // Restarted, the node recounts what the client stores from disk: still refused.
+    net.kill(0);
+    net.up_again();
+    assert_eq!(left(&rt), Some(quota - used));
+    let again = net.put_bytes(work.path(), &random_bytes(400_000, 999));
+    assert!(!holds(&net, 0, &again), "quota forgotten at restart");
+
+    // A deleted blob no longer counts: the next store fits.
+    net.cli_ok(&["blob", "delete", "--testnet", net.dir_str(), &stored[0]]);
+    let fits = net.put_bytes(work.path(), &random_bytes(400_000, 1000));
+    assert!(
+        holds(&net, 0, &fits),
+        "deleting did not give the quota back"
+    );
 }

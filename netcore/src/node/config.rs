@@ -103,6 +103,13 @@ pub struct NodeConfig {
     /// Seconds from the start of one scrub pass over the store to the start of the next.
     #[serde(default = "default_scrub_interval_secs")]
     pub scrub_interval_secs: u64,
+    /// Sliver MiB each trusted client may store on this node (counted over the blobs its
+    /// stores created here); 0: no limit. `client_quota_mib` sets it per client.
+    #[serde(default)]
+    pub quota_mib: u64,
+    /// Per-client quotas in MiB, overriding `quota_mib` (0: no limit for that client).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub client_quota_mib: std::collections::BTreeMap<PublicKey, u64>,
     /// This node's place in the committee (`index` of `n`, any `k` rebuild a blob): slivers
     /// for another index or another committee shape are refused. Absent in configurations
     /// written before it existed (then only the blob's own parameters are checked).
@@ -181,6 +188,8 @@ impl NodeConfig {
             min_free_mib: default_min_free_mib(),
             scrub_mib_per_sec: default_scrub_mib_per_sec(),
             scrub_interval_secs: default_scrub_interval_secs(),
+            quota_mib: 0,
+            client_quota_mib: Default::default(),
             committee: None,
             #[cfg(feature = "faults")]
             faults: Default::default(),
@@ -240,6 +249,16 @@ impl NodeConfig {
         Duration::from_secs(self.request_timeout_secs.max(1))
     }
 
+    /// The quota of `client` in sliver bytes, if it has one.
+    pub fn quota_bytes(&self, client: &PublicKey) -> Option<u64> {
+        let mib = self
+            .client_quota_mib
+            .get(client)
+            .copied()
+            .unwrap_or(self.quota_mib);
+        (mib > 0).then(|| mib.saturating_mul(1 << 20))
+    }
+
     /// [`NodeConfig::handshake_timeout_secs`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs.max(1))
@@ -272,6 +291,22 @@ request_timeout_secs = 300
         assert_eq!(cfg.min_free_mib, default_min_free_mib());
         assert_eq!(cfg.scrub_mib_per_sec, default_scrub_mib_per_sec());
         assert_eq!(cfg.committee, None);
+        assert_eq!(cfg.quota_bytes(&PublicKey([1; 32])), None);
+    }
+
+    #[test]
+    fn quotas_apply_per_client_with_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = PublicKey([1; 32]);
+        let b = PublicKey([2; 32]);
+        let text = format!("{OLD}quota_mib = 10\n[client_quota_mib]\n\"{a}\" = 3\n");
+        std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        let cfg = NodeConfig::load(dir.path()).unwrap();
+        assert_eq!(cfg.quota_bytes(&a), Some(3 << 20));
+        assert_eq!(cfg.quota_bytes(&b), Some(10 << 20));
+        // Saved and loaded again, the table survives.
+        cfg.save(dir.path()).unwrap();
+        assert_eq!(NodeConfig::load(dir.path()).unwrap(), cfg);
     }
 
     #[test]

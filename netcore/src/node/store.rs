@@ -5,6 +5,10 @@
 //!
 //! ```text
 //! <root>/blobs/<aa>/<id>/metadata      BlobMetadata, postcard-encoded
+//! <root>/blobs/<aa>/<id>/owner         the 32-byte key of the client whose store created the
+//!                                      blob here: its slivers count against that client's
+//!                                      quota (absent for blobs stored before quotas existed,
+//!                                      and for stores without an owner: counted for no one)
 //! <root>/blobs/<aa>/<id>/sliver-<i>    raw bytes of sliver <i> (decimal index, no leading zeros)
 //! <root>/blobs/<aa>/<id>/.tmp-*        a write in progress; removed by `open`
 //! <root>/trash/<id>.<pid>.<seq>        a blob being deleted; removed by `open`
@@ -52,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::codec::{BlobId, BlobMetadata, CodecError, SliverIndex, MAX_NODES};
+use crate::identity::PublicKey;
 
 /// Directory under the root holding one directory per blob.
 const BLOBS_DIR: &str = "blobs";
@@ -61,6 +66,8 @@ const TRASH_DIR: &str = "trash";
 const QUARANTINE_DIR: &str = "quarantine";
 /// Name of a blob's metadata file inside its directory.
 const METADATA_FILE: &str = "metadata";
+/// Name of a blob's owner file inside its directory.
+const OWNER_FILE: &str = "owner";
 /// Prefix of a sliver file's name; the decimal sliver index follows.
 const SLIVER_PREFIX: &str = "sliver-";
 /// Prefix of temp files; anything with it is an unfinished write and is removed at open.
@@ -161,6 +168,8 @@ pub struct SliverStore {
     locks: Box<[Mutex<()>]>,
     /// Running totals, kept in step with every put and delete.
     stats: Mutex<StoreStats>,
+    /// Sliver bytes per owner (see the `owner` file in the layout), kept the same way.
+    usage: Mutex<std::collections::HashMap<PublicKey, u64>>,
 }
 
 impl SliverStore {
@@ -181,7 +190,7 @@ impl SliverStore {
         }
 
         empty_trash(&trash)?;
-        let stats = scan_blobs(&blobs)?;
+        let (stats, usage) = scan_blobs(&blobs)?;
         debug!(root = %root.display(), blobs = stats.blobs, sliver_bytes = stats.sliver_bytes, "sliver store opened");
         Ok(Self {
             blobs,
@@ -189,6 +198,7 @@ impl SliverStore {
             quarantine,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             stats: Mutex::new(stats),
+            usage: Mutex::new(usage),
         })
     }
 
@@ -393,6 +403,7 @@ impl SliverStore {
         let Some(scan) = scan_blob_dir(&dir, false)? else {
             return Ok(false);
         };
+        let owner = read_owner(&dir);
         let trash_path = self.trash.join(format!(
             "{blob_id}.{}.{}",
             std::process::id(),
@@ -407,6 +418,7 @@ impl SliverStore {
             s.blobs = s.blobs.saturating_sub(u64::from(scan.has_metadata));
             s.sliver_bytes = s.sliver_bytes.saturating_sub(scan.sliver_bytes);
         });
+        self.charge(owner, scan.sliver_bytes, 0);
         // INV: the blob's removal from `blobs/` is durable before we report it deleted, so it
         // cannot reappear after a crash; the trash entry is then just garbage.
         fsync_dir(&prefix_dir)?;
@@ -492,6 +504,7 @@ impl SliverStore {
                 self.update_stats(|s| {
                     s.sliver_bytes = s.sliver_bytes.saturating_sub(data.len() as u64)
                 });
+                self.charge(read_owner(&dir), data.len() as u64, 0);
                 warn!(%blob_id, index, reason = %why, aside = %aside.display(), "scrub: damaged sliver quarantined");
                 report.quarantined.push(index);
             }
@@ -503,6 +516,27 @@ impl SliverStore {
     /// Current totals over the store.
     pub fn stats(&self) -> StoreStats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sliver bytes stored for blobs `owner` created here.
+    pub fn usage(&self, owner: &PublicKey) -> u64 {
+        self.usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(owner)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Moves `owner`'s usage from `old` bytes to `new` (nothing without an owner).
+    fn charge(&self, owner: Option<PublicKey>, old: u64, new: u64) {
+        let Some(owner) = owner else { return };
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = usage.entry(owner).or_insert(0);
+        *used = used.saturating_sub(old) + new;
+        if *used == 0 {
+            usage.remove(&owner);
+        }
     }
 
     /// The mutation lock of `blob_id`'s stripe.
@@ -701,8 +735,9 @@ fn empty_trash(trash: &Path) -> Result<(), StoreError> {
 }
 
 /// Walks `blobs/`, cleaning crash leftovers, and totals what is stored.
-fn scan_blobs(blobs: &Path) -> Result<StoreStats, StoreError> {
+fn scan_blobs(blobs: &Path) -> Result<(StoreStats, Usage), StoreError> {
     let mut stats = StoreStats::default();
+    let mut usage = Usage::new();
     for prefix_entry in fs::read_dir(blobs).map_err(io_error(blobs))? {
         let prefix_dir = prefix_entry.map_err(io_error(blobs))?.path();
         let prefix = prefix_dir
@@ -730,9 +765,21 @@ fn scan_blobs(blobs: &Path) -> Result<StoreStats, StoreError> {
             }
             stats.blobs += u64::from(scan.has_metadata);
             stats.sliver_bytes += scan.sliver_bytes;
+            if let Some(owner) = read_owner(&dir) {
+                *usage.entry(owner).or_insert(0) += scan.sliver_bytes;
+            }
         }
     }
-    Ok(stats)
+    Ok((stats, usage))
+}
+
+/// Sliver bytes per owner.
+type Usage = std::collections::HashMap<PublicKey, u64>;
+
+/// The owner recorded in blob directory `dir`, if any (a damaged file counts as none).
+pub(super) fn read_owner(dir: &Path) -> Option<PublicKey> {
+    let bytes = fs::read(dir.join(OWNER_FILE)).ok()?;
+    Some(PublicKey(bytes.try_into().ok()?))
 }
 
 /// What one blob directory holds.

@@ -17,6 +17,8 @@ pub(super) struct CommitJob {
     pub(super) metadata: crate::codec::BlobMetadata,
     pub(super) index: SliverIndex,
     pub(super) body: Vec<u8>,
+    /// The storing client (its quota is charged).
+    pub(super) owner: Option<crate::identity::PublicKey>,
     pub(super) reply: tokio::sync::oneshot::Sender<Result<(), WireError>>,
 }
 
@@ -44,6 +46,7 @@ pub(super) async fn committer(state: Arc<State>, mut jobs: tokio::sync::mpsc::Re
                     metadata: &j.metadata,
                     index: j.index,
                     data: &j.body,
+                    owner: j.owner,
                 })
                 .collect();
             let results = st.store.put_batch(&items);

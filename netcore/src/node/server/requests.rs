@@ -48,7 +48,14 @@ pub(super) async fn handle<'a>(
                     uptime_secs: state.started.elapsed().as_secs(),
                     client_trusted: trusted,
                     free_bytes: free_bytes(state),
-                    quota_left_bytes: None,
+                    quota_left_bytes: peer.filter(|_| trusted).and_then(|p| {
+                        Some(
+                            state
+                                .config
+                                .quota_bytes(&p)?
+                                .saturating_sub(state.store.usage(&p)),
+                        )
+                    }),
                 }),
                 None,
             ))
@@ -60,7 +67,7 @@ pub(super) async fn handle<'a>(
             len,
         } => {
             let span = info_span!("store", blob = %blob_id, index);
-            store_sliver(state, trusted, blob_id, metadata, index, len, recv)
+            store_sliver(state, peer, trusted, blob_id, metadata, index, len, recv)
                 .instrument(span)
                 .await
                 .map(|c| (Response::Stored(c), None))
@@ -163,8 +170,10 @@ async fn roots_blocking<T>(f: impl FnOnce() -> Result<T, RootStoreError>) -> Res
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one request's fields, checked in order
 async fn store_sliver(
     state: &State,
+    peer: Option<PublicKey>,
     trusted: bool,
     blob_id: BlobId,
     metadata: crate::codec::BlobMetadata,
@@ -218,6 +227,9 @@ async fn store_sliver(
         });
     }
     check_free_space(state, len)?;
+    if let Some(client) = peer {
+        check_quota(state, client, blob_id, index, len).await?;
+    }
     // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
     let _permit = acquire_budget(state, len, true).await?;
     let body = wire::read_body(recv, len as usize)
@@ -232,6 +244,7 @@ async fn store_sliver(
             metadata,
             index,
             body,
+            owner: peer,
             reply,
         })
         .await
@@ -308,6 +321,34 @@ fn check_free_space(state: &State, len: u64) -> Result<(), WireError> {
         return Err(WireError::NoSpace { free, reserve });
     }
     Ok(())
+}
+
+/// Refuses a store of `len` bytes that would take `client` past its quota. (Stores running at
+/// once are checked against the same usage, so a client may overshoot by what it has in
+/// flight, at most the node's in-flight budget.) Storing a sliver the node already holds adds
+/// nothing and is let through.
+async fn check_quota(
+    state: &State,
+    client: PublicKey,
+    blob_id: BlobId,
+    index: SliverIndex,
+    len: u64,
+) -> Result<(), WireError> {
+    let Some(quota) = state.config.quota_bytes(&client) else {
+        return Ok(());
+    };
+    let used = state.store.usage(&client);
+    if used.saturating_add(len) <= quota {
+        return Ok(());
+    }
+    let held = blocking(state, |s| s.status(&blob_id))
+        .await
+        .is_ok_and(|st| st.slivers.contains(&index));
+    if held {
+        return Ok(());
+    }
+    warn!(%client, used, quota, len, "store refused: quota exceeded");
+    Err(WireError::QuotaExceeded { quota, used })
 }
 
 /// Waits (up to half the request deadline) for `len` bytes of the in-flight budget; an

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::{
-    file_outcome, io_error, sliver_name, FileOutcome, PutOutcome, SliverStore, StoreError,
-    METADATA_FILE, TMP_PREFIX, UNIQUE_SEQ,
+    file_outcome, io_error, read_owner, sliver_name, FileOutcome, PutOutcome, SliverStore,
+    StoreError, METADATA_FILE, OWNER_FILE, TMP_PREFIX, UNIQUE_SEQ,
 };
 use crate::codec::{BlobId, BlobMetadata, CodecError, SliverIndex};
+use crate::identity::PublicKey;
 
 /// One sliver of a batch.
 pub struct PutItem<'a> {
@@ -28,6 +29,8 @@ pub struct PutItem<'a> {
     pub index: SliverIndex,
     /// The sliver.
     pub data: &'a [u8],
+    /// The client storing it: a blob it creates here counts against its quota.
+    pub owner: Option<PublicKey>,
 }
 
 /// A verified item with its temp files written.
@@ -38,6 +41,8 @@ struct Staged {
     meta_outcome: FileOutcome,
     sliver_outcome: FileOutcome,
     data_len: u64,
+    /// Whose quota the sliver counts against: the blob's recorded owner, else the storer.
+    charged_to: Option<PublicKey>,
 }
 
 impl SliverStore {
@@ -133,9 +138,21 @@ impl SliverStore {
         let sliver_file = sliver_name(item.index);
         let meta_outcome = file_outcome(&dir.join(METADATA_FILE), &encoded)?;
         let sliver_outcome = file_outcome(&dir.join(&sliver_file), item.data)?;
+        let recorded = read_owner(&dir);
+        let charged_to = recorded.or(item.owner);
+        let owner_bytes = item.owner.map(|o| o.0);
+        let owner_outcome = match (recorded, &owner_bytes) {
+            (None, Some(_)) => FileOutcome::Created,
+            _ => FileOutcome::Unchanged,
+        };
         let mut files = Vec::new();
         for (name, data, outcome) in [
             (METADATA_FILE.to_string(), &encoded[..], meta_outcome),
+            (
+                OWNER_FILE.to_string(),
+                owner_bytes.as_ref().map_or(&[][..], |b| &b[..]),
+                owner_outcome,
+            ),
             (sliver_file, item.data, sliver_outcome),
         ] {
             if matches!(outcome, FileOutcome::Unchanged) {
@@ -162,6 +179,7 @@ impl SliverStore {
             meta_outcome,
             sliver_outcome,
             data_len: item.data.len() as u64,
+            charged_to,
         })
     }
 
@@ -181,10 +199,16 @@ impl SliverStore {
         }
         match s.sliver_outcome {
             FileOutcome::Unchanged => {}
-            FileOutcome::Created => self.update_stats(|st| st.sliver_bytes += s.data_len),
-            FileOutcome::Replaced { old_len } => self.update_stats(|st| {
-                st.sliver_bytes = st.sliver_bytes.saturating_sub(old_len) + s.data_len;
-            }),
+            FileOutcome::Created => {
+                self.update_stats(|st| st.sliver_bytes += s.data_len);
+                self.charge(s.charged_to, 0, s.data_len);
+            }
+            FileOutcome::Replaced { old_len } => {
+                self.update_stats(|st| {
+                    st.sliver_bytes = st.sliver_bytes.saturating_sub(old_len) + s.data_len;
+                });
+                self.charge(s.charged_to, old_len, s.data_len);
+            }
         }
     }
 

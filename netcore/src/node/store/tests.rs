@@ -585,3 +585,47 @@ fn put_all_again(store: &SliverStore, b: &EncodedBlob, indices: &[SliverIndex]) 
             .unwrap();
     }
 }
+
+#[test]
+fn usage_is_charged_to_the_blobs_creator_and_recounted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(dir.path()).unwrap();
+    let alice = PublicKey([1; 32]);
+    let bob = PublicKey([2; 32]);
+    let put = |store: &SliverStore, b: &EncodedBlob, i: SliverIndex, owner| {
+        let r = store.put_batch(&[batch::PutItem {
+            blob_id: b.blob_id,
+            metadata: &b.metadata,
+            index: i,
+            data: &b.slivers[usize::from(i)],
+            owner,
+        }]);
+        r.into_iter().next().unwrap().unwrap()
+    };
+    let a = blob(1, 30_000);
+    let b = blob(2, 60_000);
+    let len = |x: &EncodedBlob, i: usize| x.slivers[i].len() as u64;
+    put(&store, &a, 0, Some(alice));
+    // Bob adding a sliver to Alice's blob adds to Alice's usage, not his.
+    put(&store, &a, 1, Some(bob));
+    put(&store, &b, 0, Some(bob));
+    // A store without an owner (and a repeat) charges no one more.
+    put(&store, &b, 1, None);
+    assert_eq!(put(&store, &b, 0, Some(bob)), PutOutcome::AlreadyStored);
+    assert_eq!(store.usage(&alice), len(&a, 0) + len(&a, 1));
+    assert_eq!(store.usage(&bob), len(&b, 0) + len(&b, 1));
+    drop(store);
+
+    // Reopened: the owner files give the same counts.
+    let store = SliverStore::open(dir.path()).unwrap();
+    assert_eq!(store.usage(&alice), len(&a, 0) + len(&a, 1));
+    assert_eq!(store.usage(&bob), len(&b, 0) + len(&b, 1));
+    // A deleted blob is no longer charged; nor is a sliver the scrubber took away.
+    assert!(store.delete(&a.blob_id).unwrap());
+    assert_eq!(store.usage(&alice), 0);
+    let sliver = blob_dir(dir.path(), &b.blob_id).join(sliver_name(1));
+    fs::write(&sliver, vec![0u8; len(&b, 1) as usize]).unwrap();
+    let report = store.scrub_blob(&b.blob_id).unwrap();
+    assert_eq!(report.quarantined, vec![1]);
+    assert_eq!(store.usage(&bob), len(&b, 0));
+}
