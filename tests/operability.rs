@@ -529,3 +529,83 @@ fn a_node_log_that_is_a_file_stays_within_its_cap() {
     assert!(text.contains("DEBUG") || text.contains("INFO"), "{text}");
     drop(node);
 }
+
+/// The subcommands a `--help` text lists (its "Commands:" section), `help` aside.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn every_command_has_an_example_in_its_help() {
+    let mut todo = vec![Vec::<String>::new()];
+    let mut checked = 0;
+    while let Some(path) = todo.pop() {
+        let out = Command::new(bin())
+            .args(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        let subs = subcommands(&help);
+        if subs.is_empty() {
+            assert!(
+                help.contains("Example"),
+                "`walrusfs {} --help` has no example:\n{help}",
+                path.join(" ")
+            );
+            checked += 1;
+        }
+        for s in subs {
+            let mut p = path.clone();
+            p.push(s);
+            todo.push(p);
+        }
+    }
+    assert!(checked >= 20, "only {checked} commands found");
+}
+
+#[test]
+fn long_commands_show_progress_on_a_terminal_and_stay_quiet_otherwise() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) to give the command a terminal");
+        return;
+    }
+    let net = common::Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("big");
+    std::fs::write(&file, random_bytes(40 << 20, 8)).unwrap();
+    // On a terminal (script(1) gives it one): a bar with rate and ETA.
+    let cmd = format!(
+        "{} blob put --testnet {} {}",
+        bin(),
+        net.dir_str(),
+        file.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("storing") && shown.contains("eta"),
+        "{shown:?}"
+    );
+    // Not on a terminal: the blob id on stdout, one summary line on stderr, no bar.
+    let out = Command::new(bin())
+        .args(["blob", "put", "--testnet", net.dir_str()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("eta"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 64);
+}

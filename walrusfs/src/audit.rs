@@ -103,7 +103,9 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
             .buffer_unordered(PARALLEL);
         let mut scores: BTreeMap<u16, Score> = (0..n).map(|i| (i, Score::default())).collect();
         let mut challenges = std::pin::pin!(challenges);
+        let bar = crate::progress::bar("audit", ids.len() as u64, Some("blobs"));
         while let Some(results) = challenges.next().await {
+            bar.inc(1);
             for (node, id, c) in results {
                 let s = scores.entry(node).or_default();
                 match c {
@@ -123,6 +125,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        bar.finish_and_clear();
         client.close(Duration::from_secs(5)).await;
         Ok::<_, anyhow::Error>((n, scores, ids.len()))
     })?;

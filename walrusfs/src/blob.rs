@@ -20,6 +20,9 @@ const BACKGROUND_GRACE: Duration = Duration::from_secs(30);
 #[derive(clap::Subcommand)]
 pub enum BlobCommand {
     /// Store FILE as a blob; prints the blob id on stdout.
+    #[command(
+        after_help = "Examples:\n  walrusfs blob put --testnet .walrusfs/testnet photo.jpg\n  walrusfs blob put --committee committee.toml --client-key client.key backup.tar"
+    )]
     Put {
         #[command(flatten)]
         net: NetworkArgs,
@@ -27,6 +30,9 @@ pub enum BlobCommand {
         file: PathBuf,
     },
     /// Fetch a blob, verify it and write it to OUT.
+    #[command(
+        after_help = "Examples:\n  walrusfs blob get --testnet .walrusfs/testnet 3f2a...e9 -o photo.jpg\n  walrusfs blob get --committee committee.toml --client-key client.key 3f2a...e9 -o - | tar -t"
+    )]
     Get {
         #[command(flatten)]
         net: NetworkArgs,
@@ -37,6 +43,9 @@ pub enum BlobCommand {
         out: PathBuf,
     },
     /// Show which slivers each node holds of a blob.
+    #[command(
+        after_help = "Example:\n  walrusfs blob status --testnet .walrusfs/testnet 3f2a...e9"
+    )]
     Status {
         #[command(flatten)]
         net: NetworkArgs,
@@ -44,6 +53,9 @@ pub enum BlobCommand {
         blob_id: BlobId,
     },
     /// Delete a blob from every reachable node.
+    #[command(
+        after_help = "Example:\n  walrusfs blob delete --testnet .walrusfs/testnet 3f2a...e9"
+    )]
     Delete {
         #[command(flatten)]
         net: NetworkArgs,
@@ -74,7 +86,17 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
 
 async fn put(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
     let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let outcome = client.put(&data).await?;
+    // Sliver bytes to send: n slivers of about len / k each; put returns at n - f of them.
+    let params = client.committee().params();
+    let total = (data.len() as u64).div_ceil(u64::from(params.k)) * u64::from(params.n);
+    let bar = crate::progress::bar("storing", total, None);
+    let outcome = {
+        let _follow =
+            crate::progress::Follow::start(bar.clone(), crate::progress::Counter::sent(client));
+        client.put(&data).await
+    };
+    bar.finish_and_clear();
+    let outcome = outcome?;
     println!("{}", outcome.blob_id);
     let _ = std::io::stdout().flush();
     eprintln!(
@@ -87,7 +109,17 @@ async fn put(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn get(client: &Client, blob_id: &BlobId, out: &std::path::Path) -> anyhow::Result<()> {
-    let data = client.get(blob_id).await?;
+    let metadata = client.get_metadata(blob_id).await?;
+    let k = u64::from(metadata.params.k);
+    let total = metadata.sliver_len().map_or(0, |l| l as u64 * k);
+    let bar = crate::progress::bar("fetching", total, None);
+    let data = {
+        let _follow =
+            crate::progress::Follow::start(bar.clone(), crate::progress::Counter::received(client));
+        client.get_with_metadata(blob_id, &metadata).await
+    };
+    bar.finish_and_clear();
+    let data = data?;
     if out.as_os_str() == "-" {
         std::io::stdout().write_all(&data)?;
         return Ok(());

@@ -16,6 +16,7 @@ mod mount_helper;
 mod mountinfo;
 mod network;
 mod node;
+mod progress;
 mod repair;
 mod status;
 mod telemetry;
@@ -73,6 +74,7 @@ enum Command {
     /// Start a local 7-node testnet and mount it (the one-command demo).
     Up(mount::UpArgs),
     /// Create a client key file and print its public key (to add to nodes' trusted clients).
+    #[command(after_help = "Example:\n  walrusfs keygen --out ~/.config/walrusfs/client.key")]
     Keygen {
         /// Where to write the key (PEM, mode 0600); must not exist.
         #[arg(long)]

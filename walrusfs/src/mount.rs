@@ -1041,6 +1041,7 @@ fn is_zombie(pid: i32) -> bool {
 
 /// Arguments of `walrusfs up`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  walrusfs up\n  walrusfs up --dir /tmp/demo ./mnt")]
 pub struct UpArgs {
     /// Where to mount (created if missing).
     #[arg(default_value = "mnt")]

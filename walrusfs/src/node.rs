@@ -10,6 +10,9 @@ use netcore::node::{config, Node, NodeConfig};
 
 /// Arguments of `walrusfs node`.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  walrusfs node --init --dir /var/lib/walrusfs-node/main --listen 0.0.0.0:7100 --trust-client 5c1f...a2 --slot 0/7/3\n  walrusfs node --dir /var/lib/walrusfs-node/main --metrics 127.0.0.1:9465\nLimits, quotas and the free-space reserve are set in DIR/node.toml."
+)]
 pub struct NodeArgs {
     /// The node's directory: `node.toml`, `node.key`, the sliver store.
     #[arg(long)]

@@ -244,7 +244,7 @@ async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<T
         })
         .collect();
     totals.blobs = totals.skipped;
-    let bar = bar(todo.len() as u64);
+    let bar = crate::progress::bar("repair", todo.len() as u64, Some("blobs"));
     let started = Instant::now();
     let mut results = stream::iter(todo)
         .map(|(id, metadata)| async move {
@@ -289,20 +289,6 @@ async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<T
     bar.finish_and_clear();
     tracing::debug!(elapsed = ?started.elapsed(), "repair walk finished");
     Ok(totals)
-}
-
-/// A progress bar with rate and ETA on a terminal; nothing otherwise.
-fn bar(len: u64) -> indicatif::ProgressBar {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "repair {bar:30} {pos}/{len} blobs {per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 fn human(bytes: u64) -> String {

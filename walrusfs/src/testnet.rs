@@ -31,6 +31,9 @@ const DEFAULT_NODES: u16 = 7;
 #[derive(clap::Subcommand)]
 pub enum TestnetCommand {
     /// Create (if needed) and start the testnet; restarts stopped nodes with their data.
+    #[command(
+        after_help = "Examples:\n  walrusfs testnet up --dir .walrusfs/testnet\n  walrusfs testnet up --dir /tmp/tn --nodes 10"
+    )]
     Up {
         /// Testnet directory.
         #[arg(long)]
@@ -43,12 +46,14 @@ pub enum TestnetCommand {
         listen_ip: std::net::IpAddr,
     },
     /// Stop every node (SIGTERM, then SIGKILL after a timeout).
+    #[command(after_help = "Example:\n  walrusfs testnet down --dir .walrusfs/testnet")]
     Down {
         /// Testnet directory.
         #[arg(long)]
         dir: PathBuf,
     },
     /// Show each node up/down with blobs and bytes stored.
+    #[command(after_help = "Example:\n  walrusfs testnet status --dir .walrusfs/testnet")]
     Status {
         /// Testnet directory.
         #[arg(long)]

@@ -17,7 +17,12 @@ pub(crate) struct NodeConn {
     seen: std::sync::Mutex<Seen>,
     /// The node's index as a metrics label.
     label: String,
+    /// The client's byte counters.
+    traffic: std::sync::Arc<super::Traffic>,
 }
+
+/// Bytes written or read per step of a sliver body, so progress is counted as it happens.
+const BODY_STEP: usize = 1 << 20;
 
 /// What a client has seen of one node: request outcomes and latency.
 #[derive(Debug, Clone)]
@@ -64,8 +69,10 @@ impl NodeConn {
         endpoint: quinn::Endpoint,
         config: quinn::ClientConfig,
         info: NodeInfo,
+        traffic: std::sync::Arc<super::Traffic>,
     ) -> Self {
         NodeConn {
+            traffic,
             label: info.index.to_string(),
             info,
             endpoint,
@@ -243,13 +250,29 @@ impl NodeConn {
             if let Some(body) = body {
                 // A node refusing the request stops the stream; its error frame still arrives,
                 // so a failed body write is not the final word: read the response below.
-                let _ = send.write_all(body).await;
+                for step in body.chunks(BODY_STEP) {
+                    if send.write_all(step).await.is_err() {
+                        break;
+                    }
+                    self.traffic
+                        .sent
+                        .fetch_add(step.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             let _ = send.finish();
             let resp: Response = wire::read_frame(&mut recv).await?;
             let data = match (&resp, expect_body) {
                 (Response::Sliver { len }, Some(expected)) if *len == expected => {
-                    Some(wire::read_body(&mut recv, expected as usize).await?)
+                    let mut data = vec![0u8; expected as usize];
+                    for step in data.chunks_mut(BODY_STEP) {
+                        tokio::io::AsyncReadExt::read_exact(&mut recv, step)
+                            .await
+                            .map_err(wire::FrameError::Io)?;
+                        self.traffic
+                            .received
+                            .fetch_add(step.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(data)
                 }
                 (Response::Sliver { len }, Some(expected)) => {
                     let e = crate::codec::CodecError::SliverLength {

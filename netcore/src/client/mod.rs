@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     committee: Committee,
     config: ClientConfig,
     nodes: Vec<conn::NodeConn>,
+    /// Sliver bytes moved, for progress bars.
+    traffic: Arc<Traffic>,
     background: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Reusable Reed-Solomon work buffers: a fresh codec per call spends as long zeroing new
     /// memory as coding (4 MiB blob: 6.3 ms fresh vs 1.6 ms reused, see the codec benches).
@@ -105,6 +107,16 @@ pub(crate) struct Inner {
     /// Blobs whose reads met a node without a valid sliver (missing, damaged, forged), for
     /// whoever repairs them in the background ([`Client::take_damaged`]).
     damaged: std::sync::Mutex<std::collections::BTreeSet<BlobId>>,
+}
+
+/// Sliver bytes a client has sent and received, counted as they move (a progress bar polls
+/// them while one large blob travels).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Sliver bytes written to nodes' streams.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Sliver bytes read from nodes' streams.
+    pub received: std::sync::atomic::AtomicU64,
 }
 
 /// Blobs remembered as damaged at most; more are dropped (a repair walk finds them anyway).
@@ -158,6 +170,7 @@ impl Client {
             crate::transport::endpoint(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None)
                 .map_err(ClientError::Endpoint)?;
         let transport = crate::transport::transport_config(config.max_streams_per_node);
+        let traffic = Arc::new(Traffic::default());
         let nodes = committee
             .nodes
             .iter()
@@ -169,7 +182,12 @@ impl Client {
                     .map_err(|e| ClientError::Tls(e.to_string()))?;
                 let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
                 qc.transport_config(transport.clone());
-                Ok(conn::NodeConn::new(endpoint.clone(), qc, node.clone()))
+                Ok(conn::NodeConn::new(
+                    endpoint.clone(),
+                    qc,
+                    node.clone(),
+                    traffic.clone(),
+                ))
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Client {
@@ -178,6 +196,7 @@ impl Client {
                 committee,
                 config,
                 nodes,
+                traffic,
                 background: Default::default(),
                 codecs: Default::default(),
                 damaged: Default::default(),
@@ -200,6 +219,11 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// Sliver bytes moved so far.
+    pub fn traffic(&self) -> &Traffic {
+        &self.inner.traffic
     }
 
     /// What this client has seen of each node (answers, failures, latency), in index order.
