@@ -63,7 +63,10 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 pub fn state_of(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_owned());
     let Some(entry) = mounts().into_iter().find(|m| m.mountpoint == mountpoint) else {
-        bail!("{} is not mounted", mountpoint.display());
+        bail!(
+            "{} is not mounted (mount it with `walrusfs mount`; `walrusfs mount --help` shows how)",
+            mountpoint.display()
+        );
     };
     match entry.source.strip_prefix(SOURCE_PREFIX) {
         Some(state) => Ok(PathBuf::from(state)),

@@ -15,9 +15,11 @@ pub const CLIENT_KEY_FILE: &str = "client.key";
 
 /// Options selecting a network, shared by every command that talks to one.
 #[derive(clap::Args, Debug, Clone)]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("network").required(true).args(["testnet", "committee"]))]
 pub struct NetworkArgs {
     /// A local testnet directory (made by `walrusfs testnet up`).
-    #[arg(long, conflicts_with_all = ["committee", "client_key"], required_unless_present = "committee")]
+    #[arg(long, conflicts_with_all = ["committee", "client_key"])]
     pub testnet: Option<PathBuf>,
     /// A committee file describing the network.
     #[arg(long, requires = "client_key")]

@@ -59,6 +59,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         return init(&args.dir, listen, args.trust_client, args.slot);
     }
     limit_malloc_caching();
+    if !args.dir.join(config::CONFIG_FILE).exists() {
+        anyhow::bail!(
+            "{} is not a node directory (no {}); make one with `walrusfs node --init --dir {} --listen ADDR --trust-client KEY`",
+            args.dir.display(),
+            config::CONFIG_FILE,
+            args.dir.display()
+        );
+    }
     let mut node = Node::open(&args.dir)
         .with_context(|| format!("cannot open node directory {}", args.dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
