@@ -287,8 +287,10 @@ fn audit_row(out: &Output, node: u16) -> (u64, u64, u64) {
 #[test]
 fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
     let m = Mount::new();
-    for i in 0..4 {
-        fs::write(m.join(format!("f{i}")), random_bytes(700_000, 60 + i)).unwrap();
+    // Files over 1 MiB are stored one blob each: a dozen blobs, each confirmed by 5 of the 7
+    // nodes, so nodes 2 and 4 signed for some of them (all but certainly).
+    for i in 0..12 {
+        fs::write(m.join(format!("f{i}")), random_bytes(1_200_000, 60 + i)).unwrap();
     }
     let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
@@ -329,6 +331,31 @@ fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
     }
     for node in [0u16, 1, 3, 5, 6] {
         assert_eq!(audit_row(&out, node).1, 0, "node {node} is honest: {out:?}");
+    }
+    // The nodes that broke their promises are shown their own signed confirmations, and the
+    // signatures check out against their keys.
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let committee =
+        netcore::committee::Committee::load(&m.net().dir.path().join("committee.toml")).unwrap();
+    for node in [2u16, 4] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.contains(&format!(
+                    "evidence: node {node} confirmed storing sliver {node} of blob"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no evidence against node {node}: {text}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |w: &str| words.iter().position(|x| *x == w).unwrap() + 1;
+        let blob_id: netcore::codec::BlobId = words[at("blob")].parse().unwrap();
+        let signature = hex::decode(words[at("signature")].trim_end_matches(',')).unwrap();
+        let key = committee.nodes[usize::from(node)].public_key;
+        let message = netcore::wire::StorageConfirmation::message(&blob_id, node);
+        assert!(key.verify(&message, &signature), "{line}");
+    }
+    for node in [0u16, 1, 3, 5, 6] {
+        assert!(!text.contains(&format!("evidence: node {node} ")), "{text}");
     }
     // Repair restores them; the audit is clean again.
     assert!(repair(&m).status.success());

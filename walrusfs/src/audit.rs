@@ -2,6 +2,9 @@
 //! archive (its published index, snapshots and index records), verifies each answer against
 //! the blob's commitment, and prints a score per node. Unlike `repair` it writes nothing; unlike
 //! `fsck` it needs no state directory, and it checks bytes, not only what nodes say they hold.
+//! A node that fails a challenge for a sliver it signed a storage confirmation for (the index
+//! keeps the confirmations each upload collected) is named with that confirmation, verified
+//! against the node's key: evidence that it lost or withholds data it promised to keep.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,9 +49,16 @@ struct Score {
     served: u64,
     failed: u64,
     unreachable: u64,
-    /// A few failures, as evidence.
+    /// A few failures, as examples.
     examples: Vec<(BlobId, String)>,
+    /// Failures of slivers the node had signed for.
+    broken_promises: u64,
+    /// A few of them: blob, the confirmation's signature (hex), what failed.
+    evidence: Vec<(BlobId, String, String)>,
 }
+
+/// Examples and pieces of evidence shown per node.
+const SHOWN: usize = 3;
 
 /// Runs `walrusfs audit`.
 pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
@@ -69,7 +79,8 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
         let blobs =
             crate::repair::archive_blobs(&store, &key, &body, record.version, scratch.path())
                 .await?;
-        let mut ids: Vec<(BlobId, Option<BlobMetadata>)> = blobs.into_iter().collect();
+        let proofs = blobs.proofs;
+        let mut ids: Vec<(BlobId, Option<BlobMetadata>)> = blobs.blobs.into_iter().collect();
         ids.shuffle(&mut rand::rng());
         ids.truncate(args.blobs);
         let n = client.committee().n;
@@ -108,19 +119,31 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
             bar.inc(1);
             for (node, id, c) in results {
                 let s = scores.entry(node).or_default();
-                match c {
-                    Challenge::Served => s.served += 1,
+                let why = match c {
+                    Challenge::Served => {
+                        s.served += 1;
+                        continue;
+                    }
                     Challenge::Failed(e) => {
                         s.failed += 1;
-                        if s.examples.len() < 3 {
-                            s.examples.push((id, e.to_string()));
-                        }
+                        e.to_string()
                     }
                     Challenge::Unreachable(e) => {
                         s.unreachable += 1;
-                        if s.examples.len() < 3 {
-                            s.examples.push((id, format!("unreachable: {e}")));
-                        }
+                        format!("unreachable: {e}")
+                    }
+                };
+                if s.examples.len() < SHOWN {
+                    s.examples.push((id, why.clone()));
+                }
+                let node_key = client.committee().nodes[usize::from(node)].public_key;
+                let signed = proofs
+                    .get(&id)
+                    .and_then(|p| p.iter().find(|c| c.verify(&id, node, &node_key)));
+                if let Some(c) = signed {
+                    s.broken_promises += 1;
+                    if s.evidence.len() < SHOWN {
+                        s.evidence.push((id, hex::encode(&c.signature), why));
                     }
                 }
             }
@@ -152,6 +175,20 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     for (node, s) in &scores {
         for (id, why) in &s.examples {
             eprintln!("node {node}, blob {id}: {why}");
+        }
+    }
+    for (node, s) in &scores {
+        if s.broken_promises == 0 {
+            continue;
+        }
+        println!(
+            "node {node} failed {} challenges for slivers it signed storage confirmations for",
+            s.broken_promises
+        );
+        for (id, signature, why) in &s.evidence {
+            println!(
+                "  evidence: node {node} confirmed storing sliver {node} of blob {id} (ed25519 signature {signature}, verified against its key); now: {why}"
+            );
         }
     }
     if bad > 0 {

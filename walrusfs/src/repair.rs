@@ -14,6 +14,7 @@ use futures::stream::{self, StreamExt};
 use netcore::client::{Client, ClientError};
 use netcore::codec::{BlobId, BlobMetadata};
 use netcore::root::{RootAnswers, RootRecord};
+use netcore::wire::StorageConfirmation;
 use walrusfs::archive::body::{pick, IndexChain, RootBody};
 use walrusfs::archive::key::ArchiveKey;
 use walrusfs::archive::restore::{apply_chain, Quiet};
@@ -152,17 +153,27 @@ pub(crate) async fn latest_root(
     Ok((answers, record, body))
 }
 
+/// What an archive's published state references.
+pub(crate) struct ArchiveBlobs {
+    /// Every blob, with its metadata where the index records it.
+    pub blobs: BTreeMap<BlobId, Option<BlobMetadata>>,
+    /// The storage confirmations the index keeps, per blob (evidence for audits).
+    pub proofs: BTreeMap<BlobId, Vec<StorageConfirmation>>,
+}
+
 /// Every blob root version `version` (with `body`) references: its index records, and the
-/// blobs its index and every snapshot's refer to, with their metadata where the index records
-/// it. Each index is restored into a scratch directory under `work`, then removed.
+/// blobs its index and every snapshot's refer to, with their metadata and storage
+/// confirmations where the index records them. Each index is restored into a scratch
+/// directory under `work`, then removed.
 pub(crate) async fn archive_blobs(
     store: &NetworkStore,
     key: &ArchiveKey,
     body: &RootBody,
     version: u64,
     work: &Path,
-) -> anyhow::Result<BTreeMap<BlobId, Option<BlobMetadata>>> {
+) -> anyhow::Result<ArchiveBlobs> {
     let mut blobs: BTreeMap<BlobId, Option<BlobMetadata>> = BTreeMap::new();
+    let mut proofs: BTreeMap<BlobId, Vec<StorageConfirmation>> = BTreeMap::new();
     for id in body.index_blobs() {
         blobs.insert(id, None);
     }
@@ -194,11 +205,15 @@ pub(crate) async fn archive_blobs(
         .with_context(|| format!("cannot read {what} of root version {version}"))?;
         for (id, info) in index.blobs()? {
             blobs.insert(id, Some(info.metadata));
+            let p = index.proofs(&id)?;
+            if !p.is_empty() {
+                proofs.insert(id, p);
+            }
         }
         drop(index);
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(blobs)
+    Ok(ArchiveBlobs { blobs, proofs })
 }
 
 async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<Totals> {
@@ -221,7 +236,9 @@ async fn run(client: &Client, key: &ArchiveKey, work: &Path) -> anyhow::Result<T
             Err(e) => tracing::info!(node, "root record not restored: {e}"),
         }
     }
-    let blobs = archive_blobs(&store, key, &body, version, work).await?;
+    let blobs = archive_blobs(&store, key, &body, version, work)
+        .await?
+        .blobs;
 
     let done_path = work.join(DONE_FILE);
     let done: BTreeSet<BlobId> = match std::fs::read_to_string(&done_path) {

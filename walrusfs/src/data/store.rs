@@ -19,6 +19,8 @@ pub struct StoredBlob {
     pub blob_id: BlobId,
     /// The blob's metadata.
     pub metadata: BlobMetadata,
+    /// The nodes' signed confirmations that they store it (none from stores without nodes).
+    pub confirmations: Vec<netcore::wire::StorageConfirmation>,
 }
 
 /// Why a blob operation failed.
@@ -124,6 +126,7 @@ impl BlobStore for NetworkStore {
         Ok(StoredBlob {
             blob_id: out.blob_id,
             metadata: out.metadata,
+            confirmations: out.confirmations,
         })
     }
 
@@ -223,6 +226,7 @@ impl BlobStore for MemoryStore {
         Ok(StoredBlob {
             blob_id: enc.blob_id,
             metadata: enc.metadata,
+            confirmations: Vec::new(),
         })
     }
 

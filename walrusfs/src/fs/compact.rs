@@ -106,7 +106,12 @@ impl<B: BlobStore> Fs<B> {
             .map_err(|e| FsError::Network(e.message))?;
         let index = self.inner.index.clone();
         tokio::task::spawn_blocking(move || {
-            index.commit_moves(stored.blob_id, &stored.metadata, &moves)
+            index.commit_moves(
+                stored.blob_id,
+                &stored.metadata,
+                &stored.confirmations,
+                &moves,
+            )
         })
         .await
         .map_err(|e| FsError::Network(format!("compaction task: {e}")))?

@@ -292,10 +292,12 @@ impl<B: BlobStore> Fs<B> {
         let index = self.inner.index.clone();
         let blob_id = stored.blob_id;
         let metadata = stored.metadata;
-        let committed =
-            tokio::task::spawn_blocking(move || index.commit_upload(blob_id, &metadata, &items))
-                .await
-                .map_err(|e| FsError::Network(format!("commit task: {e}")))?;
+        let confirmations = stored.confirmations;
+        let committed = tokio::task::spawn_blocking(move || {
+            index.commit_upload(blob_id, &metadata, &confirmations, &items)
+        })
+        .await
+        .map_err(|e| FsError::Network(format!("commit task: {e}")))?;
         let committed = match committed {
             Ok(c) => c,
             Err(e) => {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::error::{IndexError, Result};
 use super::layout::{
     decode, ino_key, pair_key, parse_blob_id, parse_change_key, parse_ino_key, parse_named_key,
-    parse_pair_key, validate_name, DirentVal, FIRST_COOKIE,
+    parse_pair_key, validate_name, DirentVal, TreeId, FIRST_COOKIE,
 };
 use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, JChunk, ROOT_INO};
 use super::Index;
@@ -277,6 +277,18 @@ impl Index {
             format!("{} blobs referenced, {blobs} blob records", refs.len())
         })?;
         report.blobs = blobs as u64;
+        // Proofs: only of recorded blobs, each a confirmation of that blob.
+        for item in t.tree(TreeId::Proofs).iter() {
+            let (key, value) = item?;
+            let blob = parse_blob_id(&key)?;
+            ensure(t.blobs.contains_key(&key)?, || {
+                format!("proofs of blob {blob}, which has no record")
+            })?;
+            let proofs: Vec<netcore::wire::StorageConfirmation> = decode(&value, "blob proofs")?;
+            ensure(proofs.iter().all(|c| c.blob_id == blob), || {
+                format!("blob {blob}: proofs of another blob")
+            })?;
+        }
         for item in t.xattrs.iter().keys() {
             let key = item?;
             let (ino, _) = parse_named_key(&key)?;

@@ -110,6 +110,16 @@ impl Index {
         self.trees.blob(blob)
     }
 
+    /// The storage confirmations kept for `blob` (empty if none were: stored before proofs
+    /// were kept, or by a store without nodes).
+    pub fn proofs(&self, blob: &BlobId) -> Result<Vec<netcore::wire::StorageConfirmation>> {
+        let _r = self.read_lock();
+        match self.trees.tree(super::layout::TreeId::Proofs).get(blob.0)? {
+            Some(v) => decode(&v, "blob proofs"),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Every blob chunk refs point into, with its record, in blob id order (what repair and
     /// audit walk).
     pub fn blobs(&self) -> Result<Vec<(BlobId, BlobInfo)>> {
@@ -197,7 +207,7 @@ impl Index {
                 self.resize(tx, &mut attr, size)?;
             }
             for (blob, metadata) in blobs {
-                tx.register_blob(blob, metadata)?;
+                tx.register_blob(blob, metadata, &[])?;
             }
             for (index, c) in &updates {
                 let start = index.checked_mul(cs).filter(|&start| start < size);

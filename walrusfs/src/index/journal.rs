@@ -3,6 +3,7 @@
 //! and repointed at blobs as the uploader stores them.
 
 use netcore::codec::{BlobId, BlobMetadata};
+use netcore::wire::StorageConfirmation;
 
 use super::error::{IndexError, Result};
 use super::layout::{decode, encode, local_key, pair_key, parse_pair_key};
@@ -108,11 +109,12 @@ impl Index {
         &self,
         blob: BlobId,
         metadata: &BlobMetadata,
+        confirmations: &[StorageConfirmation],
         stored: &[Stored],
     ) -> Result<usize> {
         let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
-            tx.register_blob(&blob, metadata)?;
+            tx.register_blob(&blob, metadata, confirmations)?;
             let mut done = 0;
             for s in stored {
                 let Some(j) = tx.jchunk(s.ino, s.chunk)? else {
@@ -280,11 +282,12 @@ impl Index {
         &self,
         new: BlobId,
         metadata: &BlobMetadata,
+        confirmations: &[StorageConfirmation],
         moves: &[Move],
     ) -> Result<usize> {
         let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
-            tx.register_blob(&new, metadata)?;
+            tx.register_blob(&new, metadata, confirmations)?;
             let mut moved = 0;
             for m in moves {
                 let key = pair_key(m.ino, m.chunk);

@@ -14,8 +14,12 @@ use super::types::{FileKind, Ino};
 ///
 /// History: 1, the first local index; 2, blobs with reference counts, compact chunk refs
 /// (blob, offset, segmented sealing), GC entries stamped with a change sequence number, and the
-/// change log and local records that publishing needs.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// change log and local records that publishing needs; 3, the `proofs` tree (storage
+/// confirmations per blob). A format-2 index reads as format 3 with no proofs, and a writer
+/// opening one marks it 3.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// Oldest format version still opened.
+pub(crate) const MIN_FORMAT_VERSION: u32 = 2;
 
 /// The trees of the index. The number is part of the published format (it names the tree in
 /// change keys and published records); the name is sled's tree name.
@@ -58,11 +62,14 @@ pub enum TreeId {
     /// Local only: `be64 journal seq -> ino ++ chunk index`, the `jchunks` in record order (the
     /// uploader's queue).
     JQueue = 15,
+    /// `blob id -> Vec<StorageConfirmation>`: the signed confirmations the nodes gave when the
+    /// blob was stored (evidence for audits), removed with the blob's `blobs` entry.
+    Proofs = 16,
 }
 
 impl TreeId {
     /// Every tree, in number order (the index of each is its number).
-    pub const ALL: [TreeId; 16] = [
+    pub const ALL: [TreeId; 17] = [
         TreeId::Inodes,
         TreeId::Dirents,
         TreeId::Dircookies,
@@ -79,6 +86,7 @@ impl TreeId {
         TreeId::Held,
         TreeId::JChunks,
         TreeId::JQueue,
+        TreeId::Proofs,
     ];
 
     /// sled's name of the tree.
@@ -100,6 +108,7 @@ impl TreeId {
             TreeId::Held => "held",
             TreeId::JChunks => "jchunks",
             TreeId::JQueue => "jqueue",
+            TreeId::Proofs => "proofs",
         }
     }
 

@@ -85,7 +85,9 @@ pub use types::{
 };
 
 pub use layout::TreeId;
-use layout::{decode, encode, ino_key, meta_key, Counters, FIRST_COOKIE, FORMAT_VERSION};
+use layout::{
+    decode, encode, ino_key, meta_key, Counters, FIRST_COOKIE, FORMAT_VERSION, MIN_FORMAT_VERSION,
+};
 use scan::Scan;
 use tx::Trees;
 
@@ -129,6 +131,7 @@ impl Index {
             index.create_root(options)?;
         }
         index.load_meta()?;
+        index.upgrade_format()?;
         tracing::debug!(path = %path.display(), chunk_size = index.chunk_size(), "index opened");
         Ok(index)
     }
@@ -143,6 +146,24 @@ impl Index {
             self.create_root(options)?;
         }
         self.load_meta()
+    }
+
+    /// Marks an index of an older, compatible format as the current one (see
+    /// [`FORMAT_VERSION`]'s history: the upgrades so far add trees, which sled creates).
+    fn upgrade_format(&self) -> Result<()> {
+        let format: u32 = decode(
+            &required(&self.trees.meta, meta_key::FORMAT)?,
+            "format version",
+        )?;
+        if format < FORMAT_VERSION {
+            let value = encode(&FORMAT_VERSION)?;
+            let _w = self.write_lock();
+            self.transact(&Scan::default(), |tx| {
+                tx.put(TreeId::Meta, meta_key::FORMAT, value.as_slice())
+            })?;
+            tracing::info!(from = format, to = FORMAT_VERSION, "index format upgraded");
+        }
+        Ok(())
     }
 
     /// Empties every tree but the local records (an index about to be rebuilt).
@@ -193,7 +214,7 @@ impl Index {
     pub(crate) fn load_meta(&self) -> Result<()> {
         let meta = &self.trees.meta;
         let format: u32 = decode(&required(meta, meta_key::FORMAT)?, "format version")?;
-        if format != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&format) {
             return Err(IndexError::Format {
                 found: format,
                 supported: FORMAT_VERSION,

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use netcore::codec::{BlobId, BlobMetadata};
+use netcore::wire::StorageConfirmation;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
@@ -424,7 +425,14 @@ impl Tx<'_> {
 
     /// Records a newly stored blob (with no refs yet) unless it is known; takes it off the GC
     /// queue if a rejected or overtaken upload had put it there.
-    pub fn register_blob(&self, blob: &BlobId, metadata: &BlobMetadata) -> TxResult<()> {
+    /// `confirmations` (the nodes' signed statements that they stored it) are kept as the
+    /// blob's proofs.
+    pub fn register_blob(
+        &self,
+        blob: &BlobId,
+        metadata: &BlobMetadata,
+        confirmations: &[StorageConfirmation],
+    ) -> TxResult<()> {
         if self.blob(blob)?.is_none() {
             let info = BlobInfo {
                 metadata: metadata.clone(),
@@ -432,8 +440,18 @@ impl Tx<'_> {
                 live_bytes: 0,
             };
             self.put(TreeId::Blobs, &blob.0, ok(encode(&info))?)?;
+            if !confirmations.is_empty() {
+                self.put(TreeId::Proofs, &blob.0, ok(encode(&confirmations))?)?;
+            }
         }
         Ok(())
+    }
+
+    /// Drops a blob's record and its proofs, and queues it for GC.
+    fn drop_blob(&self, blob: &BlobId) -> TxResult<()> {
+        self.del(TreeId::Blobs, &blob.0)?;
+        self.del(TreeId::Proofs, &blob.0)?;
+        self.gc_add(blob)
     }
 
     /// Counts one more ref of `sealed` bytes into a registered blob.
@@ -461,8 +479,7 @@ impl Tx<'_> {
         if info.refs == 0 {
             // INV: a blob leaves `blobs` exactly when its last ref goes, and is queued for GC
             // in the same transaction: no blob leaks, none is freed while referenced.
-            self.del(TreeId::Blobs, &blob.0)?;
-            self.gc_add(blob)?;
+            self.drop_blob(blob)?;
         } else {
             self.put(TreeId::Blobs, &blob.0, ok(encode(&info))?)?;
         }
@@ -475,8 +492,7 @@ impl Tx<'_> {
         for blob in blobs {
             if let Some(info) = self.blob(blob)? {
                 if info.refs == 0 {
-                    self.del(TreeId::Blobs, &blob.0)?;
-                    self.gc_add(blob)?;
+                    self.drop_blob(blob)?;
                 }
             }
         }

@@ -360,3 +360,57 @@ fn index_is_send_and_sync_and_concurrent_creates_are_consistent() {
     assert_eq!(ix.stats().unwrap().inodes, 1 + 4 + 800 + 4 * 133);
     ix.check().unwrap();
 }
+
+#[test]
+fn a_blobs_proofs_are_kept_with_it_published_and_dropped_with_it() {
+    let (_dir, ix) = open();
+    let (id, meta) = metadata_of(fresh_metadata(5000));
+    let node = netcore::identity::Identity::generate().unwrap();
+    let proofs = vec![netcore::wire::StorageConfirmation::sign(&node, id, 3)];
+    ix.transact(&Scan::default(), |tx| tx.register_blob(&id, &meta, &proofs))
+        .unwrap();
+    assert_eq!(ix.proofs(&id).unwrap(), proofs);
+    // Published like the blob's record: a change of the proofs tree is recorded.
+    let changed: Vec<TreeId> = ix
+        .trees
+        .changes
+        .iter()
+        .map(|e| TreeId::from_u8(e.unwrap().0[0]).unwrap())
+        .collect();
+    assert!(changed.contains(&TreeId::Proofs), "{changed:?}");
+    // The blob dropped (no refs), its proofs go with it.
+    ix.transact(&Scan::default(), |tx| tx.drop_unreferenced(&[id]))
+        .unwrap();
+    assert!(ix.proofs(&id).unwrap().is_empty());
+    assert!(ix.blob(&id).unwrap().is_none());
+    ix.check().unwrap();
+}
+
+#[test]
+fn a_format_2_index_opens_and_is_marked_format_3() {
+    let (dir, ix) = open();
+    let two = layout::encode(&2u32).unwrap();
+    ix.transact(&Scan::default(), |tx| {
+        tx.put(TreeId::Meta, meta_key::FORMAT, two.as_slice())
+    })
+    .unwrap();
+    ix.flush().unwrap();
+    drop(ix);
+    let ix = reopen(&dir);
+    let format: u32 = layout::decode(
+        &ix.trees.meta.get(meta_key::FORMAT).unwrap().unwrap(),
+        "format",
+    )
+    .unwrap();
+    assert_eq!(format, FORMAT_VERSION);
+    // One older than that is refused with the format named.
+    let one = layout::encode(&1u32).unwrap();
+    ix.transact(&Scan::default(), |tx| {
+        tx.put(TreeId::Meta, meta_key::FORMAT, one.as_slice())
+    })
+    .unwrap();
+    ix.flush().unwrap();
+    drop(ix);
+    let e = Index::open(&dir.path().join("index"), opts()).unwrap_err();
+    assert!(matches!(e, IndexError::Format { found: 1, .. }), "{e}");
+}
