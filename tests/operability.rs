@@ -609,3 +609,22 @@ fn long_commands_show_progress_on_a_terminal_and_stay_quiet_otherwise() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim().len(), 64);
 }
+
+#[test]
+fn the_background_mount_does_not_inherit_the_passphrase() {
+    let m = Mount::new();
+    m.unmount();
+    let out = Command::new(bin())
+        .args(["mount", "--testnet", m.net().dir_str(), "--state"])
+        .arg(m.state())
+        .arg(m.path())
+        .env("WALRUSFS_PASSPHRASE", "correct horse battery staple")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = m.pid().expect("mount pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("WALRUSFS_PASSPHRASE"), "{environ}");
+    assert!(!environ.contains("battery staple"));
+}

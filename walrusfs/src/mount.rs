@@ -446,6 +446,9 @@ fn spawn_background(
         cmd.arg(flag).arg(value);
     }
     cmd.arg(mountpoint);
+    // The secret goes over the pipe below; a passphrase in the environment has done its job
+    // and must not live on in a long-running process's /proc/PID/environ.
+    cmd.env_remove(crate::keys::PASSPHRASE_ENV);
     cmd.stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log);
