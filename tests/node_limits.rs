@@ -370,3 +370,64 @@ fn a_client_stores_no_more_than_its_quota_on_a_node() {
         "deleting did not give the quota back"
     );
 }
+
+/// `D/scrub.toml` of node `i`: (pass start, last blob checked).
+fn scrub_state(net: &Testnet, i: u16) -> Option<(u64, Option<String>)> {
+    let text = std::fs::read_to_string(net.node_dir(i).join("scrub.toml")).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    Some((
+        v.get("started_secs")?.as_integer()? as u64,
+        v.get("last").and_then(|l| l.as_str()).map(str::to_owned),
+    ))
+}
+
+#[test]
+fn a_restarted_node_resumes_its_scrub_pass() {
+    let net = Testnet::up(4);
+    let work = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        net.put_bytes(work.path(), &random_bytes(300_000, 500 + i));
+    }
+    // Slowly (1 MiB/s over ~6 MB of slivers): the pass is still running when the node dies.
+    // (The pass over the empty store at start finished; the next is due a second later.)
+    net.reconfigure(
+        0,
+        &[("scrub_mib_per_sec", "1"), ("scrub_interval_secs", "1")],
+    );
+    let mut during = None;
+    let started = Instant::now();
+    while during.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no position saved"
+        );
+        if let Some((start, Some(last))) = scrub_state(&net, 0) {
+            during = Some((start, last));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (pass_start, _) = during.unwrap();
+    net.kill(0);
+    let (_, last) = scrub_state(&net, 0).unwrap();
+    assert!(last.is_some(), "killed mid-pass");
+    net.up_again();
+    // The same pass resumes after the last blob checked, and finishes.
+    let log = net.node_dir(0).join("node.log");
+    let finished = started.elapsed();
+    loop {
+        if let Some((start, None)) = scrub_state(&net, 0) {
+            assert_eq!(
+                start, pass_start,
+                "a new pass started instead of the old one resuming"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < finished + Duration::from_secs(60),
+            "the pass never finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("resuming the pass"), "{text}");
+}

@@ -621,7 +621,11 @@ fn the_background_mount_does_not_inherit_the_passphrase() {
         .env("WALRUSFS_PASSPHRASE", "correct horse battery staple")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = m.pid().expect("mount pid");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);

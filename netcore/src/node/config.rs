@@ -4,6 +4,7 @@
 //! D/node.toml   this configuration            D/node.key   the node's ed25519 key (0600)
 //! D/node.pid    pid while the node runs       D/store/     the sliver store (see `store`)
 //! D/node.lock   locked while a node serves D    D/roots/     archive root records (see `roots`)
+//! D/scrub.toml  where the scrubber's pass is (format 1: started_secs, last blob checked)
 //! ```
 
 use std::net::SocketAddr;
