@@ -73,6 +73,10 @@ pub enum ClientError {
     /// Encoding or decoding failed locally.
     #[error("codec: {0}")]
     Codec(#[from] CodecError),
+    /// The caller's announcement of a put failed (see `Client::put_announced`); nothing was
+    /// sent.
+    #[error("put not started: {0}")]
+    Announce(String),
     /// Fewer than `n - f` nodes confirmed a write: the blob is not durably stored.
     #[error(
         "blob {blob_id} not stored: {confirmed} of {needed} required confirmations ({failures})"

@@ -26,8 +26,19 @@ impl Client {
     /// Stores `data` as one blob. Returns once `n - f` nodes have durably stored their sliver
     /// and signed for it; slivers for slower nodes keep going in the background.
     pub async fn put(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
+        self.put_announced(data, |_| Ok(())).await
+    }
+
+    /// [`Client::put`], calling `announce` with the blob's id once it is encoded and before
+    /// any node receives a byte: the caller records its intent (so a crash mid-put leaves no
+    /// blob it does not know of). An error from `announce` stops the put.
+    pub async fn put_announced(
+        &self,
+        data: &[u8],
+        announce: impl FnOnce(&BlobId) -> Result<(), String>,
+    ) -> Result<PutOutcome, ClientError> {
         let start = std::time::Instant::now();
-        let r = self.put_inner(data).await;
+        let r = self.put_inner(data, announce).await;
         if r.is_ok() {
             metrics::histogram!(crate::metrics::CLIENT_PUT_SECONDS)
                 .record(start.elapsed().as_secs_f64());
@@ -35,13 +46,18 @@ impl Client {
         r
     }
 
-    async fn put_inner(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
+    async fn put_inner(
+        &self,
+        data: &[u8],
+        announce: impl FnOnce(&BlobId) -> Result<(), String>,
+    ) -> Result<PutOutcome, ClientError> {
         let params = self.inner.committee.params();
         let encoded = cpu_bound(|| {
             self.inner
                 .with_codec(data.len() as u64, |c| c.encode(params, data))
         })?;
         let blob_id = encoded.blob_id;
+        announce(&blob_id).map_err(ClientError::Announce)?;
         let span = info_span!("put", blob = %blob_id, len = data.len());
         self.disperse(blob_id, encoded.metadata, encoded.slivers)
             .instrument(span)

@@ -72,6 +72,13 @@ pub struct RootWriteError {
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores a blob durably (for the network: `n - f` confirmations).
     fn put(&self, data: Vec<u8>) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send;
+    /// [`BlobStore::put`], calling `announce` with the blob's id before any of it is stored
+    /// anywhere; an error from `announce` stops the put.
+    fn put_announced(
+        &self,
+        data: Vec<u8>,
+        announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
+    ) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send;
     /// Reads a blob back, verified against `metadata` and `blob_id`.
     fn get(
         &self,
@@ -122,7 +129,15 @@ impl NetworkStore {
 
 impl BlobStore for NetworkStore {
     async fn put(&self, data: Vec<u8>) -> Result<StoredBlob, StoreError> {
-        let out = self.client.put(&data).await?;
+        self.put_announced(data, |_| Ok(())).await
+    }
+
+    async fn put_announced(
+        &self,
+        data: Vec<u8>,
+        announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
+    ) -> Result<StoredBlob, StoreError> {
+        let out = self.client.put_announced(&data, announce).await?;
         Ok(StoredBlob {
             blob_id: out.blob_id,
             metadata: out.metadata,
@@ -179,6 +194,9 @@ pub struct MemoryStore {
     blobs: Mutex<HashMap<BlobId, Vec<u8>>>,
     /// When set, puts fail (like a network with fewer than `n - f` nodes up).
     pub fail_puts: AtomicBool,
+    /// When set, puts store the blob but fail as a put confirmed by too few nodes does
+    /// (naming the blob as partly stored).
+    pub partial_puts: AtomicBool,
     /// When set, gets fail.
     pub fail_gets: AtomicBool,
     /// When set, deletes fail (the node cannot be reached).
@@ -215,14 +233,32 @@ impl MemoryStore {
 
 impl BlobStore for MemoryStore {
     async fn put(&self, data: Vec<u8>) -> Result<StoredBlob, StoreError> {
-        if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(StoreError::new("injected put failure"));
-        }
+        self.put_announced(data, |_| Ok(())).await
+    }
+
+    async fn put_announced(
+        &self,
+        data: Vec<u8>,
+        announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
+    ) -> Result<StoredBlob, StoreError> {
         let params = EncodingParams::new(4, 2).map_err(|e| StoreError::new(e.to_string()))?;
         let enc =
             netcore::codec::encode(params, &data).map_err(|e| StoreError::new(e.to_string()))?;
+        announce(&enc.blob_id).map_err(StoreError::new)?;
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(StoreError {
+                message: "injected put failure".into(),
+                partial_blob: None,
+            });
+        }
         let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs.insert(enc.blob_id, data);
+        if self.partial_puts.load(Ordering::SeqCst) {
+            return Err(StoreError {
+                message: "injected partial put".into(),
+                partial_blob: Some(enc.blob_id),
+            });
+        }
         Ok(StoredBlob {
             blob_id: enc.blob_id,
             metadata: enc.metadata,

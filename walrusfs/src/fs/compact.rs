@@ -98,10 +98,13 @@ impl<B: BlobStore> Fs<B> {
     }
 
     async fn store_moved(&self, moves: Vec<Move>, bytes: Vec<u8>) -> FsResult<usize> {
+        // Held until the index commit (see `Inner::gc_gate`).
+        let _gate = self.inner.gc_gate.read().await;
+        let index = self.inner.index.clone();
         let stored = self
             .inner
             .store
-            .put(bytes)
+            .put_announced(bytes, |id| super::upload::intend(&index, id))
             .await
             .map_err(|e| FsError::Network(e.message))?;
         let index = self.inner.index.clone();

@@ -39,6 +39,8 @@ impl<B: BlobStore> Fs<B> {
         cursor: &mut Option<BlobId>,
         seen: &mut HashMap<BlobId, Instant>,
     ) -> bool {
+        // Exclusive from choosing blobs to deleting them (see `Inner::gc_gate`).
+        let _gate = self.inner.gc_gate.write().await;
         let horizon = match self.gc_horizon() {
             Ok(h) => h,
             Err(e) => {
@@ -70,6 +72,8 @@ impl<B: BlobStore> Fs<B> {
             .into_iter()
             .filter(|(_, e)| e.dropped_seq <= horizon)
             .filter(|(id, _)| matches!(self.inner.index.is_held(id), Ok(false)))
+            // Registered blobs are live (registering takes them off the queue; belt and braces).
+            .filter(|(id, _)| matches!(self.inner.index.blob(id), Ok(None)))
             .filter(|(id, _)| now.duration_since(*seen.entry(*id).or_insert(now)) >= grace)
             .collect();
         if seen.len() > 64 * GC_BATCH {

@@ -179,6 +179,12 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) uploads: upload::Uploads,
     /// Wakes the garbage collector.
     pub(crate) gc_wake: Arc<tokio::sync::Notify>,
+    /// Uploads hold it shared from their put to their index commit; a GC round holds it
+    /// exclusively from choosing blobs to deleting them. So a blob a failed upload queued for
+    /// deletion is never deleted while a retry stores it again (same bytes, same blob): either
+    /// the retry's commit takes it off the queue first, or the deletion ends before the retry
+    /// stores it.
+    pub(crate) gc_gate: tokio::sync::RwLock<()>,
     /// Wakes the journal reclaimer (records were stored, or a writer waits for room).
     pub(crate) reclaim_wake: Arc<tokio::sync::Notify>,
     /// The background tasks, until shut down.
@@ -271,6 +277,7 @@ impl<B: BlobStore> Fs<B> {
                 next_fh: AtomicU64::new(1),
                 fetching: Default::default(),
                 gc_wake: Arc::new(tokio::sync::Notify::new()),
+                gc_gate: tokio::sync::RwLock::new(()),
                 reclaim_wake: Arc::new(tokio::sync::Notify::new()),
                 background: Mutex::new(None),
             }),

@@ -29,6 +29,19 @@ const ROUND: usize = 4096;
 /// Rounds a drain makes for records that keep being rewritten before it gives up.
 const MAX_DRAIN_ROUNDS: u32 = 256;
 
+/// Records, durably and before a byte of it is stored, that blob `id` is about to be stored:
+/// it is queued for GC, and the index commit that registers it takes it off the queue again.
+/// A crash in between (after nodes stored it, before the commit) then leaves no blob that
+/// nothing refers to and nothing will delete; the gate (`Inner::gc_gate`) keeps GC from
+/// deleting it while its upload runs.
+pub(crate) fn intend(index: &crate::index::Index, id: &BlobId) -> Result<(), String> {
+    tokio::task::block_in_place(|| {
+        index.gc_enqueue(&[*id])?;
+        index.flush()
+    })
+    .map_err(|e| format!("cannot record the upload in the index: {e}"))
+}
+
 /// The uploader's shared state.
 pub(crate) struct Uploads {
     /// Records being uploaded.
@@ -260,7 +273,15 @@ impl<B: BlobStore> Fs<B> {
             Err(crate::journal::JournalError::Gone(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let stored = match self.inner.store.put(blob).await {
+        // Held until the index commit (see `Inner::gc_gate`).
+        let _gate = self.inner.gc_gate.read().await;
+        let index = self.inner.index.clone();
+        let stored = match self
+            .inner
+            .store
+            .put_announced(blob, |id| intend(&index, id))
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 // Nodes that did store a sliver of the failed blob must not keep it forever.

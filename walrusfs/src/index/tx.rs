@@ -444,6 +444,11 @@ impl Tx<'_> {
                 self.put(TreeId::Proofs, &blob.0, ok(encode(&confirmations))?)?;
             }
         }
+        // INV: a registered blob is never queued for GC (a failed upload queued it; a retry
+        // stored the same bytes, hence the same blob, again).
+        if self.get(TreeId::Gc, &blob.0)?.is_some() {
+            self.del(TreeId::Gc, &blob.0)?;
+        }
         Ok(())
     }
 

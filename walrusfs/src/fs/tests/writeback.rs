@@ -426,3 +426,41 @@ fn a_new_file_uses_the_versions_its_creation_reserved_and_never_reuses_them() {
     assert_eq!(s.read_all(fh), third);
     s.fs.index().check().unwrap();
 }
+
+#[test]
+fn a_blob_a_failed_upload_queued_for_gc_survives_when_a_retry_stores_it() {
+    let s = setup();
+    // The first upload reaches too few nodes: the blob is queued for deletion.
+    s.store.partial_puts.store(true, Ordering::SeqCst);
+    let (ino, fh) = s.create("f");
+    let data = pattern(2 * CHUNK as usize + 10, 9);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    assert!(s.fs.sync_all().is_err());
+    assert!(
+        s.fs.gc_backlog() > 0,
+        "the partial blob is queued for deletion"
+    );
+    // The retry stores the same records, so the same blob: it must leave the GC queue.
+    s.store.partial_puts.store(false, Ordering::SeqCst);
+    s.fs.sync_all().unwrap();
+    let ids: Vec<_> =
+        s.fs.index()
+            .blobs()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+    assert!(!ids.is_empty());
+    s.fs.index().check().unwrap();
+    // GC runs (no grace in these tests) and must not touch it.
+    std::thread::sleep(Duration::from_millis(500));
+    for id in &ids {
+        assert!(s.store.contains(id), "GC deleted live blob {id}");
+    }
+    assert_eq!(s.fs.gc_backlog(), 0);
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+}
