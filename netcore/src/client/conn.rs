@@ -13,6 +13,7 @@ pub(crate) struct NodeConn {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     state: tokio::sync::Mutex<ConnState>,
+    reach: std::sync::Mutex<Reachability>,
     /// What this client has seen of the node (for `walrusfs status`).
     seen: std::sync::Mutex<Seen>,
     /// The node's index as a metrics label.
@@ -58,10 +59,25 @@ struct Seen {
 /// Weight of the newest sample in the latency moving average.
 const LATENCY_WEIGHT: f64 = 0.2;
 
+/// The connection, behind an async mutex held across a connect attempt (so concurrent
+/// requests share one attempt).
 #[derive(Default)]
 struct ConnState {
     conn: Option<quinn::Connection>,
+}
+
+/// What the last connect attempts said, behind a plain mutex that is never held across an
+/// await: choosing which nodes to ask must not wait for a connect in progress (up to the
+/// connect timeout on a node that is gone).
+#[derive(Default, Clone, Copy)]
+struct Reachability {
+    /// Skip the node until then (after a failed connect).
     down_until: Option<Instant>,
+    /// Whether the last connect failed (until one succeeds): reads ask such a node last even
+    /// after its back-off, so a node that is gone does not make reads wait for a connect
+    /// timeout each time its back-off runs out (writes still try it then; a health check or
+    /// a write that connects clears this).
+    last_connect_failed: bool,
 }
 
 impl NodeConn {
@@ -78,6 +94,7 @@ impl NodeConn {
             endpoint,
             config,
             state: Default::default(),
+            reach: Default::default(),
             seen: Default::default(),
         }
     }
@@ -139,10 +156,20 @@ impl NodeConn {
         }
     }
 
+    fn reach(&self) -> Reachability {
+        *self.reach.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether the node is currently being skipped after a failed connect.
     pub(crate) async fn backing_off(&self) -> bool {
-        let st = self.state.lock().await;
-        st.down_until.is_some_and(|t| Instant::now() < t)
+        self.reach().down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Whether reads should ask this node last: it is backing off, or its last connect
+    /// failed and none has succeeded since.
+    pub(crate) async fn suspect(&self) -> bool {
+        let r = self.reach();
+        r.last_connect_failed || r.down_until.is_some_and(|t| Instant::now() < t)
     }
 
     async fn connection(&self, cfg: &ClientConfig) -> Result<quinn::Connection, NodeError> {
@@ -153,7 +180,7 @@ impl NodeConn {
                 return Ok(c.clone());
             }
         }
-        if st.down_until.is_some_and(|t| Instant::now() < t) {
+        if self.reach().down_until.is_some_and(|t| Instant::now() < t) {
             return Err(NodeError::BackingOff);
         }
         let attempt = async {
@@ -175,12 +202,15 @@ impl NodeConn {
         match result {
             Ok(c) => {
                 st.conn = Some(c.clone());
-                st.down_until = None;
+                *self.reach.lock().unwrap_or_else(|p| p.into_inner()) = Reachability::default();
                 Ok(c)
             }
             Err(e) => {
                 st.conn = None;
-                st.down_until = Some(Instant::now() + cfg.backoff);
+                *self.reach.lock().unwrap_or_else(|p| p.into_inner()) = Reachability {
+                    down_until: Some(Instant::now() + cfg.backoff),
+                    last_connect_failed: true,
+                };
                 Err(e)
             }
         }

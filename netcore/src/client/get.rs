@@ -160,13 +160,14 @@ impl Client {
         Ok(slivers)
     }
 
-    /// Nodes in the order to ask them: reachable before backing-off, and with `systematic`,
-    /// the `k` systematic slivers first (they decode without Reed-Solomon work).
+    /// Nodes in the order to ask them: reachable before suspect (backing off, or failing to
+    /// connect), and with `systematic`, the `k` systematic slivers first (they decode without
+    /// Reed-Solomon work).
     async fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
         let k = self.inner.committee.k;
         let mut order = Vec::with_capacity(self.inner.nodes.len());
         for node in &self.inner.nodes {
-            let down = node.backing_off().await;
+            let down = node.suspect().await;
             let rank = (down, systematic && node.info.index >= k);
             order.push((rank, node.info.index));
         }
@@ -189,9 +190,10 @@ fn is_transient(e: &NodeError) -> bool {
 /// Asks nodes in `order` until `want` answers succeed: `want + extra` requests start at once;
 /// each failure starts the next node, and so does each `hedge` period without an answer, so
 /// one slow node costs at most a hedge delay. Once the first answer is in, after `t`, the
-/// rest get as long again (at least [`MIN_HEDGE`]) before the next node is asked: a stalled
-/// node among fast ones costs about one fast answer, not the fixed hedge delay. Returns the
-/// successes and every failure.
+/// rest get as long again (at least [`MIN_HEDGE`]); then every answer still missing is asked
+/// of another node at once, and again every `t` after that: stalled or dead nodes among fast
+/// ones (two of the `k` systematic ones, say) cost about one fast answer each round, not a
+/// fixed hedge delay per missing sliver. Returns the successes and every failure.
 async fn hedged<'a, T>(
     order: Vec<SliverIndex>,
     want: usize,
@@ -213,6 +215,8 @@ async fn hedged<'a, T>(
     let mut failures = Vec::new();
     let timer = tokio::time::sleep(hedge);
     tokio::pin!(timer);
+    // Time to the first answer, once there is one: the pace of the adaptive hedges.
+    let mut first: Option<std::time::Duration> = None;
     while done.len() < want && !running.is_empty() {
         tokio::select! {
             Some((node, result)) = running.next() => match result {
@@ -220,7 +224,9 @@ async fn hedged<'a, T>(
                     done.push(v);
                     if done.len() == 1 && want > 1 {
                         let now = tokio::time::Instant::now();
-                        let sooner = now + (now - started).max(MIN_HEDGE);
+                        let pace = (now - started).max(MIN_HEDGE);
+                        first = Some(pace);
+                        let sooner = now + pace;
                         if sooner < timer.deadline() {
                             timer.as_mut().reset(sooner);
                         }
@@ -241,13 +247,73 @@ async fn hedged<'a, T>(
                 }
             },
             () = &mut timer => {
-                if let Some(next) = pending.pop_front() {
-                    debug!(node = next, "hedging a slow request");
-                    running.push(launch(next));
+                // Before any answer, one more node per hedge period; after one, a node for
+                // every answer still missing, at the pace of the first answer.
+                let (more, pace) = match first {
+                    Some(pace) => (want - done.len(), pace),
+                    None => (1, hedge),
+                };
+                for _ in 0..more {
+                    if let Some(next) = pending.pop_front() {
+                        debug!(node = next, "hedging a slow request");
+                        running.push(launch(next));
+                    }
                 }
-                timer.as_mut().reset(tokio::time::Instant::now() + hedge);
+                timer.as_mut().reset(tokio::time::Instant::now() + pace);
             }
         }
     }
     (done, Failures(failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes that answer after `ms` (virtual) milliseconds, or never (`None`).
+    fn launcher(
+        delays: &'static [Option<u64>],
+    ) -> impl Fn(SliverIndex) -> Attempt<'static, SliverIndex> {
+        move |index| {
+            Box::pin(async move {
+                match delays[usize::from(index)] {
+                    Some(ms) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        (index, Ok(index))
+                    }
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_dead_systematic_nodes_cost_one_fast_answer_not_a_hedge_delay_each() {
+        // Nodes 0 and 1 never answer; the rest in 10 ms. Three slivers are needed.
+        static DELAYS: [Option<u64>; 7] =
+            [None, None, Some(10), Some(10), Some(10), Some(10), Some(10)];
+        let hedge = std::time::Duration::from_millis(300);
+        let start = tokio::time::Instant::now();
+        let (got, _) = hedged((0..7).collect(), 3, 0, hedge, launcher(&DELAYS)).await;
+        let took = start.elapsed();
+        assert_eq!(got.len(), 3);
+        // Node 2 answers at 10 ms; at 20 ms both missing slivers are asked of nodes 3 and 4,
+        // which answer at 30 ms (one at a time, with a hedge delay between, took 330 ms).
+        assert!(
+            took <= std::time::Duration::from_millis(40),
+            "took {took:?}"
+        );
+        assert!(got.contains(&3) && got.contains(&4), "{got:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_any_answer_one_more_node_per_hedge_period() {
+        static DELAYS: [Option<u64>; 4] = [None, Some(1000), Some(1000), Some(1000)];
+        let hedge = std::time::Duration::from_millis(300);
+        let start = tokio::time::Instant::now();
+        let (got, _) = hedged((0..4).collect(), 1, 0, hedge, launcher(&DELAYS)).await;
+        // Node 0 never answers: node 1 is asked at 300 ms and answers at 1300 ms.
+        assert_eq!(got, vec![1]);
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(1300));
+    }
 }

@@ -173,6 +173,8 @@ pub(crate) struct Inner<B: BlobStore> {
     /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
     /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
     pub(crate) disk_cache: Option<cache::DiskCache>,
+    /// Writes into `disk_cache` in flight (they run off the readers' path).
+    pub(crate) cache_writes: std::sync::atomic::AtomicUsize,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
     /// The uploader's shared state.
@@ -260,6 +262,7 @@ impl<B: BlobStore> Fs<B> {
             inner: Arc::new(Inner {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
+                cache_writes: Default::default(),
                 read_only: AtomicBool::new(cfg.read_only),
                 network_free: AtomicU64::new(u64::MAX),
                 durable: Arc::new(tokio::sync::Notify::new()),

@@ -24,6 +24,9 @@ enum Source {
     Hole,
 }
 
+/// Sealed chunks waiting to be written into the on-disk cache at most (see `cache_on_disk`).
+const MAX_CACHE_WRITES: usize = 4;
+
 impl<B: BlobStore> Fs<B> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -291,6 +294,33 @@ impl<B: BlobStore> Fs<B> {
         })
     }
 
+    /// Keeps a fetched sealed chunk in the on-disk cache, off the reader's path: written (and
+    /// checksummed) by a blocking task while the reader goes on. Best effort: with
+    /// [`MAX_CACHE_WRITES`] already waiting, the chunk is not cached (a cold sequential
+    /// stream then does not queue up writes the cache would evict anyway).
+    fn cache_on_disk(&self, key: cache::DiskKey, sealed: &[u8]) {
+        if self.inner.disk_cache.is_none() {
+            return;
+        }
+        let pending = &self.inner.cache_writes;
+        if pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_CACHE_WRITES {
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let fs = self.clone();
+        let sealed = sealed.to_vec();
+        self.inner.rt.spawn_blocking(move || {
+            if let Some(disk) = &fs.inner.disk_cache {
+                if let Err(e) = disk.insert(key, &sealed) {
+                    tracing::debug!("disk cache insert failed: {e}");
+                }
+            }
+            fs.inner
+                .cache_writes
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
     async fn fetch_uncached(
         &self,
         ino: u64,
@@ -350,11 +380,7 @@ impl<B: BlobStore> Fs<B> {
         } else {
             blob[from..to].to_vec()
         };
-        if let Some(disk) = &self.inner.disk_cache {
-            if let Err(e) = disk.insert(disk_key, &sealed) {
-                tracing::debug!("disk cache insert failed: {e}");
-            }
-        }
+        self.cache_on_disk(disk_key, &sealed);
         // INV: bytes reach a reader only after the client verified the blob and the AEAD
         // authenticated it for exactly this file, position and version.
         let plain = self
