@@ -58,7 +58,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let listen = args.listen.context("--init needs --listen ADDR")?;
         return init(&args.dir, listen, args.trust_client, args.slot);
     }
-    limit_malloc_caching();
+    crate::limit_malloc_caching();
     if !args.dir.join(config::CONFIG_FILE).exists() {
         anyhow::bail!(
             "{} is not a node directory (no {}); make one with `walrusfs node --init --dir {} --listen ADDR --trust-client KEY`",
@@ -105,21 +105,6 @@ pub fn init(
     config.save(dir)?;
     println!("{}", id.public_key());
     Ok(())
-}
-
-/// Makes glibc return freed sliver buffers to the system at once. By default its mmap
-/// threshold grows to the largest block freed (up to 32 MiB), after which multi-MiB sliver
-/// buffers come from per-thread arenas that keep their pages: the node's resident memory then
-/// drifts to several times its byte budget (measured: 147 MiB against a 32 MiB budget, 60 MiB
-/// with this; `tests/node_limits.rs`).
-fn limit_malloc_caching() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: mallopt(3) takes two integers, touches only the allocator's own settings, and is
-    // called before any other thread exists. No safe wrapper exists (nix has none).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
