@@ -174,7 +174,7 @@ pub(crate) struct Inner<B: BlobStore> {
     /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
     pub(crate) disk_cache: Option<cache::DiskCache>,
     /// Writes into `disk_cache` in flight (they run off the readers' path).
-    pub(crate) cache_writes: std::sync::atomic::AtomicUsize,
+    pub(crate) cache_writes: Arc<std::sync::atomic::AtomicUsize>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
     /// The uploader's shared state.

@@ -308,6 +308,7 @@ impl<B: BlobStore> Fs<B> {
             return;
         }
         let fs = self.clone();
+        let pending = pending.clone();
         let sealed = sealed.to_vec();
         self.inner.rt.spawn_blocking(move || {
             if let Some(disk) = &fs.inner.disk_cache {
@@ -315,10 +316,24 @@ impl<B: BlobStore> Fs<B> {
                     tracing::debug!("disk cache insert failed: {e}");
                 }
             }
-            fs.inner
-                .cache_writes
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // Let go of the filesystem (and its cache) before saying the write is done.
+            drop(fs);
+            pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+
+    /// Waits (up to `limit`) until no write into the on-disk cache is pending.
+    pub fn settle_cache_writes(&self, limit: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while self
+            .inner
+            .cache_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && start.elapsed() < limit
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     async fn fetch_uncached(

@@ -523,6 +523,8 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let fs = open(store.clone());
     let fh = fs.open(a.ino, false).unwrap();
     assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    // Filled off the reader's path: wait for it.
+    fs.settle_cache_writes(Duration::from_secs(10));
     let disk = fs.disk_cache_stats().unwrap();
     assert!(disk.inserts >= 2, "{disk:?}");
     fs.release(fh).unwrap();
