@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -446,4 +447,89 @@ fn fsck_refuses_a_mounted_archive_and_names_blobs_the_network_lost() {
         err.contains("only 2 nodes hold a sliver, 3 are needed"),
         "fsck names the lost blobs: {err}"
     );
+}
+
+/// Unmounts the tmpfs a test put under a state directory.
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_is_enospc_to_writers_and_nothing_is_lost_once_there_is_room() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let m = Mount::with_options(Options {
+        extra: &["--disk-cache-mib", "0"],
+        ..Options::default()
+    });
+    let kept = random_bytes(300_000, 70);
+    write_synced(&m.join("kept"), &kept);
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    m.unmount();
+    // The state directory moves onto a 64 MiB filesystem of its own.
+    let saved = m.state().with_extension("saved");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(m.state())
+        .arg(&saved)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(m.state())
+        .status()
+        .unwrap()
+        .success());
+    let _tmpfs = TmpfsGuard(m.state().to_owned());
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cp -a {}/. {}/",
+            saved.display(),
+            m.state().display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    m.mount_again();
+    // Fill it up, but for a few KiB.
+    let filler = m.state().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    // A writer gets ENOSPC (its to fix), not EIO; reads and listings still answer.
+    let big = random_bytes(8 << 20, 71);
+    let r = std::fs::write(m.join("big"), &big);
+    let code = r.as_ref().err().and_then(std::io::Error::raw_os_error);
+    assert!(
+        matches!(code, Some(libc::ENOSPC) | Some(libc::EDQUOT)),
+        "writing to a full state disk: {r:?}\n{}",
+        m.logs()
+    );
+    assert_file(&m.join("kept"), &kept, "full state disk");
+    assert!(fs::read_dir(m.path()).unwrap().count() >= 1);
+    // Room again: writes work, sync stores everything, and after a remount all is there.
+    fs::remove_file(&filler).unwrap();
+    // (The failed write left a partial "big", as on any full disk.)
+    write_synced(&m.join("big-again"), &big);
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "sync after the disk had room again: {out:?}"
+    );
+    m.unmount();
+    let _ = fsck_passes(&m, "after the state disk was full");
+    m.mount_again();
+    assert_file(&m.join("big-again"), &big, "after the state disk was full");
+    assert_file(&m.join("kept"), &kept, "after the state disk was full");
+    m.unmount();
 }
