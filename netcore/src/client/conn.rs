@@ -235,7 +235,7 @@ impl NodeConn {
         &self,
         cfg: &ClientConfig,
         request: wire::Request,
-        body: Option<&[u8]>,
+        body: Option<bytes::Bytes>,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
         self.request_expecting(cfg, request, body, None, deadline)
@@ -246,7 +246,7 @@ impl NodeConn {
         &self,
         cfg: &ClientConfig,
         request: wire::Request,
-        body: Option<&[u8]>,
+        body: Option<bytes::Bytes>,
         expect_body: Option<u64>,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
@@ -262,7 +262,7 @@ impl NodeConn {
         &self,
         cfg: &ClientConfig,
         request: wire::Request,
-        body: Option<&[u8]>,
+        body: Option<bytes::Bytes>,
         expect_body: Option<u64>,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
@@ -280,13 +280,17 @@ impl NodeConn {
             if let Some(body) = body {
                 // A node refusing the request stops the stream; its error frame still arrives,
                 // so a failed body write is not the final word: read the response below.
-                for step in body.chunks(BODY_STEP) {
-                    if send.write_all(step).await.is_err() {
+                let mut at = 0;
+                while at < body.len() {
+                    let step = body.slice(at..(at + BODY_STEP).min(body.len()));
+                    let n = step.len();
+                    if send.write_chunk(step).await.is_err() {
                         break;
                     }
+                    at += n;
                     self.traffic
                         .sent
-                        .fetch_add(step.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             let _ = send.finish();

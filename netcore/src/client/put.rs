@@ -145,8 +145,14 @@ pub(super) async fn store_one(
         len,
     };
     let deadline = inner.config.request_deadline(len);
+    // Handed to QUIC as shared slices of this one buffer: no copy before the packets.
     let (resp, _) = node
-        .request(&inner.config, request, Some(&sliver), deadline)
+        .request(
+            &inner.config,
+            request,
+            Some(bytes::Bytes::from(sliver)),
+            deadline,
+        )
         .await?;
     match resp {
         Response::Stored(c) if c.verify(&blob_id, index, &node.info.public_key) => Ok(c),
