@@ -632,3 +632,25 @@ fn the_background_mount_does_not_inherit_the_passphrase() {
     assert!(!environ.contains("WALRUSFS_PASSPHRASE"), "{environ}");
     assert!(!environ.contains("battery staple"));
 }
+
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    let net = common::Testnet::up(4);
+    let work = tempfile::tempdir().unwrap();
+    let id = net.put_bytes(work.path(), &random_bytes(4 << 20, 12));
+    // `head` reads a little and leaves; walrusfs's next write meets a closed pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} blob get --testnet {} {id} -o - | head -c 10 > /dev/null; {} testnet status --dir {} | head -c 1 > /dev/null",
+            bin(),
+            net.dir_str(),
+            bin(),
+            net.dir_str()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}

@@ -99,6 +99,12 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(argv);
+    if !matches!(
+        cli.command,
+        Command::Node(_) | Command::Mount(_) | Command::Up(_)
+    ) {
+        die_quietly_on_closed_pipes();
+    }
     let default_level = match cli.command {
         Command::Node(_) => "info",
         Command::Mount(_) => "info,fuser::mnt=error",
@@ -179,6 +185,20 @@ pub(crate) fn limit_mount_arenas() {
     // before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Lets a short command end the way other tools do when what reads its output goes away
+/// (`walrusfs blob get ... -o - | head`): killed by SIGPIPE, instead of a panic in `println!`
+/// or an error message. Long-running processes (mount, node) keep Rust's default, where a
+/// write to a closed socket or pipe is an `EPIPE` error to handle, not death.
+fn die_quietly_on_closed_pipes() {
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler code, only restores the default
+    // disposition, and is called before any other thread exists. nix's wrapper is unsafe too.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
