@@ -156,8 +156,24 @@ fn create(dir: &Path, n: u16, ip: std::net::IpAddr) -> anyhow::Result<Committee>
     Ok(committee)
 }
 
-/// A UDP address on `ip` with a port the OS just handed out, so testnets don't collide.
+/// A free UDP address on `ip` for a node. The port is checked free now, and the node binds it
+/// later, so it is taken from below the kernel's ephemeral range: a port the OS hands out for
+/// port 0 (every QUIC client endpoint binds one) could be given to someone else in between,
+/// and the node would then fail to start ("address in use"; seen once in a test run).
 fn free_udp_port(ip: std::net::IpAddr) -> anyhow::Result<std::net::SocketAddr> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1));
+    if high > low {
+        for _ in 0..200 {
+            let port = rand::random_range(low..=high);
+            if let Ok(sock) = std::net::UdpSocket::bind((ip, port)) {
+                return Ok(sock.local_addr()?);
+            }
+        }
+    }
     let sock = std::net::UdpSocket::bind((ip, 0))
         .with_context(|| format!("cannot pick a free UDP port on {ip}"))?;
     Ok(sock.local_addr()?)
