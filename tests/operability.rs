@@ -29,6 +29,16 @@ fn status(m: &Mount) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `walrusfs sync` on the mount; asserts it succeeds.
+fn sync(m: &Mount) {
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A TCP port on 127.0.0.1 nobody listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -138,16 +148,7 @@ fn status_shows_data_waiting_through_an_outage_and_nodes_that_fail() {
 
     // The nodes come back: everything is stored and nothing waits.
     m.net().up_again();
-    let synced = Command::new(bin())
-        .arg("sync")
-        .arg(m.path())
-        .output()
-        .unwrap();
-    assert!(
-        synced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synced.stderr)
-    );
+    sync(&m);
     let s = status(&m);
     assert_eq!(s["pending"]["chunks"], 0, "{s:#}");
     assert_eq!(s["pending"]["files"], 0, "{s:#}");
@@ -198,16 +199,7 @@ fn metrics_of_a_mount_and_a_node_move_with_traffic() {
 
     let data = random_bytes(2 << 20, 11);
     std::fs::write(m.join("f"), &data).unwrap();
-    let synced = Command::new(bin())
-        .arg("sync")
-        .arg(m.path())
-        .output()
-        .unwrap();
-    assert!(
-        synced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synced.stderr)
-    );
+    sync(&m);
     common::mount::evict_path(&m.join("f"));
     assert_eq!(std::fs::read(m.join("f")).unwrap(), data);
 

@@ -81,6 +81,19 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Runs `work` and, if it succeeds, records how long it took in histogram `name`.
+pub(crate) async fn timed<T, E>(
+    name: &'static str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let start = std::time::Instant::now();
+    let r = work.await;
+    if r.is_ok() {
+        metrics::histogram!(name).record(start.elapsed().as_secs_f64());
+    }
+    r
+}
+
 /// Registers help text for every metric with the installed recorder.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};

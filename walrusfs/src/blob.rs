@@ -91,8 +91,12 @@ async fn put(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
     let total = (data.len() as u64).div_ceil(u64::from(params.k)) * u64::from(params.n);
     let bar = crate::progress::bar("storing", total, None);
     let outcome = {
-        let _follow =
-            crate::progress::Follow::start(bar.clone(), crate::progress::Counter::sent(client));
+        let _follow = {
+            let c = client.clone();
+            crate::progress::Follow::start(bar.clone(), move || {
+                c.traffic().sent.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        };
         client.put(&data).await
     };
     bar.finish_and_clear();
@@ -114,8 +118,14 @@ async fn get(client: &Client, blob_id: &BlobId, out: &std::path::Path) -> anyhow
     let total = metadata.sliver_len().map_or(0, |l| l as u64 * k);
     let bar = crate::progress::bar("fetching", total, None);
     let data = {
-        let _follow =
-            crate::progress::Follow::start(bar.clone(), crate::progress::Counter::received(client));
+        let _follow = {
+            let c = client.clone();
+            crate::progress::Follow::start(bar.clone(), move || {
+                c.traffic()
+                    .received
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+        };
         client.get_with_metadata(blob_id, &metadata).await
     };
     bar.finish_and_clear();

@@ -105,7 +105,7 @@ pub struct Status {
 /// What waits to be stored on the network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
-    /// Sealed bytes in the journal.
+    /// Bytes waiting: sealed in the journal, or written and still in memory.
     pub journal_bytes: u64,
     /// Chunks waiting in the journal.
     pub chunks: u64,

@@ -909,7 +909,7 @@ fn handler(
                         lease_left_ms,
                         pending,
                         caches: crate::telemetry::caches(&fs),
-                        nodes: crate::telemetry::nodes(&view.client, &view.space).await,
+                        nodes: crate::telemetry::nodes(&view.client, &view.space),
                         network_free_bytes: fs.network_free(),
                         recent_errors: crate::telemetry::recent_errors(),
                     }));

@@ -1,8 +1,6 @@
 //! Progress bars for long commands: drawn on stderr when it is a terminal, with rate and
 //! ETA; nothing at all otherwise (scripts and logs stay clean).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A bar of `len` units, `what` naming the work and `unit` what is counted (`blobs`), or a
@@ -24,19 +22,19 @@ pub fn bar(what: &str, len: u64, unit: Option<&str>) -> indicatif::ProgressBar {
     bar
 }
 
-/// Moves `bar` to `counter - start` every 100 ms until dropped: for work whose progress a
-/// lower layer counts (a client's sliver bytes).
+/// Moves `bar` to `count() - count()-at-start` every 100 ms until dropped: for work whose
+/// progress a lower layer counts (a client's sliver bytes, `Client::traffic`).
 pub struct Follow {
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Follow {
     /// Starts following; call within a tokio runtime.
-    pub fn start(bar: indicatif::ProgressBar, counter: Arc<Counter>) -> Self {
-        let start = counter.get();
+    pub fn start(bar: indicatif::ProgressBar, count: impl Fn() -> u64 + Send + 'static) -> Self {
+        let start = count();
         let task = tokio::spawn(async move {
             loop {
-                bar.set_position(counter.get().saturating_sub(start));
+                bar.set_position(count().saturating_sub(start));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -47,35 +45,5 @@ impl Follow {
 impl Drop for Follow {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A counter a [`Follow`] reads: the client's traffic counters live inside it.
-pub struct Counter {
-    client: netcore::client::Client,
-    sent: bool,
-}
-
-impl Counter {
-    /// The sliver bytes `client` has sent.
-    pub fn sent(client: &netcore::client::Client) -> Arc<Self> {
-        Arc::new(Counter {
-            client: client.clone(),
-            sent: true,
-        })
-    }
-
-    /// The sliver bytes `client` has received.
-    pub fn received(client: &netcore::client::Client) -> Arc<Self> {
-        Arc::new(Counter {
-            client: client.clone(),
-            sent: false,
-        })
-    }
-
-    fn get(&self) -> u64 {
-        let t = self.client.traffic();
-        let c: &AtomicU64 = if self.sent { &t.sent } else { &t.received };
-        c.load(Ordering::Relaxed)
     }
 }

@@ -182,10 +182,9 @@ pub fn caches(fs: &Fs<NetworkStore>) -> Vec<CacheStatus> {
 }
 
 /// Each node as the client has seen it.
-pub async fn nodes(client: &Client, space: &NetSpace) -> Vec<NodeStatus> {
+pub fn nodes(client: &Client, space: &NetSpace) -> Vec<NodeStatus> {
     client
         .node_views()
-        .await
         .into_iter()
         .map(|v| {
             let failing_now = match (&v.last_failure, v.last_answer_secs_ago) {

@@ -100,8 +100,8 @@ impl NodeConn {
     }
 
     /// What this client has seen of the node.
-    pub(crate) async fn view(&self) -> NodeView {
-        let backing_off = self.backing_off().await;
+    pub(crate) fn view(&self) -> NodeView {
+        let backing_off = self.backing_off();
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         NodeView {
             index: self.info.index,
@@ -161,13 +161,13 @@ impl NodeConn {
     }
 
     /// Whether the node is currently being skipped after a failed connect.
-    pub(crate) async fn backing_off(&self) -> bool {
+    pub(crate) fn backing_off(&self) -> bool {
         self.reach().down_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Whether reads should ask this node last: it is backing off, or its last connect
     /// failed and none has succeeded since.
-    pub(crate) async fn suspect(&self) -> bool {
+    pub(crate) fn suspect(&self) -> bool {
         let r = self.reach();
         r.last_connect_failed || r.down_until.is_some_and(|t| Instant::now() < t)
     }

@@ -37,13 +37,11 @@ impl Client {
         blob_id: &BlobId,
         metadata: &BlobMetadata,
     ) -> Result<Vec<u8>, ClientError> {
-        let start = std::time::Instant::now();
-        let r = self.get_verified(blob_id, metadata).await;
-        if r.is_ok() {
-            metrics::histogram!(crate::metrics::CLIENT_GET_SECONDS)
-                .record(start.elapsed().as_secs_f64());
-        }
-        r
+        crate::metrics::timed(
+            crate::metrics::CLIENT_GET_SECONDS,
+            self.get_verified(blob_id, metadata),
+        )
+        .await
     }
 
     async fn get_verified(
@@ -62,7 +60,7 @@ impl Client {
 
     /// Fetches a blob's metadata from the first node whose answer matches `blob_id`.
     pub async fn get_metadata(&self, blob_id: &BlobId) -> Result<BlobMetadata, ClientError> {
-        let order = self.read_order(false).await;
+        let order = self.read_order(false);
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(0);
         let hedge = cfg.hedge_after(0);
@@ -108,7 +106,7 @@ impl Client {
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(sliver_len);
         let hedge = cfg.hedge_after(sliver_len);
-        let order = self.read_order(true).await;
+        let order = self.read_order(true);
         let (slivers, failures) = hedged(order, usize::from(k), 0, hedge, |index| {
             let node = &self.inner.nodes[usize::from(index)];
             Box::pin(async move {
@@ -163,11 +161,11 @@ impl Client {
     /// Nodes in the order to ask them: reachable before suspect (backing off, or failing to
     /// connect), and with `systematic`, the `k` systematic slivers first (they decode without
     /// Reed-Solomon work).
-    async fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
+    fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
         let k = self.inner.committee.k;
         let mut order = Vec::with_capacity(self.inner.nodes.len());
         for node in &self.inner.nodes {
-            let down = node.suspect().await;
+            let down = node.suspect();
             let rank = (down, systematic && node.info.index >= k);
             order.push((rank, node.info.index));
         }

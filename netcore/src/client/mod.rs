@@ -227,12 +227,8 @@ impl Client {
     }
 
     /// What this client has seen of each node (answers, failures, latency), in index order.
-    pub async fn node_views(&self) -> Vec<NodeView> {
-        let mut views = Vec::with_capacity(self.inner.nodes.len());
-        for node in &self.inner.nodes {
-            views.push(node.view().await);
-        }
-        views
+    pub fn node_views(&self) -> Vec<NodeView> {
+        self.inner.nodes.iter().map(conn::NodeConn::view).collect()
     }
 
     /// The blobs reads found damaged on some node since the last call (see [`Inner`]).

@@ -37,13 +37,11 @@ impl Client {
         data: &[u8],
         announce: impl FnOnce(&BlobId) -> Result<(), String>,
     ) -> Result<PutOutcome, ClientError> {
-        let start = std::time::Instant::now();
-        let r = self.put_inner(data, announce).await;
-        if r.is_ok() {
-            metrics::histogram!(crate::metrics::CLIENT_PUT_SECONDS)
-                .record(start.elapsed().as_secs_f64());
-        }
-        r
+        crate::metrics::timed(
+            crate::metrics::CLIENT_PUT_SECONDS,
+            self.put_inner(data, announce),
+        )
+        .await
     }
 
     async fn put_inner(

@@ -71,7 +71,9 @@ pub struct RootWriteError {
 /// Where sealed chunks and archive roots go. Implementations verify what they return.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores a blob durably (for the network: `n - f` confirmations).
-    fn put(&self, data: Vec<u8>) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send;
+    fn put(&self, data: Vec<u8>) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send {
+        self.put_announced(data, |_| Ok(()))
+    }
     /// [`BlobStore::put`], calling `announce` with the blob's id before any of it is stored
     /// anywhere; an error from `announce` stops the put.
     fn put_announced(
@@ -128,10 +130,6 @@ impl NetworkStore {
 }
 
 impl BlobStore for NetworkStore {
-    async fn put(&self, data: Vec<u8>) -> Result<StoredBlob, StoreError> {
-        self.put_announced(data, |_| Ok(())).await
-    }
-
     async fn put_announced(
         &self,
         data: Vec<u8>,
@@ -232,10 +230,6 @@ impl MemoryStore {
 }
 
 impl BlobStore for MemoryStore {
-    async fn put(&self, data: Vec<u8>) -> Result<StoredBlob, StoreError> {
-        self.put_announced(data, |_| Ok(())).await
-    }
-
     async fn put_announced(
         &self,
         data: Vec<u8>,
