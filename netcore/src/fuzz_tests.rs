@@ -66,6 +66,12 @@ fn builtin_request_seeds() -> Vec<Vec<u8>> {
             blob_id: b.blob_id,
             index: 4,
         },
+        Request::GetRange {
+            blob_id: b.blob_id,
+            index: 2,
+            start: 0,
+            end: 16_384,
+        },
         Request::GetMetadata { blob_id: b.blob_id },
         Request::Status { blob_id: b.blob_id },
         Request::Delete { blob_id: b.blob_id },
@@ -102,6 +108,10 @@ fn builtin_response_seeds() -> Vec<Vec<u8>> {
         }),
         Response::Stored(StorageConfirmation::sign(&node, b.blob_id, 2)),
         Response::Sliver { len: 334 },
+        Response::Range {
+            len: 16_384,
+            proof: vec![[3; 32]; 4],
+        },
         Response::Metadata(b.metadata.clone()),
         Response::Status(BlobStatus {
             has_metadata: true,

@@ -45,6 +45,8 @@ pub const NODE_QUARANTINED: &str = "walrusfs_node_scrub_quarantined_total";
 pub const CLIENT_PUT_SECONDS: &str = "walrusfs_client_put_seconds";
 /// Histogram: time to fetch and decode a blob, seconds.
 pub const CLIENT_GET_SECONDS: &str = "walrusfs_client_get_seconds";
+/// Histogram: time to fetch a verified byte range of a blob, seconds.
+pub const CLIENT_GET_RANGE_SECONDS: &str = "walrusfs_client_get_range_seconds";
 /// Counter: requests to each node, by `node` and `result`.
 pub const CLIENT_NODE_REQUESTS: &str = "walrusfs_client_node_requests_total";
 /// Histogram: time of one request to one node, by `node`, seconds.
@@ -125,6 +127,11 @@ pub fn describe() {
         CLIENT_GET_SECONDS,
         Unit::Seconds,
         "Time to fetch and decode a blob"
+    );
+    describe_histogram!(
+        CLIENT_GET_RANGE_SECONDS,
+        Unit::Seconds,
+        "Time to fetch a verified byte range of a blob"
     );
     describe_counter!(
         CLIENT_NODE_REQUESTS,

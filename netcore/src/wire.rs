@@ -22,8 +22,9 @@ pub const ALPN: &[u8] = b"walrusfs/1";
 ///
 /// History: 1, the first network; 2 added the root record requests ([`Request::PutRoot`],
 /// [`Request::GetRoot`]); 3 added free space and the client's quota to [`HealthInfo`], and
-/// the [`WireError::NoSpace`] and [`WireError::QuotaExceeded`] refusals.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// the [`WireError::NoSpace`] and [`WireError::QuotaExceeded`] refusals; 4 added ranged reads
+/// ([`Request::GetRange`], [`Response::Range`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest control frame either side accepts. Metadata of a 1024-node blob is ~33 KiB, the
 /// largest legitimate frame; anything beyond 64 KiB is an attack or a bug.
@@ -64,6 +65,19 @@ pub enum Request {
         /// Which sliver.
         index: SliverIndex,
     },
+    /// Fetch bytes `start..end` of sliver `index` of a blob, with the proof that ties them to
+    /// the sliver's commitment. The range must be granule-aligned (see
+    /// [`crate::codec::check_range`]).
+    GetRange {
+        /// The blob.
+        blob_id: BlobId,
+        /// Which sliver.
+        index: SliverIndex,
+        /// First byte.
+        start: u64,
+        /// End of the range (exclusive).
+        end: u64,
+    },
     /// Fetch a blob's metadata.
     GetMetadata {
         /// The blob.
@@ -103,6 +117,14 @@ pub enum Response {
     Sliver {
         /// Body length.
         len: u64,
+    },
+    /// A sliver range follows as a raw body of `len` bytes, with the chaining values that
+    /// prove it (unverified: check both with [`BlobMetadata::verify_range`]).
+    Range {
+        /// Body length.
+        len: u64,
+        /// The proof (see [`crate::codec::prove_range`]).
+        proof: Vec<[u8; 32]>,
     },
     /// A blob's metadata (unverified: check it against the blob id).
     Metadata(BlobMetadata),
@@ -239,6 +261,7 @@ impl Request {
             Request::Health => "health",
             Request::StoreSliver { .. } => "store_sliver",
             Request::GetSliver { .. } => "get_sliver",
+            Request::GetRange { .. } => "get_range",
             Request::GetMetadata { .. } => "get_metadata",
             Request::Status { .. } => "status",
             Request::Delete { .. } => "delete",

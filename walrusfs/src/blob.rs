@@ -31,13 +31,17 @@ pub enum BlobCommand {
     },
     /// Fetch a blob, verify it and write it to OUT.
     #[command(
-        after_help = "Examples:\n  walrusfs blob get --testnet .walrusfs/testnet 3f2a...e9 -o photo.jpg\n  walrusfs blob get --committee committee.toml --client-key client.key 3f2a...e9 -o - | tar -t"
+        after_help = "Examples:\n  walrusfs blob get --testnet .walrusfs/testnet 3f2a...e9 -o photo.jpg\n  walrusfs blob get --committee committee.toml --client-key client.key 3f2a...e9 -o - | tar -t\n  walrusfs blob get --testnet .walrusfs/testnet 3f2a...e9 --range 1048576:4096 -o - | xxd"
     )]
     Get {
         #[command(flatten)]
         net: NetworkArgs,
         /// The blob id (64 hex digits).
         blob_id: BlobId,
+        /// Fetch only LEN bytes from OFFSET, each verified with a proof from the node that
+        /// serves it (no whole slivers are fetched).
+        #[arg(long, value_name = "OFFSET:LEN", value_parser = parse_range)]
+        range: Option<(u64, u64)>,
         /// Output file (written atomically; `-` for stdout).
         #[arg(short, long)]
         out: PathBuf,
@@ -75,7 +79,12 @@ pub fn run(cmd: BlobCommand) -> anyhow::Result<()> {
         let client = net.client()?;
         let result = match &cmd {
             BlobCommand::Put { file, .. } => put(&client, file).await,
-            BlobCommand::Get { blob_id, out, .. } => get(&client, blob_id, out).await,
+            BlobCommand::Get {
+                blob_id,
+                out,
+                range,
+                ..
+            } => get(&client, blob_id, *range, out).await,
             BlobCommand::Status { blob_id, .. } => status(&client, blob_id).await,
             BlobCommand::Delete { blob_id, .. } => delete(&client, blob_id).await,
         };
@@ -112,10 +121,42 @@ async fn put(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get(client: &Client, blob_id: &BlobId, out: &std::path::Path) -> anyhow::Result<()> {
+/// `OFFSET:LEN` in bytes.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (offset, len) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected OFFSET:LEN (bytes), e.g. 1048576:4096"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    Ok((num(offset)?, num(len)?))
+}
+
+async fn get(
+    client: &Client,
+    blob_id: &BlobId,
+    range: Option<(u64, u64)>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     let metadata = client.get_metadata(blob_id).await?;
+    if let Some((offset, len)) = range {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > metadata.blob_len)
+        {
+            anyhow::bail!(
+                "range {offset}:{len} runs past the end of the blob ({} bytes)",
+                metadata.blob_len
+            );
+        }
+    }
     let k = u64::from(metadata.params.k);
-    let total = metadata.sliver_len().map_or(0, |l| l as u64 * k);
+    let total = match range {
+        Some((_, len)) => len,
+        None => metadata.sliver_len().map_or(0, |l| l as u64 * k),
+    };
     let bar = crate::progress::bar("fetching", total, None);
     let data = {
         let _follow = {
@@ -126,7 +167,10 @@ async fn get(client: &Client, blob_id: &BlobId, out: &std::path::Path) -> anyhow
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
         };
-        client.get_with_metadata(blob_id, &metadata).await
+        match range {
+            Some((offset, len)) => client.get_range(blob_id, &metadata, offset, len).await,
+            None => client.get_with_metadata(blob_id, &metadata).await,
+        }
     };
     bar.finish_and_clear();
     let data = data?;

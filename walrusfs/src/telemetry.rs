@@ -31,6 +31,7 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     for name in [
         m::CLIENT_PUT_SECONDS,
         m::CLIENT_GET_SECONDS,
+        m::CLIENT_GET_RANGE_SECONDS,
         m::CLIENT_NODE_SECONDS,
     ] {
         builder = builder

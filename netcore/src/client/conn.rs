@@ -296,7 +296,9 @@ impl NodeConn {
             let _ = send.finish();
             let resp: Response = wire::read_frame(&mut recv).await?;
             let data = match (&resp, expect_body) {
-                (Response::Sliver { len }, Some(expected)) if *len == expected => {
+                (Response::Sliver { len } | Response::Range { len, .. }, Some(expected))
+                    if *len == expected =>
+                {
                     let mut data = vec![0u8; expected as usize];
                     for step in data.chunks_mut(BODY_STEP) {
                         tokio::io::AsyncReadExt::read_exact(&mut recv, step)
@@ -308,7 +310,7 @@ impl NodeConn {
                     }
                     Some(data)
                 }
-                (Response::Sliver { len }, Some(expected)) => {
+                (Response::Sliver { len } | Response::Range { len, .. }, Some(expected)) => {
                     let e = crate::codec::CodecError::SliverLength {
                         index: self.info.index,
                         expected: expected as usize,
@@ -318,7 +320,7 @@ impl NodeConn {
                     tracing::warn!(node = self.info.index, "sliver failed verification: {e}");
                     return Err(NodeError::Verification(e));
                 }
-                (Response::Sliver { .. }, None) => {
+                (Response::Sliver { .. } | Response::Range { .. }, None) => {
                     return Err(NodeError::Unexpected("unrequested sliver body".into()))
                 }
                 _ => None,

@@ -12,7 +12,7 @@ use super::{Client, ClientError, Failures, NodeError, NodeFailure};
 use crate::codec::{BlobId, BlobMetadata, SliverIndex, VerifiedSliver};
 use crate::wire::{Request, Response};
 
-type Attempt<'a, T> =
+pub(super) type Attempt<'a, T> =
     Pin<Box<dyn Future<Output = (SliverIndex, Result<T, NodeError>)> + Send + 'a>>;
 
 impl Client {
@@ -161,7 +161,7 @@ impl Client {
     /// Nodes in the order to ask them: reachable before suspect (backing off, or failing to
     /// connect), and with `systematic`, the `k` systematic slivers first (they decode without
     /// Reed-Solomon work).
-    fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
+    pub(super) fn read_order(&self, systematic: bool) -> Vec<SliverIndex> {
         let k = self.inner.committee.k;
         let mut order = Vec::with_capacity(self.inner.nodes.len());
         for node in &self.inner.nodes {
@@ -192,7 +192,7 @@ fn is_transient(e: &NodeError) -> bool {
 /// of another node at once, and again every `t` after that: stalled or dead nodes among fast
 /// ones (two of the `k` systematic ones, say) cost about one fast answer each round, not a
 /// fixed hedge delay per missing sliver. Returns the successes and every failure.
-async fn hedged<'a, T>(
+pub(super) async fn hedged<'a, T>(
     order: Vec<SliverIndex>,
     want: usize,
     extra: usize,

@@ -6,6 +6,9 @@
 //! - [`Client::get`] fetches metadata from any node and checks it against the blob id, then
 //!   gathers slivers (systematic first), verifies each against the metadata, asks another node
 //!   when one is slow, fails or lies, and decodes from `k` verified slivers.
+//! - [`Client::get_range`] reads a byte range of a blob: the range of the systematic sliver
+//!   that holds it, verified with a proof from the node, or rebuilt from the same range of `k`
+//!   other slivers.
 //!
 //! One QUIC connection per node is kept and reused; a node that could not be reached is skipped
 //! for a short back-off so a dead node does not cost every request a connect timeout.
@@ -14,6 +17,7 @@ mod conn;
 mod error;
 mod get;
 mod put;
+mod range;
 mod repair;
 mod root;
 

@@ -18,8 +18,18 @@ const BLOB_ID_CONTEXT: &str = "walrusfs 2026-11 blob id v1";
 pub(crate) fn sliver_hasher() -> blake3::Hasher {
     static HASHER: OnceLock<blake3::Hasher> = OnceLock::new();
     HASHER
-        .get_or_init(|| blake3::Hasher::new_derive_key(SLIVER_HASH_CONTEXT))
+        .get_or_init(|| {
+            use blake3::hazmat::HasherExt;
+            blake3::Hasher::new_from_context_key(sliver_context_key())
+        })
         .clone()
+}
+
+/// The blake3 context key of sliver hashes, for merging subtrees of a sliver's hash tree (see
+/// [`super::range`]).
+pub(crate) fn sliver_context_key() -> &'static blake3::hazmat::ContextKey {
+    static KEY: OnceLock<blake3::hazmat::ContextKey> = OnceLock::new();
+    KEY.get_or_init(|| blake3::hazmat::hash_derive_key_context(SLIVER_HASH_CONTEXT))
 }
 
 /// The commitment to one sliver's bytes (blake3, domain-separated from blob ids).

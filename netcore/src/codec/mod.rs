@@ -11,6 +11,7 @@ mod commit;
 mod decode;
 mod encode;
 mod params;
+mod range;
 mod sliver;
 mod types;
 
@@ -24,6 +25,7 @@ pub use commit::sliver_hash;
 pub use decode::decode;
 pub use encode::{encode, EncodedBlob};
 pub use params::MAX_BLOB_LEN;
+pub use range::{aligned_range, check_range, max_proof_len, prove_range, VerifiedRange, GRANULE};
 pub use sliver::VerifiedSliver;
 pub use types::{
     BlobId, BlobMetadata, CodecError, EncodingParams, ParseBlobIdError, SliverHash, SliverIndex,

@@ -85,6 +85,25 @@ pub enum CodecError {
         /// The blob the sliver was verified against.
         got: BlobId,
     },
+    /// A sliver range that is empty, past the sliver's end, or not aligned to whole granules
+    /// (see [`GRANULE`](super::range::GRANULE)).
+    #[error("bad sliver range {start}..{end} of a {sliver_len}-byte sliver (granules of 16 KiB)")]
+    BadRange {
+        /// First byte asked for.
+        start: u64,
+        /// End of the range.
+        end: u64,
+        /// The sliver's length.
+        sliver_len: u64,
+    },
+    /// A range proof with the wrong number of chaining values for its range.
+    #[error("range proof for sliver {index} is {why}")]
+    BadProof {
+        /// The sliver's index.
+        index: SliverIndex,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The blob is too large for its sliver length to fit in memory on this platform.
     #[error("blob of {0} bytes is too large to encode")]
     BlobTooLarge(u64),

@@ -87,6 +87,15 @@ pub trait BlobStore: Send + Sync + 'static {
         blob_id: BlobId,
         metadata: BlobMetadata,
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// Reads bytes `offset..offset + len` of a blob, verified against `metadata` and
+    /// `blob_id` (without fetching the whole blob where the store can avoid it).
+    fn get_range(
+        &self,
+        blob_id: BlobId,
+        metadata: BlobMetadata,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Reads a blob back by id alone (the metadata comes from the nodes, checked against the id).
     fn get_by_id(
         &self,
@@ -147,6 +156,19 @@ impl BlobStore for NetworkStore {
         Ok(self.client.get_with_metadata(&blob_id, &metadata).await?)
     }
 
+    async fn get_range(
+        &self,
+        blob_id: BlobId,
+        metadata: BlobMetadata,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .client
+            .get_range(&blob_id, &metadata, offset, len)
+            .await?)
+    }
+
     async fn get_by_id(&self, blob_id: BlobId) -> Result<Vec<u8>, StoreError> {
         Ok(self.client.get(&blob_id).await?)
     }
@@ -197,6 +219,10 @@ pub struct MemoryStore {
     pub partial_puts: AtomicBool,
     /// When set, gets fail.
     pub fail_gets: AtomicBool,
+    /// When set, range gets fail (whole gets still work).
+    pub fail_ranges: AtomicBool,
+    /// Range gets served.
+    pub range_gets: std::sync::atomic::AtomicU64,
     /// When set, deletes fail (the node cannot be reached).
     pub fail_deletes: AtomicBool,
     /// When set, root reads and writes fail (fewer than `n - f` nodes reachable).
@@ -269,6 +295,27 @@ impl BlobStore for MemoryStore {
             .get(&blob_id)
             .cloned()
             .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))
+    }
+
+    async fn get_range(
+        &self,
+        blob_id: BlobId,
+        _metadata: BlobMetadata,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        if self.fail_gets.load(Ordering::SeqCst) || self.fail_ranges.load(Ordering::SeqCst) {
+            return Err(StoreError::new("injected get failure"));
+        }
+        self.range_gets.fetch_add(1, Ordering::SeqCst);
+        let blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
+        let blob = blobs
+            .get(&blob_id)
+            .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))?;
+        let end = offset.saturating_add(len);
+        blob.get(offset as usize..end as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| StoreError::new(format!("range {offset}..{end} past blob {blob_id}")))
     }
 
     async fn get_by_id(&self, blob_id: BlobId) -> Result<Vec<u8>, StoreError> {

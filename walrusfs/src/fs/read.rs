@@ -1,13 +1,16 @@
 //! The read path: buffers of open files first, then the plaintext chunk cache, then the
 //! network (verified by the client, then authenticated by the AEAD). Concurrent readers of a
-//! chunk share one fetch; sequential readers get the next chunks fetched ahead.
+//! chunk share one fetch; sequential readers get the next chunks fetched ahead. A read that
+//! does not continue the one before (a seek: a database page, a video player jumping) fetches
+//! only the sealed segments it needs, as a verified range of the blob, when those are less than
+//! half the chunk; it falls back to the whole chunk if the range read fails.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::files::{Handle, OpenFile};
 use super::{ChunkKey, FetchError, Fs, FsError, FsResult};
-use crate::data::crypto::ChunkPlace;
+use crate::data::crypto::{self, ChunkPlace};
 use crate::data::store::BlobStore;
 use crate::index::types::{ChunkRef, JChunk};
 use crate::journal::{JournalError, Loc};
@@ -47,12 +50,12 @@ impl<B: BlobStore> Fs<B> {
         }
         let end = file_size.min(offset + u64::from(size));
         let last = (end - 1) / cs;
-        self.note_read(&handle, offset, end, last);
-        match self.read_range(ino, file.as_ref(), offset, end) {
+        let sequential = self.note_read(&handle, offset, end, last);
+        match self.read_range(ino, file.as_ref(), offset, end, !sequential) {
             // A journal segment was reclaimed between looking the chunk up and reading it: the
             // chunk is stored now; look again.
             Err(FsError::Journal(JournalError::Gone(_))) => {
-                self.read_range(ino, file.as_ref(), offset, end)
+                self.read_range(ino, file.as_ref(), offset, end, !sequential)
             }
             other => other,
         }
@@ -64,6 +67,7 @@ impl<B: BlobStore> Fs<B> {
         file: Option<&Arc<OpenFile>>,
         offset: u64,
         end: u64,
+        random: bool,
     ) -> FsResult<Vec<u8>> {
         let cs = self.inner.chunk_size;
         let first = offset / cs;
@@ -72,7 +76,11 @@ impl<B: BlobStore> Fs<B> {
 
         // Fetch all stored chunks of the range concurrently.
         let fetches = sources.iter().filter_map(|(idx, s)| match s {
-            Source::Stored(r) => Some(self.fetch_chunk(ino, *idx, r.clone())),
+            Source::Stored(r) => {
+                let chunk_start = idx * cs;
+                let (from, to) = (offset.max(chunk_start) - chunk_start, end - chunk_start);
+                Some(self.fetch_for_read(ino, *idx, r.clone(), from, to.min(cs), random))
+            }
             _ => None,
         });
         let mut fetched = self
@@ -86,23 +94,26 @@ impl<B: BlobStore> Fs<B> {
             let chunk_start = idx * cs;
             let from = offset.max(chunk_start) - chunk_start;
             let to = end.min(chunk_start + cs) - chunk_start;
-            let (bytes, valid): (Arc<Vec<u8>>, u64) = match source {
+            // `bytes` holds the chunk's bytes from `base` on (0 unless only part was fetched).
+            let (base, bytes, valid): (u64, Arc<Vec<u8>>, u64) = match source {
                 Source::Buffer(b) => {
                     let len = b.len() as u64;
-                    (b, len)
+                    (0, b, len)
                 }
                 Source::Stored(r) => {
-                    let data = fetched.next().ok_or(FsError::Invalid("fetch count"))??;
-                    (data, u64::from(r.len))
+                    let (base, data) = fetched.next().ok_or(FsError::Invalid("fetch count"))??;
+                    (base, data, u64::from(r.len))
                 }
-                Source::Journal(j) => (self.journal_chunk(ino, idx, &j)?, u64::from(j.len)),
-                Source::Hole => (Arc::new(Vec::new()), 0),
+                Source::Journal(j) => (0, self.journal_chunk(ino, idx, &j)?, u64::from(j.len)),
+                Source::Hole => (0, Arc::new(Vec::new()), 0),
             };
-            let valid = valid.min(bytes.len() as u64);
+            let valid = valid.min(base + bytes.len() as u64);
             // Bytes past the chunk's valid length (truncated away, or never written) are zeros.
             let copy_to = to.min(valid);
             if from < copy_to {
-                out.extend_from_slice(&bytes[from as usize..copy_to as usize]);
+                // INV: a part fetched for this read starts at or before `from` (see
+                // `fetch_for_read`), and `valid` ends within it.
+                out.extend_from_slice(&bytes[(from - base) as usize..(copy_to - base) as usize]);
             }
             let zeros = to - from.max(copy_to);
             out.resize(out.len() + zeros as usize, 0);
@@ -197,26 +208,27 @@ impl<B: BlobStore> Fs<B> {
             .collect())
     }
 
-    /// Tracks sequential access and starts readahead of the chunks after `last`.
-    fn note_read(&self, handle: &Handle, offset: u64, end: u64, last: u64) {
+    /// Tracks sequential access and starts readahead of the chunks after `last`. Returns
+    /// whether the read continues the one before (or starts the file).
+    fn note_read(&self, handle: &Handle, offset: u64, end: u64, last: u64) -> bool {
         let previous = handle.last_read_end.swap(end, Ordering::Relaxed);
         if previous != offset && offset != 0 {
             handle.seeks.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let ahead = self.inner.cfg.readahead_chunks;
         // Many FUSE reads fall in one chunk: look ahead once per chunk, not on every read.
         let cs = self.inner.chunk_size;
         let same_chunk = offset != 0 && previous.saturating_sub(1) / cs == last;
         if ahead == 0 || same_chunk {
-            return;
+            return true;
         }
         let Ok(refs) = self
             .inner
             .index
             .chunks_in(handle.ino, last + 1, last + ahead)
         else {
-            return;
+            return true;
         };
         for (idx, r) in refs {
             if self.inner.chunk_cache.contains(&(r.blob_id, r.offset)) {
@@ -230,6 +242,108 @@ impl<B: BlobStore> Fs<B> {
                 }
             });
         }
+        true
+    }
+
+    /// Bytes `from..to` of stored chunk `idx` for a read, as `(base, bytes)`: the bytes of the
+    /// chunk from `base` on, `base <= from`. A `random` read fetches just the segments it
+    /// needs when that is worth it (see [`Fs::segments_for`]); otherwise, or if that fails,
+    /// the whole chunk (`base` 0).
+    async fn fetch_for_read(
+        &self,
+        ino: u64,
+        idx: u64,
+        r: ChunkRef,
+        from: u64,
+        to: u64,
+        random: bool,
+    ) -> FsResult<(u64, Arc<Vec<u8>>)> {
+        if from >= u64::from(r.len) {
+            // Past the chunk's valid bytes: zeros, nothing to fetch.
+            return Ok((from, Arc::new(Vec::new())));
+        }
+        if let Some(segments) = random.then(|| self.segments_for(&r, from, to)).flatten() {
+            match self.fetch_segments(ino, idx, &r, segments).await {
+                Ok(part) => return Ok(part),
+                Err(e) => tracing::info!(
+                    ino, chunk = idx, blob = %r.blob_id,
+                    "range read failed ({e}); reading the whole chunk"
+                ),
+            }
+        }
+        Ok((0, self.fetch_chunk(ino, idx, r).await?))
+    }
+
+    /// The segments `first..=last` of stored chunk `r` that hold its valid bytes in
+    /// `from..to`, if fetching just them is worth it: they are at most half the chunk, and the
+    /// whole chunk is neither cached nor already on its way.
+    fn segments_for(&self, r: &ChunkRef, from: u64, to: u64) -> Option<(usize, usize)> {
+        let to = to.min(u64::from(r.len));
+        if from >= to {
+            return None;
+        }
+        let total = crypto::segments(r.stored_len as usize);
+        let first = from as usize / crypto::SEGMENT;
+        let last = (to as usize - 1) / crypto::SEGMENT;
+        if 2 * (last - first + 1) > total {
+            return None;
+        }
+        let key: ChunkKey = (r.blob_id, r.offset);
+        let inflight = self
+            .inner
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key);
+        let on_disk = self
+            .inner
+            .disk_cache
+            .as_ref()
+            .is_some_and(|d| d.contains(&cache::DiskKey::new(r.blob_id.0, r.offset)));
+        if inflight || on_disk || self.inner.chunk_cache.contains(&key) {
+            return None;
+        }
+        Some((first, last))
+    }
+
+    /// Fetches segments `first..=last` of stored chunk `r` as a verified range of its blob and
+    /// opens them; returns `(base, plaintext)` with `base` where segment `first` starts.
+    async fn fetch_segments(
+        &self,
+        ino: u64,
+        idx: u64,
+        r: &ChunkRef,
+        (first, last): (usize, usize),
+    ) -> FsResult<(u64, Arc<Vec<u8>>)> {
+        let plain_len = r.stored_len as usize;
+        let sealed_len = r.sealed_len();
+        let start = (first * crypto::SEALED_SEGMENT) as u64;
+        let end = (((last + 1) * crypto::SEALED_SEGMENT) as u64).min(sealed_len);
+        let info = self
+            .inner
+            .index
+            .blob(&r.blob_id)?
+            .ok_or_else(|| FsError::Network(format!("no record of blob {}", r.blob_id)))?;
+        let sealed = self
+            .inner
+            .store
+            .get_range(r.blob_id, info.metadata, r.offset + start, end - start)
+            .await
+            .map_err(|e| FsError::Network(e.to_string()))?;
+        let place = ChunkPlace {
+            ino,
+            index: idx,
+            version: r.version,
+            salt: r.salt,
+        };
+        // INV: the range was verified against the blob id by the store, and the AEAD
+        // authenticates each segment for exactly this file, position and version.
+        let plain = self
+            .inner
+            .key
+            .open_segments(&place, plain_len, first, sealed)
+            .map_err(|e| FsError::Integrity(format!("chunk {idx} of inode {ino}: {e}")))?;
+        Ok(((first * crypto::SEGMENT) as u64, Arc::new(plain)))
     }
 
     /// A journal chunk's plaintext (its `stored_len` bytes), read from the journal and opened.

@@ -86,6 +86,26 @@ pub(super) async fn handle<'a>(
                     )
                 })
         }
+        Request::GetRange {
+            blob_id,
+            index,
+            start,
+            end,
+        } => {
+            let span = info_span!("get_range", blob = %blob_id, index, start, end);
+            get_range(state, trusted, blob_id, index, start, end)
+                .instrument(span)
+                .await
+                .map(|(body, proof)| {
+                    (
+                        Response::Range {
+                            len: body.data.len() as u64,
+                            proof,
+                        },
+                        Some(body),
+                    )
+                })
+        }
         Request::GetMetadata { blob_id } => blocking(state, |s| s.get_metadata(&blob_id))
             .await
             .map(|m| (Response::Metadata(m), None)),
@@ -253,6 +273,26 @@ async fn store_sliver(
     // INV: the confirmation is signed only after put_sliver returned, i.e. after fsync.
     debug!("stored");
     Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
+}
+
+/// Bytes `start..end` of a sliver and their proof. The proof needs the chaining values of the
+/// rest of the sliver, so the whole sliver is read and hashed (its budget is held meanwhile);
+/// only the range crosses the network.
+async fn get_range(
+    state: &State,
+    trusted: bool,
+    blob_id: BlobId,
+    index: SliverIndex,
+    start: u64,
+    end: u64,
+) -> Result<(Body<'_>, Vec<[u8; 32]>), WireError> {
+    let mut body = get_sliver(state, trusted, blob_id, index).await?;
+    let sliver = std::mem::take(&mut body.data);
+    let proof = tokio::task::block_in_place(|| crate::codec::prove_range(&sliver, start, end))
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    // INV: prove_range accepted start..end, so it lies within the sliver.
+    body.data = sliver[start as usize..end as usize].to_vec();
+    Ok((body, proof))
 }
 
 async fn get_sliver(

@@ -58,7 +58,21 @@ pub(super) fn open_fs_with(
     cfg: FsConfig,
     disk_cache: Option<cache::DiskCache>,
 ) -> Fs<MemoryStore> {
-    let opts = index_options();
+    open_fs_chunked(dir, store, rt, cfg, disk_cache, CHUNK)
+}
+
+pub(super) fn open_fs_chunked(
+    dir: &std::path::Path,
+    store: Arc<MemoryStore>,
+    rt: &tokio::runtime::Runtime,
+    cfg: FsConfig,
+    disk_cache: Option<cache::DiskCache>,
+    chunk_size: u32,
+) -> Fs<MemoryStore> {
+    let opts = IndexOptions {
+        chunk_size,
+        ..index_options()
+    };
     let index = std::sync::Arc::new(Index::open(&dir.join("index"), opts).unwrap());
     Fs::start(
         FsParts {
@@ -335,6 +349,61 @@ fn overwritten_chunks_are_garbage_collected() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(s.read_all(fh), pattern(CHUNK as usize, 4));
+}
+
+/// Reads that seek fetch only the segments they need, as ranges of the blob; reads that go on
+/// from the one before fetch whole chunks; a failed range read falls back to the whole chunk.
+#[test]
+fn seeking_reads_fetch_ranges_and_sequential_reads_whole_chunks() {
+    const BIG: u32 = 1 << 20; // 16 segments a chunk
+    let Setup { fs, dir, rt, .. } = setup();
+    crash(fs);
+    let dir = tempfile::tempdir_in(dir.path()).unwrap(); // an index made with BIG chunks
+    let store = Arc::new(MemoryStore::default());
+    let open =
+        |store: Arc<MemoryStore>| open_fs_chunked(dir.path(), store, &rt, config(), None, BIG);
+    let fs = open(store.clone());
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    let data = pattern(5 * BIG as usize / 2, 9);
+    fs.write(fh, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    fs.release(fh).unwrap();
+    crash(fs);
+
+    let fs = open(store.clone());
+    let fh = fs.open(a.ino, false).unwrap();
+    let ranges = || store.range_gets.load(Ordering::SeqCst);
+    let check = |offset: usize, len: usize| {
+        let got = fs.read(fh, offset as u64, len as u32).unwrap();
+        assert!(got == data[offset..offset + len], "{offset}+{len}");
+    };
+    // A seek into the middle of chunk 1: one range.
+    check(1_300_000, 4096);
+    assert_eq!(ranges(), 1);
+    // Across a segment boundary, and across a chunk boundary (a range of each chunk).
+    check(BIG as usize + 2 * 65_536 - 100, 300);
+    assert_eq!(ranges(), 2);
+    check(2 * BIG as usize - 100, 300);
+    assert_eq!(ranges(), 4);
+    // Into the short last chunk, to the end of the file.
+    check(data.len() - 5000, 5000);
+    assert_eq!(ranges(), 5);
+    // Going on from there: sequential, whole chunks.
+    check(0, 4096);
+    check(4096, 100_000);
+    assert_eq!(ranges(), 5, "sequential reads fetch whole chunks");
+    // A read needing more than half a chunk's segments takes the whole chunk.
+    check(BIG as usize + 10, 600_000);
+    assert_eq!(ranges(), 5);
+    // Past the end of the file, nothing; a failed range read falls back to the whole chunk.
+    assert!(fs.read(fh, data.len() as u64 + 10, 100).unwrap().is_empty());
+    store.fail_ranges.store(true, Ordering::SeqCst);
+    check(2 * BIG as usize + 70_000, 1000);
+    assert_eq!(ranges(), 5);
+    crash(fs);
 }
 
 #[test]
