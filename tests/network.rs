@@ -436,6 +436,16 @@ fn ranged_reads_are_verified_and_survive_lying_and_dead_nodes() {
     let (ok, _, log) = get(data.len() as u64 - 10, 11);
     assert!(!ok && log.contains("past the end of the blob"), "{log}");
 
+    // Rot on node 2's disk, inside the range read: caught, and the range rebuilt.
+    let path = net.sliver_path(2, &id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = (data.len() as u64 - 50 - 2 * sliver) as usize;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    let (ok, bytes, log) = get(data.len() as u64 - 100, 100);
+    assert!(ok, "{log}");
+    assert!(bytes == data[data.len() - 100..], "rotted range");
+
     // Node 0 flips the bytes it serves: its range fails its proof and is rebuilt.
     misbehave(&net, 0, "corrupt_slivers = true");
     let (ok, bytes, log) = get(5000, 4096);

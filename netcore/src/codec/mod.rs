@@ -25,7 +25,9 @@ pub use commit::sliver_hash;
 pub use decode::decode;
 pub use encode::{encode, EncodedBlob};
 pub use params::MAX_BLOB_LEN;
-pub use range::{aligned_range, check_range, max_proof_len, prove_range, VerifiedRange, GRANULE};
+pub use range::{
+    aligned_range, check_range, max_proof_len, prove_range, Outboard, VerifiedRange, GRANULE,
+};
 pub use sliver::VerifiedSliver;
 pub use types::{
     BlobId, BlobMetadata, CodecError, EncodingParams, ParseBlobIdError, SliverHash, SliverIndex,

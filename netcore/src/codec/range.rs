@@ -21,7 +21,7 @@ use blake3::hazmat::{
 };
 
 use super::commit::{sliver_context_key, sliver_hasher};
-use super::types::{BlobId, BlobMetadata, CodecError, SliverIndex};
+use super::types::{BlobId, BlobMetadata, CodecError, SliverHash, SliverIndex};
 
 /// Ranges of a sliver are served and verified in whole granules of this many bytes (a power of
 /// two, a multiple of blake3's 1 KiB chunk): the first byte of a range is a multiple of it, and
@@ -85,43 +85,109 @@ fn subtree_cv(offset: u64, bytes: &[u8]) -> ChainingValue {
 
 /// The proof for bytes `start..end` of `sliver` (the whole sliver, as stored): the chaining
 /// values of the subtrees outside the range, in the order [`BlobMetadata::verify_range`] needs
-/// them. Empty when the range is the whole sliver.
+/// them. Empty when the range is the whole sliver. (A node serving many ranges of one sliver
+/// keeps its [`Outboard`] instead of hashing the sliver for each.)
 pub fn prove_range(sliver: &[u8], start: u64, end: u64) -> Result<Vec<ChainingValue>, CodecError> {
-    let len = sliver.len() as u64;
-    check_range(len, start, end)?;
-    let mut proof = Vec::new();
-    if start == 0 && end == len {
-        return Ok(proof);
-    }
-    // INV: a range that is not the whole sliver means the sliver is longer than a granule,
-    // hence longer than a chunk, so the root is a parent node and can be split.
-    prove_walk(sliver, 0, len, start, end, &mut proof);
-    Ok(proof)
+    Outboard::build(sliver).prove(start, end)
 }
 
-fn prove_walk(
-    sliver: &[u8],
-    offset: u64,
-    len: u64,
-    start: u64,
-    end: u64,
-    proof: &mut Vec<ChainingValue>,
-) {
-    match place(offset, len, start, end) {
-        Place::Inside => {}
-        Place::Outside => {
-            proof.push(subtree_cv(
-                offset,
-                &sliver[offset as usize..(offset + len) as usize],
-            ));
+/// The chaining value of every granule of a sliver (the leaves of its tree at granule size):
+/// with it, a node proves any range of the sliver without reading the rest of it. 32 bytes per
+/// 16 KiB of sliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outboard {
+    sliver_len: u64,
+    leaves: Vec<ChainingValue>,
+    root: SliverHash,
+}
+
+impl Outboard {
+    /// Hashes `sliver` granule by granule (one pass, the cost of hashing it whole).
+    pub fn build(sliver: &[u8]) -> Outboard {
+        let sliver_len = sliver.len() as u64;
+        if sliver_len <= GRANULE {
+            // One granule: ranges are the whole sliver, which needs no proof.
+            return Outboard {
+                sliver_len,
+                leaves: Vec::new(),
+                root: super::sliver_hash(sliver),
+            };
         }
-        Place::Straddles => {
-            // INV (see the module docs): a subtree straddling a granule-aligned range is
-            // longer than a granule, so longer than a chunk, so it is a parent node.
-            let left = left_subtree_len(len);
-            prove_walk(sliver, offset, left, start, end, proof);
-            prove_walk(sliver, offset + left, len - left, start, end, proof);
+        let leaves: Vec<ChainingValue> = sliver
+            .chunks(GRANULE as usize)
+            .enumerate()
+            .map(|(i, g)| subtree_cv(i as u64 * GRANULE, g))
+            .collect();
+        let mut o = Outboard {
+            sliver_len,
+            leaves,
+            root: [0; 32],
+        };
+        let left = left_subtree_len(sliver_len);
+        let (l, r) = (o.cv(0, left), o.cv(left, sliver_len - left));
+        o.root = *merge_subtrees_root(&l, &r, mode()).as_bytes();
+        o
+    }
+
+    /// The sliver hash the granules make: compare it with the committed one before trusting
+    /// the outboard (or the sliver it was built from).
+    pub fn root(&self) -> SliverHash {
+        self.root
+    }
+
+    /// Bytes of memory the outboard holds.
+    pub fn weight(&self) -> usize {
+        self.leaves.len() * 32 + std::mem::size_of::<Self>()
+    }
+
+    /// The proof for bytes `start..end` (see [`prove_range`]).
+    pub fn prove(&self, start: u64, end: u64) -> Result<Vec<ChainingValue>, CodecError> {
+        check_range(self.sliver_len, start, end)?;
+        let mut proof = Vec::new();
+        if start == 0 && end == self.sliver_len {
+            return Ok(proof);
         }
+        // INV: a range that is not the whole sliver means the sliver is longer than a granule,
+        // hence longer than a chunk, so the root is a parent node and can be split.
+        self.prove_walk(0, self.sliver_len, start, end, &mut proof);
+        Ok(proof)
+    }
+
+    fn prove_walk(
+        &self,
+        offset: u64,
+        len: u64,
+        start: u64,
+        end: u64,
+        proof: &mut Vec<ChainingValue>,
+    ) {
+        match place(offset, len, start, end) {
+            Place::Inside => {}
+            Place::Outside => proof.push(self.cv(offset, len)),
+            Place::Straddles => {
+                // INV (see the module docs): a subtree straddling a granule-aligned range is
+                // longer than a granule, so longer than a chunk, so it is a parent node.
+                let left = left_subtree_len(len);
+                self.prove_walk(offset, left, start, end, proof);
+                self.prove_walk(offset + left, len - left, start, end, proof);
+            }
+        }
+    }
+
+    /// The chaining value of the subtree at `offset` of `len` bytes, from the granules'. Every
+    /// subtree this is asked for is whole granules: a subtree longer than a granule splits at
+    /// a power of two at least a granule long, and the rest starts on a granule boundary (it
+    /// is the sliver's short last granule if it is shorter).
+    fn cv(&self, offset: u64, len: u64) -> ChainingValue {
+        if len <= GRANULE {
+            return self.leaves[(offset / GRANULE) as usize];
+        }
+        let left = left_subtree_len(len);
+        merge_subtrees_non_root(
+            &self.cv(offset, left),
+            &self.cv(offset + left, len - left),
+            mode(),
+        )
     }
 }
 
@@ -402,6 +468,30 @@ mod tests {
                             .unwrap_or_else(|e2| panic!("len {len} {s}..{e}: {e2}"));
                     }
                 }
+            }
+        }
+    }
+
+    /// The granules' chaining values make the sliver hash, whatever the sliver's length.
+    #[test]
+    fn outboard_root_is_the_sliver_hash() {
+        for len in [
+            0,
+            1,
+            1000,
+            3 * 6000,
+            3 * 20_000,
+            3 * 65_536,
+            3 * 100_001,
+            3 * 700_000,
+        ] {
+            let b = blob(len);
+            for (i, s) in b.slivers.iter().enumerate() {
+                assert_eq!(
+                    Outboard::build(s).root(),
+                    b.metadata.sliver_hashes[i],
+                    "len {len}"
+                );
             }
         }
     }

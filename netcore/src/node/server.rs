@@ -27,6 +27,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 mod admission;
 mod background;
+mod outboards;
 mod requests;
 
 use admission::admit_handshake;
@@ -118,6 +119,8 @@ struct State {
     requests: std::sync::atomic::AtomicU64,
     /// Slivers for the group committer.
     commits: tokio::sync::mpsc::Sender<CommitJob>,
+    /// Granule hashes of recently read slivers, for ranged reads.
+    outboards: outboards::Outboards,
 }
 
 /// A storage node ready to serve.
@@ -180,6 +183,7 @@ impl Node {
                 config,
                 started: Instant::now(),
                 requests: std::sync::atomic::AtomicU64::new(0),
+                outboards: outboards::Outboards::new(),
             }),
         })
     }

@@ -304,6 +304,35 @@ impl SliverStore {
     /// so hashing on the node too would double the CPU cost of a read for no added safety.
     /// Length is checked because it is free and catches the common damage, truncation.
     pub fn get_sliver(&self, blob_id: &BlobId, index: SliverIndex) -> Result<Vec<u8>, StoreError> {
+        let (file, path, len, _) = self.open_sliver(blob_id, index)?;
+        read_to_len(file, &path, len)
+    }
+
+    /// Bytes `start..end` of sliver `index` of `blob_id` (checked like
+    /// [`SliverStore::get_sliver`]; not hashed either), and the blob's metadata. A range past
+    /// the sliver's end is [`StoreError::Invalid`].
+    pub fn get_sliver_range(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+        start: u64,
+        end: u64,
+    ) -> Result<(Vec<u8>, BlobMetadata), StoreError> {
+        let (file, path, len, metadata) = self.open_sliver(blob_id, index)?;
+        crate::codec::check_range(len, start, end).map_err(StoreError::Invalid)?;
+        let mut buf = vec![0u8; (end - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start)
+            .map_err(io_error(&path))?;
+        Ok((buf, metadata))
+    }
+
+    /// Opens sliver `index` of `blob_id` once its metadata is known good and its length is
+    /// the metadata's sliver length: the file, its path, its length and the metadata.
+    fn open_sliver(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+    ) -> Result<(File, PathBuf, u64, BlobMetadata), StoreError> {
         let (_, dir) = self.blob_paths(blob_id);
         let path = dir.join(sliver_name(index));
         let metadata = match self.get_metadata(blob_id) {
@@ -339,7 +368,7 @@ impl SliverStore {
                 format!("{len} bytes, metadata says slivers have {expected}"),
             ));
         }
-        read_to_len(file, &path, len)
+        Ok((file, path, len, metadata))
     }
 
     /// What this store can serve for `blob_id`: whether intact metadata is stored, and which

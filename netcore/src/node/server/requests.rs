@@ -275,9 +275,9 @@ async fn store_sliver(
     Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
 }
 
-/// Bytes `start..end` of a sliver and their proof. The proof needs the chaining values of the
-/// rest of the sliver, so the whole sliver is read and hashed (its budget is held meanwhile);
-/// only the range crosses the network.
+/// Bytes `start..end` of a sliver and their proof. The proof comes from the sliver's outboard
+/// (its granules' hashes): cached, or built by reading and hashing the whole sliver once, which
+/// also checks it against its commitment, so a node never proves a sliver it knows is damaged.
 async fn get_range(
     state: &State,
     trusted: bool,
@@ -286,13 +286,71 @@ async fn get_range(
     start: u64,
     end: u64,
 ) -> Result<(Body<'_>, Vec<[u8; 32]>), WireError> {
-    let mut body = get_sliver(state, trusted, blob_id, index).await?;
-    let sliver = std::mem::take(&mut body.data);
-    let proof = tokio::task::block_in_place(|| crate::codec::prove_range(&sliver, start, end))
+    let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
+    let committed = *metadata
+        .sliver_hashes
+        .get(usize::from(index))
+        .ok_or_else(|| WireError::InvalidRequest(format!("sliver index {index} out of range")))?;
+    let sliver_len = metadata
+        .sliver_len()
+        .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
+    crate::codec::check_range(sliver_len, start, end)
         .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
-    // INV: prove_range accepted start..end, so it lies within the sliver.
-    body.data = sliver[start as usize..end as usize].to_vec();
-    Ok((body, proof))
+    let key = (blob_id, index);
+    let (data, outboard, budget) = match state.outboards.get(&key) {
+        Some(outboard) => {
+            let budget = acquire_budget(state, end - start, trusted).await?;
+            let (data, _) =
+                blocking(state, |s| s.get_sliver_range(&blob_id, index, start, end)).await?;
+            (data, outboard, budget)
+        }
+        None => {
+            let budget = acquire_budget(state, sliver_len, trusted).await?;
+            let sliver = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+            let outboard = tokio::task::block_in_place(|| crate::codec::Outboard::build(&sliver));
+            if outboard.root() != committed {
+                warn!(blob = %blob_id, index, "stored sliver does not match its commitment");
+                return Err(WireError::Corrupt(
+                    "sliver does not match its commitment".into(),
+                ));
+            }
+            let outboard = std::sync::Arc::new(outboard);
+            state.outboards.insert(key, outboard.clone());
+            // INV: check_range accepted start..end, so it lies within the sliver.
+            (
+                sliver[start as usize..end as usize].to_vec(),
+                outboard,
+                budget,
+            )
+        }
+    };
+    let proof = outboard
+        .prove(start, end)
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    #[cfg(feature = "faults")]
+    let data = {
+        // A wrong-slivers node serves the same range of another blob's sliver, if it has one.
+        let other = if state.config.faults.wrong_slivers {
+            blocking(state, |s| {
+                Ok(s.blob_ids()?.into_iter().find_map(|other| {
+                    let r = s.get_sliver_range(&other, index, start, end);
+                    (other != blob_id).then_some(r.ok()?.0)
+                }))
+            })
+            .await?
+        } else {
+            None
+        };
+        crate::node::faults::damage_sliver(&state.config.faults, data, other)
+    };
+    metrics::counter!(crate::metrics::NODE_SERVED_BYTES).increment(data.len() as u64);
+    Ok((
+        Body {
+            data,
+            _budget: budget,
+        },
+        proof,
+    ))
 }
 
 async fn get_sliver(

@@ -629,3 +629,44 @@ fn usage_is_charged_to_the_blobs_creator_and_recounted_at_open() {
     assert_eq!(report.quarantined, vec![1]);
     assert_eq!(store.usage(&bob), len(&b, 0));
 }
+
+#[test]
+fn sliver_ranges_are_read_in_place_and_checked_like_slivers() {
+    let root = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(root.path()).unwrap();
+    let a = blob(9, 3 * 100_000);
+    put_all(&store, &a);
+    let g = crate::codec::GRANULE;
+    let sl = a.slivers[2].len() as u64;
+    let (bytes, metadata) = store.get_sliver_range(&a.blob_id, 2, g, 3 * g).unwrap();
+    assert_eq!(bytes, a.slivers[2][g as usize..3 * g as usize]);
+    assert_eq!(metadata, a.metadata);
+    let (tail, _) = store.get_sliver_range(&a.blob_id, 2, 6 * g, sl).unwrap();
+    assert_eq!(tail, a.slivers[2][6 * g as usize..]);
+    // Unaligned, empty and past-the-end ranges are refused; nothing is read.
+    for (s, e) in [(1, g), (g, g), (0, sl + 2), (6 * g, sl - 2)] {
+        assert!(
+            matches!(
+                store.get_sliver_range(&a.blob_id, 2, s, e),
+                Err(StoreError::Invalid(_))
+            ),
+            "{s}..{e}"
+        );
+    }
+    // A cut sliver is corrupt for ranges too, even one it still holds.
+    let path = blob_dir(root.path(), &a.blob_id).join("sliver-2");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(sl / 2)
+        .unwrap();
+    assert!(matches!(
+        store.get_sliver_range(&a.blob_id, 2, 0, g),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.get_sliver_range(&BlobId([1; 32]), 2, 0, g),
+        Err(StoreError::NotFound { .. })
+    ));
+}
