@@ -72,6 +72,26 @@ fn f_node_failures_are_invisible_and_one_more_fails_fsync_but_loses_nothing() {
     // f = 2 nodes down, both holding systematic slivers: reads decode from recovery slivers.
     net.kill(0);
     net.kill(1);
+    // Seeking reads fetch just the ranges they need; those of slivers 0 and 1 are rebuilt from
+    // the same ranges of k other slivers (not by falling back to whole chunks).
+    let f = File::open(m.join("a")).unwrap();
+    for (off, len) in [
+        (5_000_000u64, 4096),
+        (1_000_000, 100),
+        (4_194_000, 600),
+        (6 << 20, 333),
+    ] {
+        let mut buf = vec![0; len];
+        f.read_exact_at(&mut buf, off).unwrap();
+        let want = &a[off as usize..off as usize + len];
+        assert!(buf == want, "pread {off}+{len} with nodes 0 and 1 down");
+    }
+    drop(f);
+    let logs = m.logs();
+    assert!(
+        !logs.contains("reading the whole chunk"),
+        "a seeking read fell back to a whole chunk:\n{logs}"
+    );
     assert_file(&m.join("a"), &a, "read with nodes 0 and 1 down");
     let b = random_bytes(3 << 20, 2);
     write_synced(&m.join("b"), &b);
