@@ -5,7 +5,9 @@
 //! holds the file's lock around each transition, fetches a chunk's old content when a partial
 //! write needs it, and seals and journals what [`FileBuffers::dirty`] returns before calling
 //! [`FileBuffers::journaled`]. That keeps every rule about a file's write-back state in one
-//! place, testable alone.
+//! place, testable alone. [`write_locked`] is the one way a writer changes buffers (including
+//! the base fetch with the lock released); `protocol_tests` runs it with spills and reads under
+//! the `shuttle` concurrency checker.
 //!
 //! Accounting: each buffer is charged at its capacity against the mount-wide
 //! [`DirtyBudget`]; a buffer is released exactly when it leaves the map (journaled, truncated
@@ -76,6 +78,52 @@ pub(crate) struct Wrote {
     pub(crate) charged: u64,
     /// Chunks the write filled completely (a sequential writer moving on): journal them now.
     pub(crate) full: Vec<u64>,
+}
+
+/// A held lock on a file's write-back state: the file's mutex guard (in the model-checked
+/// tests, a guard of the checker's mutex).
+pub(crate) trait Locked {
+    /// The state the lock guards.
+    fn buffers(&mut self) -> &mut FileBuffers;
+}
+
+/// Writes `src` at `in_chunk` of chunk `idx` of the file locked by `st`: the one way a writer
+/// changes a file's buffers. A partial write of a chunk without a buffer needs the chunk's
+/// current content first; `fetch` gets it with the lock released (it may come from the
+/// network) and `lock` takes the lock again. Content fetched while another thread journaled
+/// this file's buffers may predate what they held, so it is fetched again then. Returns the
+/// lock, held again, and what the write did.
+#[allow(clippy::too_many_arguments)] // one write's place, its bytes and the two callbacks
+pub(crate) fn write_locked<G: Locked, E>(
+    mut st: G,
+    lock: impl Fn() -> G,
+    mut fetch: impl FnMut() -> Result<Vec<u8>, E>,
+    idx: u64,
+    in_chunk: u64,
+    src: &[u8],
+    cs: u64,
+    now: Instant,
+) -> Result<(G, Wrote), E> {
+    let n = src.len() as u64;
+    let mut base = Vec::new();
+    while st.buffers().needs_base(idx, in_chunk, n, cs) {
+        let generation = st.buffers().spill_generation();
+        drop(st);
+        let fetched = fetch()?;
+        st = lock();
+        // INV: a base fetched while a concurrent writer journaled this file's buffers may
+        // predate their data: fetch it again rather than write over it.
+        if st.buffers().spill_generation() == generation {
+            if st.buffers().needs_base(idx, in_chunk, n, cs) {
+                base = fetched;
+            }
+            break;
+        }
+    }
+    let wrote = st
+        .buffers()
+        .write_chunk(idx, in_chunk as usize, src, base, cs, now);
+    Ok((st, wrote))
 }
 
 /// A file's write-back state: dirty buffers and attributes not yet committed.
@@ -271,6 +319,9 @@ impl FileBuffers {
         freed
     }
 }
+
+#[cfg(test)]
+mod protocol_tests;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::buffers::{self, FileBuffers, Locked};
 use super::files::{FileState, OpenFile};
 use super::{Fs, FsError, FsResult};
 use crate::data::crypto::{sealed_len, ChunkPlace};
@@ -22,6 +23,12 @@ use crate::journal::{Append, EntryHeader, Journal, JournalError, Record};
 const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Journal records replayed per index transaction.
 const REPLAY_BATCH: usize = 256;
+
+impl Locked for std::sync::MutexGuard<'_, FileState> {
+    fn buffers(&mut self) -> &mut FileBuffers {
+        &mut self.buf
+    }
+}
 
 impl<B: BlobStore> Fs<B> {
     /// Writes `data` at `offset` through handle `fh`; returns the bytes written. May wait
@@ -62,26 +69,17 @@ impl<B: BlobStore> Fs<B> {
             let in_chunk = pos % cs;
             let n = (cs - in_chunk).min(end - pos);
             let src = &data[(pos - offset) as usize..(pos - offset + n) as usize];
-            let mut base = Vec::new();
-            while st.buf.needs_base(idx, in_chunk, n, cs) {
-                // A partial write of a chunk holding data needs that data first; fetched
-                // without the file's lock (it may come from the network).
-                let generation = st.buf.spill_generation();
-                drop(st);
-                let fetched = self.chunk_content(&file, idx)?;
-                st = file.lock();
-                // INV: a base fetched while a concurrent writer journaled this file's buffers
-                // may predate their data: fetch it again rather than write over it.
-                if st.buf.spill_generation() == generation {
-                    if st.buf.needs_base(idx, in_chunk, n, cs) {
-                        base = fetched;
-                    }
-                    break;
-                }
-            }
-            let wrote = st
-                .buf
-                .write_chunk(idx, in_chunk as usize, src, base, cs, now);
+            let (held, wrote) = buffers::write_locked(
+                st,
+                || file.lock(),
+                || self.chunk_content(&file, idx),
+                idx,
+                in_chunk,
+                src,
+                cs,
+                now,
+            )?;
+            st = held;
             self.inner.dirty.charge(wrote.charged);
             full.extend(wrote.full);
             pos += n;
