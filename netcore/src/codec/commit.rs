@@ -96,6 +96,17 @@ impl BlobMetadata {
     /// [`BlobMetadata::check_id`] once for the blob, then this for the sliver it stores.
     /// Readers use [`BlobMetadata::verify_sliver`], which does both.
     pub fn check_sliver(&self, index: SliverIndex, data: &[u8]) -> Result<(), CodecError> {
+        self.check_sliver_hashed(index, data.len(), sliver_hash(data))
+    }
+
+    /// [`BlobMetadata::check_sliver`] for a sliver of `len` bytes whose hash the caller
+    /// computed (e.g. with its [`Outboard`](super::Outboard)).
+    pub fn check_sliver_hashed(
+        &self,
+        index: SliverIndex,
+        len: usize,
+        hash: SliverHash,
+    ) -> Result<(), CodecError> {
         self.validate()?;
         let n = self.params.n;
         let expected_hash = self
@@ -103,14 +114,14 @@ impl BlobMetadata {
             .get(usize::from(index))
             .ok_or(CodecError::IndexOutOfRange { index, n })?;
         let expected = self.sliver_len()?;
-        if data.len() != expected {
+        if len != expected {
             return Err(CodecError::SliverLength {
                 index,
                 expected,
-                got: data.len(),
+                got: len,
             });
         }
-        if sliver_hash(data) != *expected_hash {
+        if hash != *expected_hash {
             return Err(CodecError::SliverHashMismatch { index });
         }
         Ok(())

@@ -28,6 +28,9 @@ use super::types::{BlobId, BlobMetadata, CodecError, SliverHash, SliverIndex};
 /// so is its end unless the range ends with the sliver.
 pub const GRANULE: u64 = 16 * 1024;
 
+/// Version byte of a stored outboard (see [`Outboard::to_bytes`]).
+const OUTBOARD_FORMAT: u8 = 1;
+
 /// Most chaining values a proof of one range can need for a sliver of `sliver_len` bytes: two
 /// per level of the tree. Anything longer is malformed.
 pub fn max_proof_len(sliver_len: u64) -> usize {
@@ -133,6 +136,46 @@ impl Outboard {
     /// the outboard (or the sliver it was built from).
     pub fn root(&self) -> SliverHash {
         self.root
+    }
+
+    /// The outboard as stored beside a sliver: a format version byte (1), then each
+    /// granule's chaining value. Empty for a sliver of one granule (it needs no outboard).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.leaves.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(1 + 32 * self.leaves.len());
+        out.push(OUTBOARD_FORMAT);
+        for leaf in &self.leaves {
+            out.extend_from_slice(leaf);
+        }
+        out
+    }
+
+    /// Reads back what [`Outboard::to_bytes`] wrote for a sliver of `sliver_len` bytes; `None`
+    /// if it is not that (another version, the wrong length). The granules are not checked:
+    /// compare [`Outboard::root`] with the committed sliver hash before using it.
+    pub fn from_bytes(sliver_len: u64, bytes: &[u8]) -> Option<Outboard> {
+        if sliver_len <= GRANULE {
+            return None;
+        }
+        let (&version, leaves) = bytes.split_first()?;
+        let count = sliver_len.div_ceil(GRANULE);
+        if version != OUTBOARD_FORMAT || leaves.len() as u64 != 32 * count {
+            return None;
+        }
+        let mut o = Outboard {
+            sliver_len,
+            leaves: leaves
+                .chunks_exact(32)
+                .map(|c| c.try_into().unwrap_or([0; 32]))
+                .collect(),
+            root: [0; 32],
+        };
+        let left = left_subtree_len(sliver_len);
+        let (l, r) = (o.cv(0, left), o.cv(left, sliver_len - left));
+        o.root = *merge_subtrees_root(&l, &r, mode()).as_bytes();
+        Some(o)
     }
 
     /// Bytes of memory the outboard holds.
@@ -494,6 +537,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn outboards_round_trip_through_bytes_and_refuse_other_shapes() {
+        let b = blob(3 * 100_001);
+        let s = &b.slivers[5];
+        let o = Outboard::build(s);
+        let bytes = o.to_bytes();
+        assert_eq!(bytes.len(), 1 + 32 * 7);
+        let back = Outboard::from_bytes(s.len() as u64, &bytes).unwrap();
+        assert_eq!(back, o);
+        // A flipped byte still parses but no longer makes the committed root.
+        let mut bad = bytes.clone();
+        bad[40] ^= 1;
+        let parsed = Outboard::from_bytes(s.len() as u64, &bad).unwrap();
+        assert_ne!(parsed.root(), b.metadata.sliver_hashes[5]);
+        // Wrong length, version or sliver length: not an outboard.
+        assert!(Outboard::from_bytes(s.len() as u64, &bytes[..bytes.len() - 1]).is_none());
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert!(Outboard::from_bytes(s.len() as u64, &v2).is_none());
+        assert!(Outboard::from_bytes(s.len() as u64 + GRANULE, &bytes).is_none());
+        assert!(Outboard::from_bytes(100, &bytes).is_none());
+        assert!(Outboard::build(&[1; 100]).to_bytes().is_empty());
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!                                      quota (absent for blobs stored before quotas existed,
 //!                                      and for stores without an owner: counted for no one)
 //! <root>/blobs/<aa>/<id>/sliver-<i>    raw bytes of sliver <i> (decimal index, no leading zeros)
+//! <root>/blobs/<aa>/<id>/outboard-<i>  the chaining value of each 16 KiB granule of sliver <i>
+//!                                      (`codec::Outboard`), to prove ranges of it; derived data,
+//!                                      checked against the sliver hash before use and rebuilt
+//!                                      from the sliver when missing or wrong
 //! <root>/blobs/<aa>/<id>/.tmp-*        a write in progress; removed by `open`
 //! <root>/trash/<id>.<pid>.<seq>        a blob being deleted; removed by `open`
 //! <root>/quarantine/<id>.sliver-<i>.<seq>  a sliver the scrubber found damaged (kept as
@@ -324,6 +328,49 @@ impl SliverStore {
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start)
             .map_err(io_error(&path))?;
         Ok((buf, metadata))
+    }
+
+    /// The outboard stored beside sliver `index` of `blob_id` (unchecked: compare its root
+    /// with the committed sliver hash), if there is one that parses.
+    pub fn get_outboard(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+        sliver_len: u64,
+    ) -> Option<crate::codec::Outboard> {
+        let path = self.blob_paths(blob_id).1.join(outboard_name(index));
+        let bytes = fs::read(path).ok()?;
+        crate::codec::Outboard::from_bytes(sliver_len, &bytes)
+    }
+
+    /// Stores the outboard of sliver `index` of `blob_id` (rebuilt from the sliver). Best
+    /// effort and not synced: it is derived data, checked whenever it is read.
+    pub fn put_outboard(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+        outboard: &crate::codec::Outboard,
+    ) -> bool {
+        let bytes = outboard.to_bytes();
+        if bytes.is_empty() {
+            return true;
+        }
+        let (_, dir) = self.blob_paths(blob_id);
+        let _guard = self.lock(blob_id);
+        if !dir.is_dir() {
+            return false; // deleted meanwhile: do not bring the directory back
+        }
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}outboard.{}.{}",
+            std::process::id(),
+            UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = fs::write(&tmp, &bytes).is_ok()
+            && fs::rename(&tmp, dir.join(outboard_name(index))).is_ok();
+        if !written {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Opens sliver `index` of `blob_id` once its metadata is known good and its length is
@@ -854,6 +901,10 @@ fn scan_blob_dir(dir: &Path, remove_tmp: bool) -> Result<Option<BlobDirScan>, St
 
 fn sliver_name(index: SliverIndex) -> String {
     format!("{SLIVER_PREFIX}{index}")
+}
+
+fn outboard_name(index: SliverIndex) -> String {
+    format!("outboard-{index}")
 }
 
 /// The index in a sliver file name; `None` for any other name, including non-canonical

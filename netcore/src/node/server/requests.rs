@@ -276,8 +276,9 @@ async fn store_sliver(
 }
 
 /// Bytes `start..end` of a sliver and their proof. The proof comes from the sliver's outboard
-/// (its granules' hashes): cached, or built by reading and hashing the whole sliver once, which
-/// also checks it against its commitment, so a node never proves a sliver it knows is damaged.
+/// (its granules' hashes): cached in memory, else stored beside the sliver, else built by
+/// reading and hashing the whole sliver (then stored). Whichever it is, its root must be the
+/// committed sliver hash, so a node never proves a sliver it knows is damaged.
 async fn get_range(
     state: &State,
     trusted: bool,
@@ -297,7 +298,17 @@ async fn get_range(
     crate::codec::check_range(sliver_len, start, end)
         .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
     let key = (blob_id, index);
-    let (data, outboard, budget) = match state.outboards.get(&key) {
+    let stored = || {
+        let o = state.store.get_outboard(&blob_id, index, sliver_len)?;
+        (o.root() == committed).then(|| std::sync::Arc::new(o))
+    };
+    let known = match state.outboards.get(&key) {
+        Some(o) => Some(o),
+        None => tokio::task::block_in_place(stored).inspect(|o| {
+            state.outboards.insert(key, o.clone());
+        }),
+    };
+    let (data, outboard, budget) = match known {
         Some(outboard) => {
             let budget = acquire_budget(state, end - start, trusted).await?;
             let (data, _) =
@@ -315,6 +326,7 @@ async fn get_range(
                 ));
             }
             let outboard = std::sync::Arc::new(outboard);
+            tokio::task::block_in_place(|| state.store.put_outboard(&blob_id, index, &outboard));
             state.outboards.insert(key, outboard.clone());
             // INV: check_range accepted start..end, so it lies within the sliver.
             (

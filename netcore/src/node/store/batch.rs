@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::{
-    file_outcome, io_error, read_owner, sliver_name, FileOutcome, PutOutcome, SliverStore,
-    StoreError, METADATA_FILE, OWNER_FILE, TMP_PREFIX, UNIQUE_SEQ,
+    file_outcome, io_error, outboard_name, read_owner, sliver_name, FileOutcome, PutOutcome,
+    SliverStore, StoreError, METADATA_FILE, OWNER_FILE, TMP_PREFIX, UNIQUE_SEQ,
 };
 use crate::codec::{BlobId, BlobMetadata, CodecError, SliverIndex};
 use crate::identity::PublicKey;
@@ -118,9 +118,13 @@ impl SliverStore {
         item.metadata
             .check_id(&item.blob_id)
             .map_err(StoreError::Invalid)?;
+        // Hashed granule by granule: the same pass checks the sliver and makes its outboard,
+        // stored beside it so ranged reads never need to read the whole sliver.
+        let outboard = crate::codec::Outboard::build(item.data);
         item.metadata
-            .check_sliver(item.index, item.data)
+            .check_sliver_hashed(item.index, item.data.len(), outboard.root())
             .map_err(StoreError::Invalid)?;
+        let outboard = outboard.to_bytes();
         let encoded = postcard::to_stdvec(item.metadata).map_err(|e| {
             StoreError::Invalid(CodecError::MalformedMetadata(format!(
                 "cannot be encoded: {e}"
@@ -138,6 +142,12 @@ impl SliverStore {
         let sliver_file = sliver_name(item.index);
         let meta_outcome = file_outcome(&dir.join(METADATA_FILE), &encoded)?;
         let sliver_outcome = file_outcome(&dir.join(&sliver_file), item.data)?;
+        let outboard_file = outboard_name(item.index);
+        let outboard_outcome = if outboard.is_empty() {
+            FileOutcome::Unchanged
+        } else {
+            file_outcome(&dir.join(&outboard_file), &outboard)?
+        };
         let recorded = read_owner(&dir);
         let charged_to = recorded.or(item.owner);
         let owner_bytes = item.owner.map(|o| o.0);
@@ -154,6 +164,7 @@ impl SliverStore {
                 owner_outcome,
             ),
             (sliver_file, item.data, sliver_outcome),
+            (outboard_file, &outboard[..], outboard_outcome),
         ] {
             if matches!(outcome, FileOutcome::Unchanged) {
                 continue;

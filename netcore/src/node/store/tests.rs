@@ -670,3 +670,50 @@ fn sliver_ranges_are_read_in_place_and_checked_like_slivers() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+#[test]
+fn batched_puts_store_each_slivers_outboard_and_a_bad_one_is_told_apart() {
+    let root = tempfile::tempdir().unwrap();
+    let store = SliverStore::open(root.path()).unwrap();
+    let a = blob(11, 3 * 100_000);
+    let items: Vec<_> = (0..7u16)
+        .map(|i| batch::PutItem {
+            blob_id: a.blob_id,
+            metadata: &a.metadata,
+            index: i,
+            data: &a.slivers[usize::from(i)],
+            owner: None,
+        })
+        .collect();
+    for r in store.put_batch(&items) {
+        assert_eq!(r.unwrap(), PutOutcome::Stored);
+    }
+    let sl = a.slivers[0].len() as u64;
+    for i in 0..7u16 {
+        let o = store.get_outboard(&a.blob_id, i, sl).expect("outboard stored");
+        assert_eq!(o.root(), a.metadata.sliver_hashes[usize::from(i)]);
+    }
+    // Outboards are not slivers: status and the byte count ignore them.
+    assert_eq!(store.status(&a.blob_id).unwrap().slivers, (0..7).collect::<Vec<_>>());
+    assert_eq!(store.stats().sliver_bytes, sliver_bytes(&a));
+    // A damaged outboard parses but makes another root (the node rebuilds it from the sliver).
+    let path = blob_dir(root.path(), &a.blob_id).join("outboard-3");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let bad = store.get_outboard(&a.blob_id, 3, sl).unwrap();
+    assert_ne!(bad.root(), a.metadata.sliver_hashes[3]);
+    let rebuilt = crate::codec::Outboard::build(&store.get_sliver(&a.blob_id, 3).unwrap());
+    assert!(store.put_outboard(&a.blob_id, 3, &rebuilt));
+    assert_eq!(store.get_outboard(&a.blob_id, 3, sl).unwrap(), rebuilt);
+    // A truncated one does not parse at all.
+    fs::write(&path, &bytes[..100]).unwrap();
+    assert!(store.get_outboard(&a.blob_id, 3, sl).is_none());
+    // Deleting the blob takes its outboards along; a late rebuild does not bring it back.
+    assert!(store.delete(&a.blob_id).unwrap());
+    assert!(!store.put_outboard(&a.blob_id, 3, &rebuilt));
+    assert!(!blob_dir(root.path(), &a.blob_id).exists());
+    drop(store);
+    let store = SliverStore::open(root.path()).unwrap();
+    assert_eq!(store.stats().sliver_bytes, 0);
+}
