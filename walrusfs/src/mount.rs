@@ -85,7 +85,8 @@ pub struct MountArgs {
     /// close returns once the data is in the state directory's crash-safe journal).
     #[arg(long)]
     sync_close: bool,
-    /// Memory for written data not yet sealed into the journal, in MiB.
+    /// Memory for written data not yet sealed into the journal, in MiB; uploads in flight
+    /// take at most as much again (one per 16 MiB of it, from 1 to 8).
     #[arg(long, default_value_t = 256)]
     dirty_mib: u64,
     /// Disk in the state directory for written data not yet stored on the network, in MiB;
@@ -578,6 +579,7 @@ fn serve(
         journal_wait: Duration::from_secs(args.journal_wait_secs),
         chunk_cache_bytes: args.cache_mib << 20,
         gc_grace: Duration::from_secs(args.gc_grace_secs),
+        upload_concurrency: upload_concurrency(args.dirty_mib),
         ..FsConfig::default()
     };
     let disk_cache = match args.disk_cache_mib {
@@ -1101,4 +1103,28 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         testnet.display()
     );
     Ok(())
+}
+
+/// Memory one blob upload holds: its 4 MiB pack, the slivers (n/k of it, 7/3 here), and the
+/// encoder's work buffers.
+const UPLOAD_MIB: u64 = 16;
+
+/// Uploads in flight at once for a dirty budget of `dirty_mib`: as many as fit in it, at
+/// least one, at most eight (more do not go faster on the network).
+fn upload_concurrency(dirty_mib: u64) -> usize {
+    usize::try_from(dirty_mib / UPLOAD_MIB)
+        .unwrap_or(usize::MAX)
+        .clamp(1, 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upload_concurrency;
+
+    #[test]
+    fn uploads_in_flight_fit_in_the_dirty_budget() {
+        for (mib, uploads) in [(0, 1), (16, 1), (32, 2), (100, 6), (256, 8), (1 << 20, 8)] {
+            assert_eq!(upload_concurrency(mib), uploads, "--dirty-mib {mib}");
+        }
+    }
 }

@@ -690,11 +690,16 @@ fn batched_puts_store_each_slivers_outboard_and_a_bad_one_is_told_apart() {
     }
     let sl = a.slivers[0].len() as u64;
     for i in 0..7u16 {
-        let o = store.get_outboard(&a.blob_id, i, sl).expect("outboard stored");
+        let o = store
+            .get_outboard(&a.blob_id, i, sl)
+            .expect("outboard stored");
         assert_eq!(o.root(), a.metadata.sliver_hashes[usize::from(i)]);
     }
     // Outboards are not slivers: status and the byte count ignore them.
-    assert_eq!(store.status(&a.blob_id).unwrap().slivers, (0..7).collect::<Vec<_>>());
+    assert_eq!(
+        store.status(&a.blob_id).unwrap().slivers,
+        (0..7).collect::<Vec<_>>()
+    );
     assert_eq!(store.stats().sliver_bytes, sliver_bytes(&a));
     // A damaged outboard parses but makes another root (the node rebuilds it from the sliver).
     let path = blob_dir(root.path(), &a.blob_id).join("outboard-3");
