@@ -178,6 +178,11 @@ impl Outboard {
         Some(o)
     }
 
+    /// Length of the sliver the outboard is of.
+    pub fn sliver_len(&self) -> u64 {
+        self.sliver_len
+    }
+
     /// Bytes of memory the outboard holds.
     pub fn weight(&self) -> usize {
         self.leaves.len() * 32 + std::mem::size_of::<Self>()

@@ -323,11 +323,35 @@ impl SliverStore {
         end: u64,
     ) -> Result<(Vec<u8>, BlobMetadata), StoreError> {
         let (file, path, len, metadata) = self.open_sliver(blob_id, index)?;
-        crate::codec::check_range(len, start, end).map_err(StoreError::Invalid)?;
-        let mut buf = vec![0u8; (end - start) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, start)
-            .map_err(io_error(&path))?;
-        Ok((buf, metadata))
+        Ok((read_range(&file, &path, len, start, end)?, metadata))
+    }
+
+    /// Bytes `start..end` of sliver `index` of `blob_id`, whose length the caller knows from
+    /// verified metadata (e.g. through the sliver's outboard): no metadata is read. A sliver
+    /// file of another length is [`StoreError::Corrupt`].
+    pub fn read_sliver_range(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+        sliver_len: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_paths(blob_id).1.join(sliver_name(index));
+        let Some(file) = open_if_exists(&path)? else {
+            return Err(StoreError::NotFound {
+                blob_id: *blob_id,
+                sliver: Some(index),
+            });
+        };
+        let len = file.metadata().map_err(io_error(&path))?.len();
+        if len != sliver_len {
+            return Err(corrupt(
+                &path,
+                format!("{len} bytes, metadata says slivers have {sliver_len}"),
+            ));
+        }
+        read_range(&file, &path, len, start, end)
     }
 
     /// The outboard stored beside sliver `index` of `blob_id` (unchecked: compare its root
@@ -773,6 +797,20 @@ fn open_if_exists(path: &Path) -> Result<Option<File>, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path)(e)),
     }
+}
+
+/// Bytes `start..end` of `file`, `len` bytes long, once the range is checked.
+fn read_range(
+    file: &File,
+    path: &Path,
+    len: u64,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, StoreError> {
+    crate::codec::check_range(len, start, end).map_err(StoreError::Invalid)?;
+    let mut buf = vec![0u8; (end - start) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, start).map_err(io_error(path))?;
+    Ok(buf)
 }
 
 /// Reads all of `file`, which its metadata said is `len` bytes long; a different length (the

@@ -278,7 +278,9 @@ async fn store_sliver(
 /// Bytes `start..end` of a sliver and their proof. The proof comes from the sliver's outboard
 /// (its granules' hashes): cached in memory, else stored beside the sliver, else built by
 /// reading and hashing the whole sliver (then stored). Whichever it is, its root must be the
-/// committed sliver hash, so a node never proves a sliver it knows is damaged.
+/// committed sliver hash, so a node never proves a sliver it knows is damaged. A cached
+/// outboard was checked against verified metadata, so with one the read touches only the
+/// sliver file.
 async fn get_range(
     state: &State,
     trusted: bool,
@@ -287,54 +289,20 @@ async fn get_range(
     start: u64,
     end: u64,
 ) -> Result<(Body<'_>, Vec<[u8; 32]>), WireError> {
-    let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
-    let committed = *metadata
-        .sliver_hashes
-        .get(usize::from(index))
-        .ok_or_else(|| WireError::InvalidRequest(format!("sliver index {index} out of range")))?;
-    let sliver_len = metadata
-        .sliver_len()
-        .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
-    crate::codec::check_range(sliver_len, start, end)
-        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
     let key = (blob_id, index);
-    let stored = || {
-        let o = state.store.get_outboard(&blob_id, index, sliver_len)?;
-        (o.root() == committed).then(|| std::sync::Arc::new(o))
-    };
-    let known = match state.outboards.get(&key) {
-        Some(o) => Some(o),
-        None => tokio::task::block_in_place(stored).inspect(|o| {
-            state.outboards.insert(key, o.clone());
-        }),
-    };
-    let (data, outboard, budget) = match known {
+    let (data, outboard, budget) = match state.outboards.get(&key) {
         Some(outboard) => {
+            let sliver_len = outboard.sliver_len();
+            crate::codec::check_range(sliver_len, start, end)
+                .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
             let budget = acquire_budget(state, end - start, trusted).await?;
-            let (data, _) =
-                blocking(state, |s| s.get_sliver_range(&blob_id, index, start, end)).await?;
+            let data = blocking(state, |s| {
+                s.read_sliver_range(&blob_id, index, sliver_len, start, end)
+            })
+            .await?;
             (data, outboard, budget)
         }
-        None => {
-            let budget = acquire_budget(state, sliver_len, trusted).await?;
-            let sliver = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
-            let outboard = tokio::task::block_in_place(|| crate::codec::Outboard::build(&sliver));
-            if outboard.root() != committed {
-                warn!(blob = %blob_id, index, "stored sliver does not match its commitment");
-                return Err(WireError::Corrupt(
-                    "sliver does not match its commitment".into(),
-                ));
-            }
-            let outboard = std::sync::Arc::new(outboard);
-            tokio::task::block_in_place(|| state.store.put_outboard(&blob_id, index, &outboard));
-            state.outboards.insert(key, outboard.clone());
-            // INV: check_range accepted start..end, so it lies within the sliver.
-            (
-                sliver[start as usize..end as usize].to_vec(),
-                outboard,
-                budget,
-            )
-        }
+        None => first_range(state, trusted, blob_id, index, start, end).await?,
     };
     let proof = outboard
         .prove(start, end)
@@ -363,6 +331,57 @@ async fn get_range(
         },
         proof,
     ))
+}
+
+/// [`get_range`] for a sliver whose outboard is not in memory: checks the metadata, then
+/// takes the stored outboard or builds one, and caches it.
+async fn first_range(
+    state: &State,
+    trusted: bool,
+    blob_id: BlobId,
+    index: SliverIndex,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<u8>, std::sync::Arc<crate::codec::Outboard>, Budget<'_>), WireError> {
+    let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
+    let committed = *metadata
+        .sliver_hashes
+        .get(usize::from(index))
+        .ok_or_else(|| WireError::InvalidRequest(format!("sliver index {index} out of range")))?;
+    let sliver_len = metadata
+        .sliver_len()
+        .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
+    crate::codec::check_range(sliver_len, start, end)
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    let key = (blob_id, index);
+    let stored = tokio::task::block_in_place(|| {
+        let o = state.store.get_outboard(&blob_id, index, sliver_len)?;
+        (o.root() == committed).then(|| std::sync::Arc::new(o))
+    });
+    if let Some(outboard) = stored {
+        state.outboards.insert(key, outboard.clone());
+        let budget = acquire_budget(state, end - start, trusted).await?;
+        let data = blocking(state, |s| {
+            s.read_sliver_range(&blob_id, index, sliver_len, start, end)
+        })
+        .await?;
+        return Ok((data, outboard, budget));
+    }
+    let budget = acquire_budget(state, sliver_len, trusted).await?;
+    let sliver = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+    let outboard = tokio::task::block_in_place(|| crate::codec::Outboard::build(&sliver));
+    if outboard.root() != committed {
+        warn!(blob = %blob_id, index, "stored sliver does not match its commitment");
+        return Err(WireError::Corrupt(
+            "sliver does not match its commitment".into(),
+        ));
+    }
+    let outboard = std::sync::Arc::new(outboard);
+    tokio::task::block_in_place(|| state.store.put_outboard(&blob_id, index, &outboard));
+    state.outboards.insert(key, outboard.clone());
+    // INV: check_range accepted start..end, so it lies within the sliver.
+    let data = sliver[start as usize..end as usize].to_vec();
+    Ok((data, outboard, budget))
 }
 
 async fn get_sliver(

@@ -653,6 +653,17 @@ fn sliver_ranges_are_read_in_place_and_checked_like_slivers() {
             "{s}..{e}"
         );
     }
+    // Knowing the length (from an outboard), no metadata is read; a wrong length is damage.
+    let known = store.read_sliver_range(&a.blob_id, 2, sl, g, 3 * g).unwrap();
+    assert_eq!(known, a.slivers[2][g as usize..3 * g as usize]);
+    assert!(matches!(
+        store.read_sliver_range(&a.blob_id, 2, sl + 2, 0, g),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.read_sliver_range(&BlobId([2; 32]), 2, sl, 0, g),
+        Err(StoreError::NotFound { .. })
+    ));
     // A cut sliver is corrupt for ranges too, even one it still holds.
     let path = blob_dir(root.path(), &a.blob_id).join("sliver-2");
     OpenOptions::new()
