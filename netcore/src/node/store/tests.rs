@@ -654,7 +654,9 @@ fn sliver_ranges_are_read_in_place_and_checked_like_slivers() {
         );
     }
     // Knowing the length (from an outboard), no metadata is read; a wrong length is damage.
-    let known = store.read_sliver_range(&a.blob_id, 2, sl, g, 3 * g).unwrap();
+    let known = store
+        .read_sliver_range(&a.blob_id, 2, sl, g, 3 * g)
+        .unwrap();
     assert_eq!(known, a.slivers[2][g as usize..3 * g as usize]);
     assert!(matches!(
         store.read_sliver_range(&a.blob_id, 2, sl + 2, 0, g),
