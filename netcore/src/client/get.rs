@@ -135,18 +135,7 @@ impl Client {
             })
         })
         .await;
-        // A node that answered without a valid sliver is worth repairing (see
-        // `Client::take_damaged`); one that did not answer is not damaged, only away.
-        if failures.0.iter().any(|f| {
-            matches!(
-                f.error,
-                NodeError::Verification(_)
-                    | NodeError::Remote(crate::wire::WireError::NotFound)
-                    | NodeError::Remote(crate::wire::WireError::Corrupt(_))
-            )
-        }) {
-            self.inner.note_damaged(*blob_id);
-        }
+        self.note_damage(blob_id, &failures.0);
         if slivers.len() < usize::from(k) {
             return Err(ClientError::NotEnoughSlivers {
                 blob_id: *blob_id,
@@ -156,6 +145,21 @@ impl Client {
             });
         }
         Ok(slivers)
+    }
+
+    /// Notes `blob_id` for repair if a node answered a read of it without valid bytes (see
+    /// `Client::take_damaged`); a node that did not answer is not damaged, only away.
+    pub(super) fn note_damage(&self, blob_id: &BlobId, failures: &[NodeFailure]) {
+        if failures.iter().any(|f| {
+            matches!(
+                f.error,
+                NodeError::Verification(_)
+                    | NodeError::Remote(crate::wire::WireError::NotFound)
+                    | NodeError::Remote(crate::wire::WireError::Corrupt(_))
+            )
+        }) {
+            self.inner.note_damaged(*blob_id);
+        }
     }
 
     /// Nodes in the order to ask them: reachable before suspect (backing off, or failing to

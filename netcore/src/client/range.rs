@@ -69,11 +69,9 @@ impl Client {
             pieces.push((index, from, to));
             at += to - from;
         }
-        let fetched = futures::future::join_all(
-            pieces
-                .iter()
-                .map(|&(index, from, to)| self.sliver_range(blob_id, metadata, index, from, to)),
-        )
+        let fetched = futures::future::join_all(pieces.iter().map(|&(index, from, to)| {
+            self.sliver_range(blob_id, metadata, sliver_len, index, from, to)
+        }))
         .await;
         let mut out = Vec::with_capacity(len as usize);
         for r in fetched {
@@ -88,11 +86,11 @@ impl Client {
         &self,
         blob_id: &BlobId,
         metadata: &BlobMetadata,
+        sliver_len: u64,
         index: SliverIndex,
         from: u64,
         to: u64,
     ) -> Result<Vec<u8>, ClientError> {
-        let sliver_len = metadata.sliver_len()? as u64;
         let (start, end) = aligned_range(sliver_len, from, to);
         let cut = |data: Vec<u8>| data[(from - start) as usize..(to - start) as usize].to_vec();
         let hedge = self.inner.config.hedge_after(end - start);
@@ -134,7 +132,7 @@ impl Client {
             }
         };
         failures.extend(more.0);
-        self.note_range_failures(blob_id, &failures);
+        self.note_damage(blob_id, &failures);
         if ranges.len() < k {
             return Err(ClientError::NotEnoughSlivers {
                 blob_id: *blob_id,
@@ -191,20 +189,5 @@ impl Client {
         }
         .await;
         (index, r)
-    }
-
-    /// A node that answered a range read without valid bytes holds a damaged blob: note it for
-    /// repair, as a whole-blob read does.
-    fn note_range_failures(&self, blob_id: &BlobId, failures: &[NodeFailure]) {
-        if failures.iter().any(|f| {
-            matches!(
-                f.error,
-                NodeError::Verification(_)
-                    | NodeError::Remote(crate::wire::WireError::NotFound)
-                    | NodeError::Remote(crate::wire::WireError::Corrupt(_))
-            )
-        }) {
-            self.inner.note_damaged(*blob_id);
-        }
     }
 }

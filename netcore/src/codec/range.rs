@@ -121,6 +121,12 @@ impl Outboard {
             .enumerate()
             .map(|(i, g)| subtree_cv(i as u64 * GRANULE, g))
             .collect();
+        Outboard::from_leaves(sliver_len, leaves)
+    }
+
+    /// The outboard of granules `leaves` of a sliver of `sliver_len` (more than one granule),
+    /// with the root they make.
+    fn from_leaves(sliver_len: u64, leaves: Vec<ChainingValue>) -> Outboard {
         let mut o = Outboard {
             sliver_len,
             leaves,
@@ -164,18 +170,11 @@ impl Outboard {
         if version != OUTBOARD_FORMAT || leaves.len() as u64 != 32 * count {
             return None;
         }
-        let mut o = Outboard {
-            sliver_len,
-            leaves: leaves
-                .chunks_exact(32)
-                .map(|c| c.try_into().unwrap_or([0; 32]))
-                .collect(),
-            root: [0; 32],
-        };
-        let left = left_subtree_len(sliver_len);
-        let (l, r) = (o.cv(0, left), o.cv(left, sliver_len - left));
-        o.root = *merge_subtrees_root(&l, &r, mode()).as_bytes();
-        Some(o)
+        let leaves = leaves
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap_or([0; 32]))
+            .collect();
+        Some(Outboard::from_leaves(sliver_len, leaves))
     }
 
     /// Length of the sliver the outboard is of.

@@ -330,12 +330,7 @@ impl<B: BlobStore> Fs<B> {
             .get_range(r.blob_id, info.metadata, r.offset + start, end - start)
             .await
             .map_err(|e| FsError::Network(e.to_string()))?;
-        let place = ChunkPlace {
-            ino,
-            index: idx,
-            version: r.version,
-            salt: r.salt,
-        };
+        let place = r.place(ino, idx);
         // INV: the range was verified against the blob id by the store, and the AEAD
         // authenticates each segment for exactly this file, position and version.
         let plain = self
@@ -456,12 +451,7 @@ impl<B: BlobStore> Fs<B> {
         idx: u64,
         r: &ChunkRef,
     ) -> Result<Arc<Vec<u8>>, FetchError> {
-        let place = ChunkPlace {
-            ino,
-            index: idx,
-            version: r.version,
-            salt: r.salt,
-        };
+        let place = r.place(ino, idx);
         let key: ChunkKey = (r.blob_id, r.offset);
         let plain_len = r.stored_len as usize;
         let disk_key = cache::DiskKey::new(r.blob_id.0, r.offset);

@@ -140,6 +140,17 @@ impl ChunkRef {
     pub fn sealed_len(&self) -> u64 {
         crate::data::crypto::sealed_len(self.stored_len as usize) as u64
     }
+
+    /// Where the chunk was sealed: chunk `index` of inode `ino`, with this ref's version and
+    /// salt (what opens it).
+    pub fn place(&self, ino: u64, index: u64) -> crate::data::crypto::ChunkPlace {
+        crate::data::crypto::ChunkPlace {
+            ino,
+            index,
+            version: self.version,
+            salt: self.salt,
+        }
+    }
 }
 
 /// A blob that chunk refs point into: its metadata (to read it without asking a node for it,

@@ -59,12 +59,6 @@ impl Outboards {
     }
 }
 
-impl Default for Outboards {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,12 @@
 //! the async workers, and answered; sliver bodies in either direction hold a share of the
 //! node's byte budget (see the server's module docs).
 
+use std::sync::Arc;
+
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{State, BUDGET_UNIT};
-use crate::codec::{BlobId, SliverIndex};
+use crate::codec::{BlobId, Outboard, SliverIndex};
 use crate::identity::PublicKey;
 use crate::node::roots::RootStoreError;
 use crate::node::store::{SliverStore, StoreError};
@@ -276,9 +278,7 @@ async fn store_sliver(
 }
 
 /// Bytes `start..end` of a sliver and their proof. The proof comes from the sliver's outboard
-/// (its granules' hashes): cached in memory, else stored beside the sliver, else built by
-/// reading and hashing the whole sliver (then stored). Whichever it is, its root must be the
-/// committed sliver hash, so a node never proves a sliver it knows is damaged. A cached
+/// (its granules' hashes): cached in memory, else loaded by [`load_outboard`]. A cached
 /// outboard was checked against verified metadata, so with one the read touches only the
 /// sliver file.
 async fn get_range(
@@ -289,20 +289,24 @@ async fn get_range(
     start: u64,
     end: u64,
 ) -> Result<(Body<'_>, Vec<[u8; 32]>), WireError> {
-    let key = (blob_id, index);
-    let (data, outboard, budget) = match state.outboards.get(&key) {
-        Some(outboard) => {
-            let sliver_len = outboard.sliver_len();
-            crate::codec::check_range(sliver_len, start, end)
-                .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    let (outboard, whole) = match state.outboards.get(&(blob_id, index)) {
+        Some(outboard) => (outboard, None),
+        None => load_outboard(state, trusted, blob_id, index, start, end).await?,
+    };
+    let sliver_len = outboard.sliver_len();
+    crate::codec::check_range(sliver_len, start, end)
+        .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
+    let (data, budget) = match whole {
+        // INV: check_range accepted start..end, so it lies within the sliver.
+        Some((sliver, budget)) => (sliver[start as usize..end as usize].to_vec(), budget),
+        None => {
             let budget = acquire_budget(state, end - start, trusted).await?;
             let data = blocking(state, |s| {
                 s.read_sliver_range(&blob_id, index, sliver_len, start, end)
             })
             .await?;
-            (data, outboard, budget)
+            (data, budget)
         }
-        None => first_range(state, trusted, blob_id, index, start, end).await?,
     };
     let proof = outboard
         .prove(start, end)
@@ -333,16 +337,22 @@ async fn get_range(
     ))
 }
 
-/// [`get_range`] for a sliver whose outboard is not in memory: checks the metadata, then
-/// takes the stored outboard or builds one, and caches it.
-async fn first_range(
+/// A sliver read whole, with the budget that holds it.
+type WholeSliver<'a> = (Vec<u8>, Budget<'a>);
+
+/// The outboard of a sliver not in memory, once its metadata is checked (and the range against
+/// it, before anything is read): the one stored beside the sliver, or one built by reading and
+/// hashing the whole sliver (returned too, so the range is cut from it) and then stored.
+/// Either way its root must be the committed sliver hash, so a node never proves a sliver it
+/// knows is damaged; it is cached.
+async fn load_outboard(
     state: &State,
     trusted: bool,
     blob_id: BlobId,
     index: SliverIndex,
     start: u64,
     end: u64,
-) -> Result<(Vec<u8>, std::sync::Arc<crate::codec::Outboard>, Budget<'_>), WireError> {
+) -> Result<(Arc<Outboard>, Option<WholeSliver<'_>>), WireError> {
     let metadata = blocking(state, |s| s.get_metadata(&blob_id)).await?;
     let committed = *metadata
         .sliver_hashes
@@ -353,35 +363,29 @@ async fn first_range(
         .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
     crate::codec::check_range(sliver_len, start, end)
         .map_err(|e| WireError::InvalidRequest(e.to_string()))?;
-    let key = (blob_id, index);
     let stored = tokio::task::block_in_place(|| {
         let o = state.store.get_outboard(&blob_id, index, sliver_len)?;
-        (o.root() == committed).then(|| std::sync::Arc::new(o))
+        (o.root() == committed).then(|| Arc::new(o))
     });
-    if let Some(outboard) = stored {
-        state.outboards.insert(key, outboard.clone());
-        let budget = acquire_budget(state, end - start, trusted).await?;
-        let data = blocking(state, |s| {
-            s.read_sliver_range(&blob_id, index, sliver_len, start, end)
-        })
-        .await?;
-        return Ok((data, outboard, budget));
-    }
-    let budget = acquire_budget(state, sliver_len, trusted).await?;
-    let sliver = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
-    let outboard = tokio::task::block_in_place(|| crate::codec::Outboard::build(&sliver));
-    if outboard.root() != committed {
-        warn!(blob = %blob_id, index, "stored sliver does not match its commitment");
-        return Err(WireError::Corrupt(
-            "sliver does not match its commitment".into(),
-        ));
-    }
-    let outboard = std::sync::Arc::new(outboard);
-    tokio::task::block_in_place(|| state.store.put_outboard(&blob_id, index, &outboard));
-    state.outboards.insert(key, outboard.clone());
-    // INV: check_range accepted start..end, so it lies within the sliver.
-    let data = sliver[start as usize..end as usize].to_vec();
-    Ok((data, outboard, budget))
+    let (outboard, whole) = match stored {
+        Some(outboard) => (outboard, None),
+        None => {
+            let budget = acquire_budget(state, sliver_len, trusted).await?;
+            let sliver = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+            let outboard = tokio::task::block_in_place(|| Outboard::build(&sliver));
+            if outboard.root() != committed {
+                warn!(blob = %blob_id, index, "stored sliver does not match its commitment");
+                return Err(WireError::Corrupt(
+                    "sliver does not match its commitment".into(),
+                ));
+            }
+            let outboard = Arc::new(outboard);
+            tokio::task::block_in_place(|| state.store.put_outboard(&blob_id, index, &outboard));
+            (outboard, Some((sliver, budget)))
+        }
+    };
+    state.outboards.insert((blob_id, index), outboard.clone());
+    Ok((outboard, whole))
 }
 
 async fn get_sliver(

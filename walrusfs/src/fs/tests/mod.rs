@@ -104,6 +104,20 @@ pub(super) fn crash(fs: Fs<MemoryStore>) {
     drop(fs);
 }
 
+/// Creates `name` in the root of `fs` with `data`, fsyncs it and drops `fs` as a crash
+/// would; returns the file's inode number.
+fn store_file(fs: Fs<MemoryStore>, name: &[u8], data: &[u8]) -> u64 {
+    let a = fs
+        .create_node(CTX, ROOT_INO, name, FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    fs.write(fh, 0, data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    fs.release(fh).unwrap();
+    crash(fs);
+    a.ino
+}
+
 pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -362,19 +376,11 @@ fn seeking_reads_fetch_ranges_and_sequential_reads_whole_chunks() {
     let store = Arc::new(MemoryStore::default());
     let open =
         |store: Arc<MemoryStore>| open_fs_chunked(dir.path(), store, &rt, config(), None, BIG);
-    let fs = open(store.clone());
-    let a = fs
-        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
-        .unwrap();
-    let fh = fs.open(a.ino, true).unwrap();
     let data = pattern(5 * BIG as usize / 2, 9);
-    fs.write(fh, 0, &data).unwrap();
-    fs.fsync(a.ino).unwrap();
-    fs.release(fh).unwrap();
-    crash(fs);
+    let ino = store_file(open(store.clone()), b"big", &data);
 
     let fs = open(store.clone());
-    let fh = fs.open(a.ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap();
     let ranges = || store.range_gets.load(Ordering::SeqCst);
     let check = |offset: usize, len: usize| {
         let got = fs.read(fh, offset as u64, len as u32).unwrap();
@@ -578,19 +584,11 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
         let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();
         open_fs_with(dir.path(), store, &rt, config(), Some(disk))
     };
-    let fs = open(store.clone());
-    let a = fs
-        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
-        .unwrap();
-    let fh = fs.open(a.ino, true).unwrap();
     let data = pattern(2 * CHUNK as usize, 1);
-    fs.write(fh, 0, &data).unwrap();
-    fs.fsync(a.ino).unwrap();
-    fs.release(fh).unwrap();
-    crash(fs);
+    let ino = store_file(open(store.clone()), b"f", &data);
     // First cold read fills the disk cache from the store.
     let fs = open(store.clone());
-    let fh = fs.open(a.ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap();
     assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
     // Filled off the reader's path: wait for it.
     fs.settle_cache_writes(Duration::from_secs(10));
@@ -601,7 +599,7 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     // With the network failing, a fresh process still reads from the disk cache.
     store.fail_gets.store(true, Ordering::SeqCst);
     let fs = open(store.clone());
-    let fh = fs.open(a.ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap();
     assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
 }
