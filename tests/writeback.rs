@@ -8,6 +8,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,80 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
         f.write_all(data).unwrap();
         close_checked(f).expect("close with the network down: the journal has it");
     }
+    // A shell's `> f`: the first close comes before any write (it is the descriptor the
+    // shell dup2'ed to stdout), the one that protects the data after it.
+    let sources = tempfile::tempdir().unwrap();
+    let shell: Vec<Vec<u8>> = (0..20)
+        .map(|i| random_bytes(50 + i * 411, 500 + i as u64))
+        .collect();
+    for (i, data) in shell.iter().enumerate() {
+        let src = sources.path().join(format!("src{i}"));
+        fs::write(&src, data).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("cat \"$1\" > \"$2\"")
+            .arg("sh")
+            .arg(&src)
+            .arg(m.join(format!("sh{i}")))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     let big = random_bytes((10 << 20) + 99, 1000);
     let mut f = create(&m.join("big"));
     f.write_all(&big).unwrap();
     close_checked(f).unwrap();
-    m.kill9();
+    // A file truncated and rewritten sparse: the truncation is an index change its new
+    // record depends on (replayed onto the old contents, the hole would show old bytes).
+    let mut f = create(&m.join("t"));
+    f.write_all(&random_bytes(3 << 20, 77)).unwrap();
+    close_checked(f).unwrap();
+    let mut f = create(&m.join("t")); // O_TRUNC
+    let tail = random_bytes(1000, 78);
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(2 << 20)).unwrap();
+    f.write_all(&tail).unwrap();
+    close_checked(f).unwrap();
+    let mut rewritten = vec![0u8; 2 << 20];
+    rewritten.extend_from_slice(&tail);
+    // Files killed at the end of their close, before anything else (the uploader, sled's
+    // timer) can hand the index to the kernel. A new one: its creation must be there. An
+    // old one, appended to: the mode and times set while its data was buffered (as tar
+    // does) must be there too, though its records alone would not carry the mode.
+    let last = random_bytes(5000, 79);
+    let mut f = create(&m.join("last"));
+    f.write_all(&last).unwrap();
+    let pid = m.pid().unwrap();
+    fs::write(m.state().join("crash-at"), "close.done").unwrap();
+    let _ = close_checked(f);
+    m.await_crash(pid);
+    fs::remove_file(m.state().join("crash-at")).unwrap();
+    m.net().up_again(); // a mount needs the archive's root
+    m.mount_again();
+    assert_same_bytes(
+        &fs::read(m.join("last")).unwrap_or_default(),
+        &last,
+        "a new file closed as the mount died",
+    );
+    for i in 0..3 {
+        m.net().kill(i);
+    }
+    let mut last = last;
+    let more = random_bytes(3000, 80);
+    last.extend_from_slice(&more);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("last"))
+        .unwrap();
+    f.write_all(&more).unwrap();
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    f.set_modified(then).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let pid = m.pid().unwrap();
+    fs::write(m.state().join("crash-at"), "close.done").unwrap();
+    let _ = close_checked(f);
+    m.await_crash(pid);
+    fs::remove_file(m.state().join("crash-at")).unwrap();
     m.net().up_again();
     m.mount_again();
     for (i, data) in small.iter().enumerate() {
@@ -49,6 +119,31 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
         assert_same_bytes(&fs::read(&p).unwrap(), data, &format!("s{i} after kill -9"));
     }
     assert_same_bytes(&fs::read(m.join("big")).unwrap(), &big, "big after kill -9");
+    for (i, data) in shell.iter().enumerate() {
+        let p = m.join(format!("sh{i}"));
+        assert_same_bytes(
+            &fs::read(&p).unwrap(),
+            data,
+            &format!("sh{i} after kill -9"),
+        );
+    }
+    assert_same_bytes(
+        &fs::read(m.join("t")).unwrap(),
+        &rewritten,
+        "truncated and rewritten after kill -9",
+    );
+    assert_same_bytes(
+        &fs::read(m.join("last")).unwrap_or_default(),
+        &last,
+        "an appended file closed as the mount died",
+    );
+    let meta = fs::metadata(m.join("last")).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o600,
+        "mode set before close"
+    );
+    assert_eq!(meta.modified().unwrap(), then, "mtime set before close");
     // The replayed journal drains to the network: a cold remount reads it from the nodes.
     let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::index::Timestamp;
+use crate::index::{SetAttr, Timestamp};
 
 /// Memory held in dirty buffers across the mount.
 #[derive(Debug)]
@@ -135,6 +135,9 @@ pub(crate) struct FileBuffers {
     pub(crate) ctime: Timestamp,
     /// Size or times changed and not yet committed to the index.
     pub(crate) attr_dirty: bool,
+    /// Mode, owner and atime changes made while data was buffered, to commit with it (their
+    /// mtime and ctime are in `mtime` and `ctime`).
+    pub(crate) set: Option<SetAttr>,
     bufs: BTreeMap<u64, Buf>,
     /// Bumped whenever buffers leave for the journal: content fetched for a partial write
     /// while the lock was released is stale if this moved meanwhile.
@@ -152,6 +155,7 @@ impl FileBuffers {
             mtime,
             ctime,
             attr_dirty: false,
+            set: None,
             bufs: BTreeMap::new(),
             spills: 0,
             spare_versions: 0..0,
@@ -248,6 +252,22 @@ impl FileBuffers {
         self.mtime = now;
         self.ctime = now;
         self.attr_dirty = true;
+    }
+
+    /// Takes attribute changes (no size: see [`SetAttr::deferrable`]) made at `now`, to commit
+    /// with the buffered data.
+    pub(crate) fn defer(&mut self, changes: &SetAttr, now: Timestamp) {
+        self.set.get_or_insert_with(SetAttr::default).merge(changes);
+        if let Some(mtime) = changes.mtime {
+            self.mtime = mtime;
+        }
+        self.ctime = changes.ctime.unwrap_or(now);
+        self.attr_dirty = true;
+    }
+
+    /// Whether any buffer waits to be journaled.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.bufs.is_empty()
     }
 
     /// The dirty buffers to journal: all of them, or those of `only`.

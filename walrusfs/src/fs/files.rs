@@ -5,7 +5,7 @@
 //! the number of handles. Reads see buffers first, so a reader never observes the index
 //! lagging behind writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::buffers::FileBuffers;
@@ -45,6 +45,9 @@ pub(crate) struct Handle {
     pub(crate) last_read_end: AtomicU64,
     /// Set once a read was not where the previous one ended.
     pub(crate) seeks: AtomicU64,
+    /// Set by the first write through this handle: only a close of a handle that wrote makes
+    /// the index changes the data depends on safe from a killed mount.
+    pub(crate) wrote: AtomicBool,
 }
 
 impl<B: BlobStore> Fs<B> {
@@ -65,6 +68,7 @@ impl<B: BlobStore> Fs<B> {
             writable,
             last_read_end: AtomicU64::new(0),
             seeks: AtomicU64::new(0),
+            wrote: AtomicBool::new(false),
         });
         self.inner
             .handles

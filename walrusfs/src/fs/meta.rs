@@ -56,8 +56,16 @@ impl<B: BlobStore> Fs<B> {
                     return attr;
                 }
                 attr.size = st.buf.size;
-                attr.mtime = attr.mtime.max(st.buf.mtime);
-                attr.ctime = attr.ctime.max(st.buf.ctime);
+                if let Some(set) = &st.buf.set {
+                    // Explicitly set attributes waiting for the data's commit: the buffered
+                    // values are the file's (an mtime may have been set back).
+                    set.apply_deferred(&mut attr);
+                    attr.mtime = st.buf.mtime;
+                    attr.ctime = st.buf.ctime;
+                } else {
+                    attr.mtime = attr.mtime.max(st.buf.mtime);
+                    attr.ctime = attr.ctime.max(st.buf.ctime);
+                }
             }
         }
         attr
@@ -201,9 +209,19 @@ impl<B: BlobStore> Fs<B> {
             return Ok(attr);
         }
         if let Some(file) = self.existing_file(ino) {
+            let mut st = file.lock();
+            if st.buf.has_dirty() && changes.deferrable() {
+                // Data is buffered: the change waits to be committed with it, in the same
+                // transaction (tar sets times, owner and mode of every file it writes, before
+                // closing it: one index transaction at close instead of four). Until then
+                // attribute replies merge it (`with_pending`).
+                st.buf.defer(&changes, Timestamp::now());
+                drop(st);
+                let attr = self.inner.index.get_attr(ino)?;
+                return Ok(self.with_pending(attr));
+            }
             // Explicit times set now win over those of earlier writes still buffered: the
             // buffers carry the new times into the journal when they go.
-            let mut st = file.lock();
             let attr = self.inner.index.setattr(ino, changes, Timestamp::now())?;
             st.buf.mtime = attr.mtime;
             st.buf.ctime = attr.ctime;

@@ -7,6 +7,7 @@
 //! every chunk of the file is stored on `n - f` nodes, committed, and the index is durable. A
 //! failure keeps the data (in memory, or in the journal) and is reported as EIO.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use super::{Fs, FsError, FsResult};
 use crate::data::crypto::{sealed_len, ChunkPlace};
 use crate::data::store::BlobStore;
 use crate::index::types::{JChunk, Timestamp};
-use crate::index::{Index, JournalCommit};
+use crate::index::{Index, JournalCommit, SetAttr};
 use crate::journal::{Append, EntryHeader, Journal, JournalError, Record};
 
 /// Largest file offset supported (keeps chunk arithmetic far from overflow).
@@ -86,6 +87,7 @@ impl<B: BlobStore> Fs<B> {
         }
         st.buf.touch(Timestamp::now());
         drop(st);
+        handle.wrote.store(true, Ordering::Release);
         // A sequential writer filled these chunks: journal them now, so memory holds at most
         // the chunk being written. A write that must not wait leaves them in memory if the
         // journal filled up meanwhile (the flusher takes them later).
@@ -142,12 +144,51 @@ impl<B: BlobStore> Fs<B> {
         if self.inner.cfg.sync_close {
             return self.sync_file(&file);
         }
+        let index = &self.inner.index;
+        // Every index change made before the records this close appends (the file's creation,
+        // a truncation, ...): those the records depend on.
+        let before = index.committed();
+        let (records_pending, set_pending) = {
+            let st = file.lock();
+            (st.buf.has_dirty(), st.buf.set.is_some())
+        };
         self.spill_until(&file, None, may_wait)?;
+        if !handle.wrote.load(Ordering::Acquire) {
+            // Nothing was written through this handle (a shell's `> f` closes its first
+            // descriptor before writing): no data to protect. Hand the index to the kernel
+            // soon, off this thread, so the close after the write finds the creation there.
+            self.log_index_soon();
+            return Ok(());
+        }
         // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
-        // data (written to the kernel), and the index changes that name the file and point at
-        // the records are handed to the kernel too (sled buffers them for up to half a second).
-        self.inner.index.flush_log()?;
+        // data (written to the kernel), and the index changes the data depends on (its name,
+        // a truncation) are handed to the kernel too. The transaction committing the new
+        // records need not be: the next mount replays the records the index lacks. An
+        // attribute-only commit (no record to replay) must be, and so must deferred mode and
+        // owner changes (records do not carry them).
+        let through = if records_pending && !set_pending {
+            before
+        } else {
+            index.committed()
+        };
+        index.flush_log_through(through)?;
+        // Tests die here: the state a kill right after close returns leaves.
+        crate::faults::crash_point("close.done");
         Ok(())
+    }
+
+    /// Hands the index's committed changes to the kernel soon, on a blocking-pool thread;
+    /// at most one such flush is queued at a time.
+    pub(crate) fn log_index_soon(&self) {
+        if !self.inner.index.queue_log_flush() {
+            return;
+        }
+        let index = self.inner.index.clone();
+        self.offload(move || {
+            if let Err(e) = index.run_queued_log_flush() {
+                tracing::warn!("index log flush failed: {e}");
+            }
+        });
     }
 
     /// Stores every chunk of `ino` written so far on the network, commits it, and makes the
@@ -258,12 +299,29 @@ impl<B: BlobStore> Fs<B> {
         if dirty.is_empty() {
             if only.is_none() && st.buf.attr_dirty {
                 let b = &st.buf;
-                match self
-                    .inner
-                    .index
-                    .commit_chunks(ino, &[], Vec::new(), b.size, b.mtime, b.ctime)
-                {
-                    Ok(_) | Err(crate::index::IndexError::NotFound) => st.buf.attrs_committed(),
+                let index = &self.inner.index;
+                match index.commit_chunks(ino, &[], Vec::new(), b.size, b.mtime, b.ctime) {
+                    Ok(_) => {
+                        if let Some(set) = b.set {
+                            // Deferred mode/owner changes, once the buffers they waited for
+                            // were cut away (a truncation): their own transaction.
+                            let times = SetAttr {
+                                mtime: Some(b.mtime),
+                                ctime: Some(b.ctime),
+                                ..set
+                            };
+                            match index.setattr(ino, times, b.ctime) {
+                                Ok(_) | Err(crate::index::IndexError::NotFound) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        st.buf.set = None;
+                        st.buf.attrs_committed();
+                    }
+                    Err(crate::index::IndexError::NotFound) => {
+                        st.buf.set = None;
+                        st.buf.attrs_committed();
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -317,15 +375,19 @@ impl<B: BlobStore> Fs<B> {
             self.inner
                 .journal
                 .append(&items, std::time::Duration::ZERO, |assigned| {
-                    let commits: Vec<JournalCommit> = items
+                    let mut commits: Vec<JournalCommit> = items
                         .iter()
                         .zip(assigned)
                         .map(|(item, (seq, loc))| commit_of(&item.header, *seq, loc))
                         .collect();
+                    if let Some(first) = commits.first_mut() {
+                        first.set = b.set;
+                    }
                     let mark = assigned.last().map_or(0, |(s, _)| *s);
                     index.commit_journal(&commits, mark)
                 })?;
         committed?;
+        st.buf.set = None;
         let done: Vec<u64> = sealed.iter().map(|(idx, ..)| *idx).collect();
         let freed = st.buf.journaled(&done);
         self.inner.dirty.release(freed);
@@ -360,6 +422,7 @@ fn commit_of(h: &EntryHeader, seq: u64, loc: &crate::journal::Loc) -> JournalCom
         size: h.size,
         mtime: h.mtime,
         ctime: h.ctime,
+        set: None,
     }
 }
 

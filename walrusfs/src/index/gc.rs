@@ -129,6 +129,7 @@ impl Index {
             batch.insert(held_key(blob, snapshot).as_slice(), &[][..]);
         }
         self.trees.held.apply_batch(batch)?;
+        self.note_commit();
         Ok(())
     }
 
@@ -143,6 +144,7 @@ impl Index {
             }
         }
         self.trees.held.apply_batch(batch)?;
+        self.note_commit();
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use super::layout::{decode, encode, local_key, pair_key, parse_pair_key};
 use super::scan::Scan;
 use super::tx::pair_index;
 use super::types::{ChunkRef, FileKind, Ino, JChunk, Timestamp};
-use super::Index;
+use super::{Index, SetAttr};
 
 /// One appended journal record to commit: chunk `chunk` of `ino` now holds record `jchunk`,
 /// and the file's size and times are as given.
@@ -28,6 +28,9 @@ pub struct JournalCommit {
     pub mtime: Timestamp,
     /// Its ctime then.
     pub ctime: Timestamp,
+    /// Mode, owner and atime changes made while the data was buffered, committed with it
+    /// (records do not carry them: a replay has none).
+    pub set: Option<SetAttr>,
 }
 
 /// A journal record stored in a blob at `offset`, to repoint its chunk at.
@@ -95,6 +98,9 @@ impl Index {
                 }
                 attr.mtime = c.mtime;
                 attr.ctime = c.ctime;
+                if let Some(set) = &c.set {
+                    set.apply_deferred(&mut attr);
+                }
                 tx.put_inode(&attr)?;
             }
             tx.put_local(local_key::JOURNAL_MARK, mark_bytes.as_slice())

@@ -69,7 +69,7 @@ mod xattr;
 mod tests;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 pub use check::CheckReport;
@@ -100,6 +100,13 @@ pub struct Index {
     flush_lock: Mutex<()>,
     /// sled's log file, fsynced by `flush`.
     log_file: std::fs::File,
+    /// Transactions committed since open.
+    committed: AtomicU64,
+    /// A background [`Index::flush_log`] is queued ([`Index::queue_log_flush`]).
+    log_flush_queued: AtomicBool,
+    /// Every transaction up to this count is handed to the kernel (in sled's log file): a
+    /// killed process loses none of them.
+    logged: AtomicU64,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
     /// From `meta`.
@@ -202,6 +209,9 @@ impl Index {
         Ok(Self {
             trees: Trees::open(db)?,
             log_file,
+            committed: AtomicU64::new(0),
+            log_flush_queued: AtomicBool::new(false),
+            logged: AtomicU64::new(0),
             lock: RwLock::new(()),
             flush_lock: Mutex::new(()),
             chunk_size: AtomicU32::new(0),
@@ -280,21 +290,61 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _r = self.read_lock();
+        let through = self.committed.load(Ordering::Acquire);
         self.trees.db.flush()?;
         // sled 0.34 makes its log stable with sync_file_range on Linux, which neither writes
         // the file's metadata (its grown size) nor flushes the disk's write cache: enough for
         // a killed process, not for a power cut. An fsync of the same file covers both.
         self.log_file.sync_all().map_err(sled::Error::Io)?;
+        self.logged.fetch_max(through, Ordering::AcqRel);
         Ok(())
     }
 
     /// Hands every committed change to the operating system (sled's log buffers written out,
     /// without an fsync): enough that a killed process loses none of it, not a power cut.
-    /// Cheap when nothing is pending. `close` uses it; `fsync` uses [`Index::flush`].
+    /// Cheap when nothing is pending. [`Index::flush`] goes further.
     pub fn flush_log(&self) -> Result<()> {
         let _r = self.read_lock();
+        let through = self.committed.load(Ordering::Acquire);
         self.trees.db.flush()?;
+        self.logged.fetch_max(through, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Claims the one queued background log flush: true if the caller is to run
+    /// [`Index::run_queued_log_flush`] (somewhere it may block), false if nothing is pending
+    /// or a flush is already queued.
+    pub fn queue_log_flush(&self) -> bool {
+        self.logged.load(Ordering::Acquire) < self.committed.load(Ordering::Acquire)
+            && !self.log_flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Runs the flush [`Index::queue_log_flush`] queued.
+    pub fn run_queued_log_flush(&self) -> Result<()> {
+        self.log_flush_queued.store(false, Ordering::Release);
+        self.flush_log()
+    }
+
+    /// Counts a committed mutation (every transaction and batch calls it once it is applied).
+    pub(crate) fn note_commit(&self) {
+        self.committed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many transactions this index has committed since it was opened: a mark for
+    /// [`Index::flush_log_through`].
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// [`Index::flush_log`] unless every transaction up to `mark` (a [`Index::committed`]
+    /// value) is already handed to the kernel. Close uses it: the transactions a file's
+    /// journal records depend on (its creation, a truncation) must survive a killed mount,
+    /// while the one committing the records need not (the next mount replays them).
+    pub fn flush_log_through(&self, mark: u64) -> Result<()> {
+        if self.logged.load(Ordering::Acquire) >= mark {
+            return Ok(());
+        }
+        self.flush_log()
     }
 
     /// The chunk size fixed at creation.

@@ -55,6 +55,39 @@ pub struct SetAttr {
     pub ctime: Option<Timestamp>,
 }
 
+impl SetAttr {
+    /// Whether this change can wait for the commit of a file's buffered data: no size
+    /// change (that cuts chunks now), and something to change.
+    pub fn deferrable(&self) -> bool {
+        self.size.is_none() && *self != SetAttr::default()
+    }
+
+    /// Applies the mode, owner and atime parts (a deferred change; times and size travel
+    /// with the data).
+    pub fn apply_deferred(&self, attr: &mut super::types::InodeAttr) {
+        if let Some(perm) = self.perm {
+            attr.perm = perm & 0o7777;
+        }
+        if let Some(uid) = self.uid {
+            attr.uid = uid;
+        }
+        if let Some(gid) = self.gid {
+            attr.gid = gid;
+        }
+        if let Some(atime) = self.atime {
+            attr.atime = atime;
+        }
+    }
+
+    /// Merges `later` into this deferred change (later values win).
+    pub fn merge(&mut self, later: &SetAttr) {
+        self.perm = later.perm.or(self.perm);
+        self.uid = later.uid.or(self.uid);
+        self.gid = later.gid.or(self.gid);
+        self.atime = later.atime.or(self.atime);
+    }
+}
+
 /// Flags of [`Index::rename`](super::Index::rename) (`renameat2`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RenameFlags {

@@ -157,6 +157,7 @@ impl Index {
         for (tree, batch) in TreeId::ALL.into_iter().zip(batches) {
             self.trees.tree(tree).apply_batch(batch)?;
         }
+        self.note_commit();
         drop(_w);
         self.load_meta()?;
         self.flush()

@@ -178,6 +178,7 @@ impl Index {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => IndexError::Db(e),
             })
+            .inspect(|_| self.note_commit())
     }
 }
 

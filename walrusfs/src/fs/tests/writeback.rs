@@ -464,3 +464,96 @@ fn a_blob_a_failed_upload_queued_for_gc_survives_when_a_retry_stores_it() {
     let fh = s.fs.open(ino, false).unwrap();
     assert_eq!(s.read_all(fh), data);
 }
+
+#[test]
+fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
+    use crate::index::Timestamp;
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    let data = pattern(5000, 9);
+    s.fs.write(fh, 0, &data).unwrap();
+    let old = Timestamp {
+        secs: 1_000_000,
+        nanos: 5,
+    };
+    // What tar does before closing each file it extracts.
+    let before = s.fs.index().committed();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(old),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            uid: Some(1234),
+            gid: Some(99),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let a =
+        s.fs.setattr(
+            ino,
+            SetAttr {
+                perm: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        s.fs.index().committed(),
+        before,
+        "no index transaction while the data is buffered"
+    );
+    let want = |a: &crate::index::InodeAttr| (a.perm, a.uid, a.gid, a.mtime, a.size);
+    let expected = (0o600, 1234, 99, old, data.len() as u64);
+    assert_eq!(want(&a), expected, "setattr's reply");
+    assert_eq!(want(&s.fs.getattr(ino).unwrap()), expected, "getattr");
+    assert_eq!(
+        s.fs.lookup(ROOT_INO, b"f").unwrap().perm,
+        0o600,
+        "lookup by name"
+    );
+    assert_ne!(s.fs.index().get_attr(ino).unwrap().perm, 0o600);
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    assert_eq!(
+        want(&s.fs.index().get_attr(ino).unwrap()),
+        expected,
+        "committed at close"
+    );
+    // Closed means safe from a crash.
+    let s = s.reopen();
+    assert_eq!(want(&s.fs.getattr(ino).unwrap()), expected, "after a crash");
+    let fh = s.fs.open(ino, true).unwrap();
+    assert_eq!(s.read_all(fh), data);
+
+    // A change waiting for buffers a truncation then cuts away is committed all the same.
+    s.fs.write(fh, 0, b"more").unwrap();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            perm: Some(0o640),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.fs.getattr(ino).unwrap().perm, 0o640);
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    let a = s.fs.index().get_attr(ino).unwrap();
+    assert_eq!((a.perm, a.size), (0o640, 0));
+    s.fs.index().check().unwrap();
+}
