@@ -446,6 +446,32 @@ fn ranged_reads_are_verified_and_survive_lying_and_dead_nodes() {
     assert!(ok, "{log}");
     assert!(bytes == data[data.len() - 100..], "rotted range");
 
+    // Node 1 lost its outboard, and its sliver rotted (outside the range asked for). Asked
+    // for a range, it rebuilds the outboard from the whole sliver, finds that it does not
+    // match the commitment and answers Corrupt: no proof of rotted bytes, no outboard built
+    // from them. The range is rebuilt from others.
+    let sliver1 = net.sliver_path(1, &id);
+    let outboard1 = sliver1.with_file_name("outboard-1");
+    assert!(outboard1.exists(), "no outboard stored at put");
+    std::fs::remove_file(&outboard1).unwrap();
+    let mut bytes = std::fs::read(&sliver1).unwrap();
+    bytes[1000] ^= 0x5a;
+    std::fs::write(&sliver1, &bytes).unwrap();
+    net.kill(1); // its cached outboard goes with it
+    net.up_again();
+    let (ok, bytes, log) = get(sliver + 70_000, 300_000);
+    assert!(ok, "{log}");
+    assert!(bytes == data[(sliver + 70_000) as usize..(sliver + 370_000) as usize]);
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("node=1") && l.contains("failed verification")),
+        "node 1 proved a range of a rotted sliver:\n{log}"
+    );
+    assert!(
+        !outboard1.exists(),
+        "node 1 stored an outboard built from a rotted sliver"
+    );
+
     // Node 0 flips the bytes it serves: its range fails its proof and is rebuilt.
     misbehave(&net, 0, "corrupt_slivers = true");
     let (ok, bytes, log) = get(5000, 4096);
