@@ -495,3 +495,56 @@ fn ranged_reads_are_verified_and_survive_lying_and_dead_nodes() {
     }
     net.up_again();
 }
+
+#[test]
+fn testnet_down_stops_the_nodes_of_a_renamed_binary() {
+    // Installed under another name, the binary must still find and stop its own nodes (it
+    // used to recognise them by "walrusfs" in their command line and leave them running).
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("wfs");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    let dir = work.path().join("net");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["testnet", "up", "--nodes", "4"]);
+    let pids: Vec<i32> = (0..4)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("node-{i}/node.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // Whatever happens below, none of them outlives the test.
+    struct Reap(Vec<i32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _reap = Reap(pids.clone());
+    let out = run(&["testnet", "down"]);
+    assert!(out.contains("stopped 4 node(s)"), "{out}");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X");
+        assert!(!alive, "node pid {pid} still running after testnet down");
+    }
+}

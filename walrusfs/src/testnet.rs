@@ -8,6 +8,7 @@
 //! DIR/node-<i>/        node i's directory (node.toml, node.key, node.pid, node.log, store/)
 //! ```
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,9 +209,30 @@ fn wait_healthy(dir: &Path) -> anyhow::Result<()> {
 fn running_pid(ndir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(ndir.join(config::PID_FILE)).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
-    process_alive(pid).then_some(pid)
+    if !process_alive(pid) {
+        return None;
+    }
+    // The pid file may be stale and its pid reused by another program: only a walrusfs
+    // node, or any process started as `... node --dir NDIR` (the binary may be renamed), is
+    // this node.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let named = String::from_utf8_lossy(&cmdline).contains("walrusfs");
+    let this_node = args
+        .windows(2)
+        .any(|w| w[0] == b"--dir" && Path::new(std::ffi::OsStr::from_bytes(w[1])) == ndir);
+    if named || this_node {
+        Some(pid)
+    } else {
+        eprintln!(
+            "{}: pid {pid} is running but is not a walrusfs node; leaving it alone",
+            ndir.join(config::PID_FILE).display()
+        );
+        None
+    }
 }
 
+/// Whether `pid` exists and is not a zombie.
 fn process_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -219,12 +241,7 @@ fn process_alive(pid: i32) -> bool {
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, Some("Z" | "X") | None) {
-        return false;
-    }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("walrusfs"))
-        .unwrap_or(false)
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// Sends `sig` to `pid`; an error (the process exited meanwhile) is ignored.
@@ -247,7 +264,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     for (index, pid) in &pids {
-        if process_alive(*pid) {
+        if running_pid(&node_dir(dir, *index)) == Some(*pid) {
             eprintln!("node {index} (pid {pid}) ignored SIGTERM; killing it");
             signal(*pid, nix::sys::signal::Signal::SIGKILL);
         }
