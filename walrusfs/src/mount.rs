@@ -460,8 +460,15 @@ fn spawn_background(
         stdin.write_all(format!("{}\n", hex::encode(key.secret())).as_bytes())?;
     }
     let start = Instant::now();
+    let pid_path = state.join(PID_FILE);
+    let child_pid = child.id().to_string();
+    let ready = || {
+        // The mount process writes its pid once it is serving, with its stop signals handled
+        // (a pid file left by an earlier, killed mount names another process).
+        std::fs::read_to_string(&pid_path).is_ok_and(|p| p.trim() == child_pid)
+    };
     loop {
-        if is_mounted(mountpoint) {
+        if is_mounted(mountpoint) && ready() {
             println!(
                 "mounted {} (log: {})",
                 mountpoint.display(),
@@ -630,7 +637,6 @@ fn serve(
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let notifier = session.notifier();
     let pid_path = state.join(PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
     tracing::info!(mountpoint = %mountpoint.display(), archive = %key.archive_id(), ?mode, "serving");
 
     // Background work of the archive side, stopped when the session ends.
@@ -698,6 +704,9 @@ fn serve(
             let _ = tokio::task::spawn_blocking(move || kernel_unmount(&mp)).await;
         }
     });
+    // Ready: the pid file is what `walrusfs mount` (in the background) waits for, besides the
+    // mount itself, so by the time it returns the stop signals above are handled.
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
     // Readiness for systemd (`Type=notify` units run `mount --foreground`); a no-op elsewhere.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let result = session.join();
