@@ -59,7 +59,7 @@ impl<B: BlobStore> Fs<B> {
                 if let Some(set) = &st.buf.set {
                     // Explicitly set attributes waiting for the data's commit: the buffered
                     // values are the file's (an mtime may have been set back).
-                    set.apply_deferred(&mut attr);
+                    set.apply_mode_owner_atime(&mut attr);
                     attr.mtime = st.buf.mtime;
                     attr.ctime = st.buf.ctime;
                 } else {

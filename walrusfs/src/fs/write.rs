@@ -300,25 +300,25 @@ impl<B: BlobStore> Fs<B> {
             if only.is_none() && st.buf.attr_dirty {
                 let b = &st.buf;
                 let index = &self.inner.index;
-                match index.commit_chunks(ino, &[], Vec::new(), b.size, b.mtime, b.ctime) {
-                    Ok(_) => {
-                        if let Some(set) = b.set {
-                            // Deferred mode/owner changes, once the buffers they waited for
-                            // were cut away (a truncation): their own transaction.
-                            let times = SetAttr {
-                                mtime: Some(b.mtime),
-                                ctime: Some(b.ctime),
-                                ..set
-                            };
-                            match index.setattr(ino, times, b.ctime) {
-                                Ok(_) | Err(crate::index::IndexError::NotFound) => {}
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                        st.buf.set = None;
-                        st.buf.attrs_committed();
+                let committed = index
+                    .commit_chunks(ino, &[], Vec::new(), b.size, b.mtime, b.ctime)
+                    .map(drop);
+                // Deferred mode/owner changes, once the buffers they waited for were cut away
+                // (a truncation): their own transaction.
+                let committed = match (committed, b.set) {
+                    (Ok(()), Some(set)) => {
+                        let times = SetAttr {
+                            mtime: Some(b.mtime),
+                            ctime: Some(b.ctime),
+                            ..set
+                        };
+                        index.setattr(ino, times, b.ctime).map(drop)
                     }
-                    Err(crate::index::IndexError::NotFound) => {
+                    (other, _) => other,
+                };
+                match committed {
+                    // A file deleted meanwhile has nothing left to commit.
+                    Ok(()) | Err(crate::index::IndexError::NotFound) => {
                         st.buf.set = None;
                         st.buf.attrs_committed();
                     }

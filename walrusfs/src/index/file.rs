@@ -57,18 +57,7 @@ impl Index {
                     attr.mtime = now;
                 }
             }
-            if let Some(perm) = changes.perm {
-                attr.perm = perm & 0o7777;
-            }
-            if let Some(uid) = changes.uid {
-                attr.uid = uid;
-            }
-            if let Some(gid) = changes.gid {
-                attr.gid = gid;
-            }
-            if let Some(atime) = changes.atime {
-                attr.atime = atime;
-            }
+            changes.apply_mode_owner_atime(&mut attr);
             if let Some(mtime) = changes.mtime {
                 attr.mtime = mtime;
             }

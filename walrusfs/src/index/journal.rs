@@ -99,7 +99,7 @@ impl Index {
                 attr.mtime = c.mtime;
                 attr.ctime = c.ctime;
                 if let Some(set) = &c.set {
-                    set.apply_deferred(&mut attr);
+                    set.apply_mode_owner_atime(&mut attr);
                 }
                 tx.put_inode(&attr)?;
             }

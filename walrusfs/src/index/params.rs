@@ -62,9 +62,9 @@ impl SetAttr {
         self.size.is_none() && *self != SetAttr::default()
     }
 
-    /// Applies the mode, owner and atime parts (a deferred change; times and size travel
-    /// with the data).
-    pub fn apply_deferred(&self, attr: &mut super::types::InodeAttr) {
+    /// Applies the mode, owner and atime parts: all of a change but size, mtime and ctime
+    /// (which a deferred change carries with the data).
+    pub fn apply_mode_owner_atime(&self, attr: &mut super::types::InodeAttr) {
         if let Some(perm) = self.perm {
             attr.perm = perm & 0o7777;
         }
