@@ -185,6 +185,11 @@ async fn collector<B: BlobStore>(
 
 impl<B: BlobStore> Fs<B> {
     fn flush_round(&self) {
+        // Closes defer the index commits of small files to the next transaction; without one,
+        // this is it.
+        if let Err(e) = self.inner.index.commit_deferred() {
+            tracing::warn!("committing journal records failed (retrying): {e}");
+        }
         let files: Vec<Arc<OpenFile>> = self.inner.lock_open().values().cloned().collect();
         let pressure = self.inner.dirty.above(1, 2);
         let cutoff = Instant::now()
@@ -226,6 +231,8 @@ impl<B: BlobStore> Fs<B> {
         // Taken under the journal's order lock, so no record is appended but not yet
         // committed: the oldest record a chunk points at is kept, and every later one.
         let keep_from = journal.quiesced(|next| {
+            // Deferred commits first: their records are pointed at only once committed.
+            self.inner.index.commit_deferred()?;
             self.inner
                 .index
                 .oldest_journal_record()

@@ -69,6 +69,9 @@ pub(crate) struct Buf {
     pub(crate) since: Instant,
     /// Bytes charged to the budget.
     charged: u64,
+    /// Sealed into journal record `seq`, whose index commit was deferred: kept (charged at
+    /// its length) until the index has it, so reads and partial writes still find it here.
+    sealed: Option<u64>,
 }
 
 /// What a write did.
@@ -138,6 +141,9 @@ pub(crate) struct FileBuffers {
     /// Mode, owner and atime changes made while data was buffered, to commit with it (their
     /// mtime and ctime are in `mtime` and `ctime`).
     pub(crate) set: Option<SetAttr>,
+    /// `set` went with journal record `seq`, whose commit was deferred: it is dropped once
+    /// the index has that record (attribute replies merge it until then).
+    set_sealed: Option<u64>,
     bufs: BTreeMap<u64, Buf>,
     /// Bumped whenever buffers leave for the journal: content fetched for a partial write
     /// while the lock was released is stale if this moved meanwhile.
@@ -156,6 +162,7 @@ impl FileBuffers {
             ctime,
             attr_dirty: false,
             set: None,
+            set_sealed: None,
             bufs: BTreeMap::new(),
             spills: 0,
             spare_versions: 0..0,
@@ -231,8 +238,15 @@ impl FileBuffers {
                 data: Arc::new(base),
                 since: now,
                 charged: cs,
+                sealed: None,
             }
         });
+        if buf.sealed.take().is_some() {
+            // Written again before its record's commit: dirty once more, charged in full.
+            out.charged = cs - buf.charged;
+            buf.charged = cs;
+            buf.since = now;
+        }
         let bytes = Arc::make_mut(&mut buf.data);
         if bytes.len() < in_chunk + src.len() {
             bytes.resize(in_chunk + src.len(), 0);
@@ -258,6 +272,7 @@ impl FileBuffers {
     /// with the buffered data.
     pub(crate) fn defer(&mut self, changes: &SetAttr, now: Timestamp) {
         self.set.get_or_insert_with(SetAttr::default).merge(changes);
+        self.set_sealed = None;
         if let Some(mtime) = changes.mtime {
             self.mtime = mtime;
         }
@@ -267,13 +282,14 @@ impl FileBuffers {
 
     /// Whether any buffer waits to be journaled.
     pub(crate) fn has_dirty(&self) -> bool {
-        !self.bufs.is_empty()
+        self.bufs.values().any(|b| b.sealed.is_none())
     }
 
     /// The dirty buffers to journal: all of them, or those of `only`.
     pub(crate) fn dirty(&self, only: Option<&[u64]>) -> Vec<(u64, Arc<Vec<u8>>)> {
         self.bufs
             .iter()
+            .filter(|(_, b)| b.sealed.is_none())
             .filter(|(i, _)| only.is_none_or(|o| o.contains(i)))
             .map(|(i, b)| (*i, b.data.clone()))
             .collect()
@@ -283,7 +299,7 @@ impl FileBuffers {
     pub(crate) fn older_than(&self, cutoff: Instant) -> Vec<u64> {
         self.bufs
             .iter()
-            .filter(|(_, b)| b.since < cutoff)
+            .filter(|(_, b)| b.sealed.is_none() && b.since < cutoff)
             .map(|(i, _)| *i)
             .collect()
     }
@@ -298,15 +314,66 @@ impl FileBuffers {
                 freed += b.charged;
             }
         }
-        if self.bufs.is_empty() {
+        if !self.has_dirty() {
             self.attr_dirty = false;
         }
         freed
     }
 
+    /// The buffers of `sealed` (chunk index, record seq) are in journal records whose index
+    /// commit is deferred, with the attributes as of then (and `set`, if any, with the last
+    /// record): they stay, charged at their length only, until [`FileBuffers::release_applied`]
+    /// sees the index has them. Returns the bytes to release from the budget.
+    pub(crate) fn sealed(&mut self, sealed: &[(u64, u64)]) -> u64 {
+        self.spills += 1;
+        let mut freed = 0;
+        for (idx, seq) in sealed {
+            if let Some(b) = self.bufs.get_mut(idx) {
+                let len = (b.data.len() as u64).min(b.charged);
+                freed += b.charged - len;
+                b.charged = len;
+                b.sealed = Some(*seq);
+            }
+        }
+        if let (Some(_), Some((_, last))) = (self.set, sealed.last()) {
+            self.set_sealed = Some(*last);
+        }
+        if !self.has_dirty() {
+            self.attr_dirty = false;
+        }
+        freed
+    }
+
+    /// Drops what waited for journal records up to `mark` to be in the index (they are).
+    /// Returns the bytes to release from the budget.
+    pub(crate) fn release_applied(&mut self, mark: u64) -> u64 {
+        let done: Vec<u64> = self
+            .bufs
+            .iter()
+            .filter(|(_, b)| b.sealed.is_some_and(|s| s <= mark))
+            .map(|(i, _)| *i)
+            .collect();
+        let mut freed = 0;
+        for idx in done {
+            if let Some(b) = self.bufs.remove(&idx) {
+                freed += b.charged;
+            }
+        }
+        if self.set_sealed.is_some_and(|s| s <= mark) {
+            self.set = None;
+            self.set_sealed = None;
+        }
+        freed
+    }
+
+    /// Whether anything waits for a deferred index commit.
+    pub(crate) fn awaits_commit(&self) -> bool {
+        self.set_sealed.is_some() || self.bufs.values().any(|b| b.sealed.is_some())
+    }
+
     /// The attributes were committed without data (a flush with nothing to journal).
     pub(crate) fn attrs_committed(&mut self) {
-        if self.bufs.is_empty() {
+        if !self.has_dirty() {
             self.attr_dirty = false;
         }
     }

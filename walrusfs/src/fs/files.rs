@@ -172,7 +172,8 @@ impl<B: BlobStore> Fs<B> {
     pub(crate) fn forget_if_idle(&self, file: &Arc<OpenFile>) {
         let mut open = self.inner.lock_open();
         {
-            let st = file.lock();
+            let mut st = file.lock();
+            self.settle(&mut st);
             if st.handles > 0 || OpenFile::has_unstored(&st) {
                 return;
             }

@@ -49,7 +49,8 @@ impl<B: BlobStore> Fs<B> {
     fn with_pending(&self, mut attr: Attr) -> Attr {
         if attr.kind == FileKind::File {
             if let Some(f) = self.existing_file(attr.ino) {
-                let st = f.lock();
+                let mut st = f.lock();
+                self.settle(&mut st);
                 // With nothing pending the index is the truth (a follower's index changes
                 // under open files).
                 if !super::files::OpenFile::has_unstored(&st) {

@@ -155,6 +155,8 @@ impl<B: BlobStore> Fs<B> {
     /// each is committed (by this call or by an upload already running).
     pub(crate) async fn drain(&self, ino: Option<Ino>) -> FsResult<()> {
         let upto = self.inner.journal.next_seq();
+        // Records whose commit a close deferred are uploaded like the rest.
+        self.inner.index.commit_deferred()?;
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(250);
         for _ in 0..MAX_DRAIN_ROUNDS {
@@ -368,6 +370,7 @@ impl<B: BlobStore> Fs<B> {
     /// sliver, and the index a flush).
     pub(crate) async fn upload_round(&self) -> FsResult<bool> {
         self.requeue_orphans();
+        self.inner.index.commit_deferred()?;
         let pending = self.inner.index.journal_pending(0, ROUND)?;
         if pending.is_empty() {
             return Ok(false);

@@ -18,12 +18,15 @@ use crate::data::crypto::{sealed_len, ChunkPlace};
 use crate::data::store::BlobStore;
 use crate::index::types::{JChunk, Timestamp};
 use crate::index::{Index, JournalCommit, SetAttr};
-use crate::journal::{Append, EntryHeader, Journal, JournalError, Record};
+use crate::journal::{Append, EntryHeader, Journal, JournalError, Record, RecordAttrs};
 
 /// Largest file offset supported (keeps chunk arithmetic far from overflow).
 const MAX_FILE_SIZE: u64 = 1 << 50;
 /// Journal records replayed per index transaction.
 const REPLAY_BATCH: usize = 256;
+/// A close journaling at most this many bytes defers its index commit to the next
+/// transaction (see [`Index::defer_journal`]); the buffers stay in memory until then.
+const DEFER_BYTES: usize = 128 << 10;
 
 impl Locked for std::sync::MutexGuard<'_, FileState> {
     fn buffers(&mut self) -> &mut FileBuffers {
@@ -148,10 +151,7 @@ impl<B: BlobStore> Fs<B> {
         // Every index change made before the records this close appends (the file's creation,
         // a truncation, ...): those the records depend on.
         let before = index.committed();
-        let (records_pending, set_pending) = {
-            let st = file.lock();
-            (st.buf.has_dirty(), st.buf.set.is_some())
-        };
+        let records_pending = file.lock().buf.has_dirty();
         self.spill_until(&file, None, may_wait)?;
         if !handle.wrote.load(Ordering::Acquire) {
             // Nothing was written through this handle (a shell's `> f` closes its first
@@ -162,11 +162,11 @@ impl<B: BlobStore> Fs<B> {
         }
         // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
         // data (written to the kernel), and the index changes the data depends on (its name,
-        // a truncation) are handed to the kernel too. The transaction committing the new
-        // records need not be: the next mount replays the records the index lacks. An
-        // attribute-only commit (no record to replay) must be, and so must deferred mode and
-        // owner changes (records do not carry them).
-        let through = if records_pending && !set_pending {
+        // a truncation) are handed to the kernel too. The commit of the new records need not
+        // be (it is often deferred to the next transaction): the next mount replays the
+        // records the index lacks, with the mode, owner and atime changes they carry. An
+        // attribute-only commit (no record to replay) must be.
+        let through = if records_pending {
             before
         } else {
             index.committed()
@@ -295,6 +295,7 @@ impl<B: BlobStore> Fs<B> {
         only: Option<&[u64]>,
     ) -> FsResult<()> {
         let ino = file.ino;
+        self.settle(st);
         let dirty = st.buf.dirty(only);
         if dirty.is_empty() {
             if only.is_none() && st.buf.attr_dirty {
@@ -353,9 +354,14 @@ impl<B: BlobStore> Fs<B> {
             .collect();
         crate::faults::crash_point("spill.sealed");
         let b = &st.buf;
+        // Mode, owner and atime changes waiting for this data go with its first record, so a
+        // replay restores them with it.
+        let attrs = b.set.as_ref().map(record_attrs);
         let items: Vec<Append<'_>> = sealed
             .iter()
-            .map(|(idx, place, stored_len, body)| Append {
+            .enumerate()
+            .map(|(i, (idx, place, stored_len, body))| Append {
+                attrs: if i == 0 { attrs } else { None },
                 header: EntryHeader {
                     seq: 0,
                     ino,
@@ -371,6 +377,13 @@ impl<B: BlobStore> Fs<B> {
             })
             .collect();
         let index = &self.inner.index;
+        // A close of a small file (all of it journaled) leaves its commit to the next index
+        // transaction, usually the next file's create. What close promises still holds: the
+        // next mount replays the records the index lacks, with the attribute changes they
+        // carry.
+        let defer = only.is_none()
+            && !self.inner.cfg.sync_close
+            && dirty.iter().map(|(_, d)| d.len()).sum::<usize>() <= DEFER_BYTES;
         let committed =
             self.inner
                 .journal
@@ -383,16 +396,33 @@ impl<B: BlobStore> Fs<B> {
                     if let Some(first) = commits.first_mut() {
                         first.set = b.set;
                     }
-                    let mark = assigned.last().map_or(0, |(s, _)| *s);
-                    index.commit_journal(&commits, mark)
+                    let seqs: Vec<u64> = assigned.iter().map(|(s, _)| *s).collect();
+                    let mark = seqs.last().copied().unwrap_or(0);
+                    if defer && index.defer_journal(&commits, mark) {
+                        return Ok((true, seqs));
+                    }
+                    index.commit_journal(&commits, mark).map(|()| (false, seqs))
                 })?;
-        committed?;
-        st.buf.set = None;
+        let (deferred, seqs) = committed?;
         let done: Vec<u64> = sealed.iter().map(|(idx, ..)| *idx).collect();
-        let freed = st.buf.journaled(&done);
+        let freed = if deferred {
+            let pairs: Vec<(u64, u64)> = done.iter().copied().zip(seqs).collect();
+            st.buf.sealed(&pairs)
+        } else {
+            st.buf.set = None;
+            st.buf.journaled(&done)
+        };
         self.inner.dirty.release(freed);
         self.inner.uploads.wake.notify_one();
         Ok(())
+    }
+
+    /// Drops from `st` what waited for deferred index commits that have been applied since.
+    pub(crate) fn settle(&self, st: &mut FileState) {
+        if st.buf.awaits_commit() {
+            let freed = st.buf.release_applied(self.inner.index.applied_mark());
+            self.inner.dirty.release(freed);
+        }
     }
 
     /// Truncates or extends an open file's buffers to `size` (the index is updated by the
@@ -401,6 +431,28 @@ impl<B: BlobStore> Fs<B> {
         let cs = self.inner.chunk_size;
         let freed = file.lock().buf.truncate(size, cs, Timestamp::now());
         self.inner.dirty.release(freed);
+    }
+}
+
+/// What a record carries of a deferred attribute change (size, mtime and ctime travel in its
+/// header).
+fn record_attrs(set: &SetAttr) -> RecordAttrs {
+    RecordAttrs {
+        perm: set.perm,
+        uid: set.uid,
+        gid: set.gid,
+        atime: set.atime,
+    }
+}
+
+/// The attribute change a record carries.
+fn set_of(a: &RecordAttrs) -> SetAttr {
+    SetAttr {
+        perm: a.perm,
+        uid: a.uid,
+        gid: a.gid,
+        atime: a.atime,
+        ..SetAttr::default()
     }
 }
 
@@ -435,7 +487,10 @@ pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
         let commits: Vec<JournalCommit> = batch
             .iter()
             .filter(|r| r.loc.len as usize == sealed_len(r.header.stored_len as usize))
-            .map(|r| commit_of(&r.header, r.header.seq, &r.loc))
+            .map(|r| JournalCommit {
+                set: r.attrs.as_ref().map(set_of),
+                ..commit_of(&r.header, r.header.seq, &r.loc)
+            })
             .collect();
         let last = batch.last().map_or(mark, |r| r.header.seq);
         index.commit_journal(&commits, last)?;

@@ -44,7 +44,7 @@ impl Index {
     /// Checks every invariant of the index; `Corrupt` names the first violation found.
     /// Run it while no mutation is in flight (it takes the writer lock).
     pub fn check(&self) -> Result<CheckReport> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         let t = &self.trees;
         let counters = t.counters()?;
         let cs = u64::from(self.chunk_size());

@@ -130,7 +130,20 @@ impl Index {
             (None, _) => 0,
         };
         let _w = self.write_lock();
-        self.transact(&Scan::default(), |tx| {
+        // Journal commits deferred by closes ride on this transaction: a stream of small
+        // files then costs one transaction per file. A create scans nothing, so applying them
+        // first cannot invalidate its scan.
+        let deferred = self.take_deferred();
+        let scan = match self.commits_scan(&deferred) {
+            Ok(scan) => scan,
+            Err(e) => {
+                self.restore_deferred(deferred);
+                return Err(e);
+            }
+        };
+        let mark = deferred.mark();
+        let created = self.transact(&scan, |tx| {
+            self.apply_deferred(tx, &deferred)?;
             tx.need_dir(parent)?;
             if tx.dirent(parent, name)?.is_some() {
                 return abort(IndexError::Exists);
@@ -177,7 +190,22 @@ impl Index {
             tx.touch_dir(parent, now)?;
             tx.insert_dirent(parent, name, ino, node.kind)?;
             Ok(attr)
-        })
+        });
+        match created {
+            Ok(attr) => {
+                self.note_applied(mark);
+                Ok(attr)
+            }
+            Err(e) => {
+                // The create failed (a name taken, say) and took the deferred commits with it:
+                // they go in on their own.
+                self.restore_deferred(deferred);
+                if let Err(e2) = self.commit_deferred_now() {
+                    tracing::warn!("committing deferred journal records failed: {e2}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Adds a hard link `new_parent/new_name` to `ino`: nlink + 1, ctime `now`; the new
@@ -193,7 +221,7 @@ impl Index {
         now: Timestamp,
     ) -> Result<InodeAttr> {
         validate_name(new_name)?;
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             if attr.kind == FileKind::Dir {
@@ -240,7 +268,7 @@ impl Index {
             // retries if the entry changed in between.
             let expected = self.read_lock_dirent(parent, name)?;
             let open = expected.is_some_and(is_open);
-            let _w = self.write_lock();
+            let _w = self.writer()?;
             let scan = self.scan_for_free(expected)?;
             let done = self.transact(&scan, |tx| {
                 tx.need_dir(parent)?;
@@ -276,7 +304,7 @@ impl Index {
     /// `InvalidName`/`NameTooLong`.
     pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timestamp) -> Result<Ino> {
         validate_name(name)?;
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         // The writer lock is held: the entry read here is the one the transaction sees.
         let scan = self.scan_for_free(self.trees.dirent(parent, name)?.map(|e| e.ino))?;
         self.transact(&scan, |tx| {

@@ -39,7 +39,7 @@ impl Index {
     /// Errors: `NotFound`, `IsDir` (size of a directory), `InvalidArgument` (size of another
     /// non-file).
     pub fn setattr(&self, ino: Ino, changes: SetAttr, now: Timestamp) -> Result<InodeAttr> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         let scan = self.scan_cut(ino, changes.size)?;
         self.transact(&scan, |tx| {
             let mut attr = tx.need_inode(ino)?;
@@ -168,7 +168,7 @@ impl Index {
         ctime: Timestamp,
     ) -> Result<InodeAttr> {
         let cs = u64::from(self.chunk_size());
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         let scan = self.scan_cut(ino, Some(size))?;
         let outcome = self.transact(&scan, |tx| {
             let reject = |err| {
@@ -232,7 +232,7 @@ impl Index {
     /// count` are now the caller's. Durable (never handed out again, even after a crash) once
     /// [`Index::flush`] returns. Errors: `NotFound`, `InvalidArgument` (counter overflow).
     pub fn reserve_versions(&self, ino: Ino, count: u64) -> Result<u64> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             let first = attr.next_version;
@@ -249,7 +249,7 @@ impl Index {
     /// Called at the last close of `ino`: if it is an orphan, frees it (chunks to GC).
     /// Returns whether it was freed; an unknown inode is not an error (already freed).
     pub fn release(&self, ino: Ino) -> Result<bool> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         // The common case, a file that still has names, needs no transaction: each one costs
         // sled two synchronous log writes. The write lock keeps nlink from changing meanwhile.
         match self.trees.inode(ino)? {
@@ -288,7 +288,7 @@ impl Index {
                 freed += 1;
             } else {
                 // INV: orphans have nlink 0; this one does not (or is gone): drop the record.
-                let _w = self.write_lock();
+                let _w = self.writer()?;
                 self.transact(&Scan::default(), |tx| {
                     tx.del(TreeId::Orphans, &ino_key(ino))?;
                     Ok(())

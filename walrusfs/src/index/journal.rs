@@ -8,7 +8,7 @@ use netcore::wire::StorageConfirmation;
 use super::error::{IndexError, Result};
 use super::layout::{decode, encode, local_key, pair_key, parse_pair_key};
 use super::scan::Scan;
-use super::tx::pair_index;
+use super::tx::{pair_index, Tx, TxResult};
 use super::types::{ChunkRef, FileKind, Ino, JChunk, Timestamp};
 use super::{Index, SetAttr};
 
@@ -57,19 +57,146 @@ pub struct Pending {
     pub jchunk: JChunk,
 }
 
+/// Journal commits appended but not yet applied: the next transaction applies them first.
+#[derive(Debug, Default)]
+pub(crate) struct Deferred {
+    /// In record order.
+    commits: Vec<JournalCommit>,
+    /// The last record they cover.
+    mark: u64,
+}
+
+impl Deferred {
+    /// The last record they cover.
+    pub(crate) fn mark(&self) -> u64 {
+        self.mark
+    }
+}
+
+/// Deferred commits beyond which [`Index::defer_journal`] asks for a commit now.
+const DEFER_MAX: usize = 1024;
+
 impl Index {
-    /// Commits appended journal records, in one transaction, and marks `mark` as the last
-    /// record committed. A record for a file that no longer exists (or is not a regular file)
-    /// is skipped: its data died with the file.
+    /// Commits appended journal records, in one transaction (with any deferred ones before
+    /// them), and marks `mark` as the last record committed. A record for a file that no longer
+    /// exists (or is not a regular file) is skipped: its data died with the file.
     pub fn commit_journal(&self, commits: &[JournalCommit], mark: u64) -> Result<()> {
-        let cs = u64::from(self.chunk_size());
         let _w = self.write_lock();
+        let mut all = self.take_deferred();
+        all.commits.extend_from_slice(commits);
+        all.mark = all.mark.max(mark);
+        self.commit_deferred_locked(all)
+    }
+
+    /// Queues appended journal records to be committed by the next index transaction (any
+    /// mutation applies them first, a create in its own transaction), so a stream of small
+    /// files costs one transaction per file, not two. Call it in record order (under the
+    /// journal's order lock). Until then the index lacks them: the caller keeps serving the
+    /// data and attributes from memory, and a killed mount replays them from the journal.
+    /// Returns false (nothing queued) when enough are queued already: commit these now.
+    pub fn defer_journal(&self, commits: &[JournalCommit], mark: u64) -> bool {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if d.commits.len() >= DEFER_MAX {
+            return false;
+        }
+        d.commits.extend_from_slice(commits);
+        d.mark = d.mark.max(mark);
+        true
+    }
+
+    /// Commits the deferred journal records now, in one transaction.
+    pub fn commit_deferred(&self) -> Result<()> {
+        if self.deferred_empty() {
+            return Ok(());
+        }
+        let _w = self.write_lock();
+        self.commit_deferred_locked(self.take_deferred())
+    }
+
+    /// Whether no journal commit is deferred.
+    pub fn deferred_empty(&self) -> bool {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .commits
+            .is_empty()
+    }
+
+    /// The last journal record whose index change is applied (not necessarily durable): a
+    /// record at or before it is in the index.
+    pub fn applied_mark(&self) -> u64 {
+        self.applied_mark.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The writer lock, with the deferred journal commits applied first: every mutation but
+    /// a create (which applies them in its own transaction) starts with it, so the records
+    /// land before any later change to their files, and scans see them.
+    pub(crate) fn writer(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        let w = self.write_lock();
+        if !self.deferred_empty() {
+            self.commit_deferred_locked(self.take_deferred())?;
+        }
+        Ok(w)
+    }
+
+    /// [`Index::commit_deferred`] with the writer lock already held.
+    pub(crate) fn commit_deferred_now(&self) -> Result<()> {
+        self.commit_deferred_locked(self.take_deferred())
+    }
+
+    pub(crate) fn take_deferred(&self) -> Deferred {
+        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts deferred commits taken by a transaction that failed back in front of the queue.
+    pub(crate) fn restore_deferred(&self, taken: Deferred) {
+        if taken.commits.is_empty() {
+            return;
+        }
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let later = std::mem::take(&mut d.commits);
+        d.commits = taken.commits;
+        d.commits.extend(later);
+        d.mark = d.mark.max(taken.mark);
+    }
+
+    /// Commits `d` (taken from the queue, with the writer lock held) in one transaction; on
+    /// failure they go back to the queue.
+    fn commit_deferred_locked(&self, d: Deferred) -> Result<()> {
+        if d.commits.is_empty() && d.mark == 0 {
+            return Ok(());
+        }
+        let res = self
+            .commits_scan(&d)
+            .and_then(|scan| self.transact(&scan, |tx| self.apply_deferred(tx, &d)));
+        match res {
+            Ok(()) => {
+                self.note_applied(d.mark);
+                Ok(())
+            }
+            Err(e) => {
+                self.restore_deferred(d);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that journal records up to `mark` are applied.
+    pub(crate) fn note_applied(&self, mark: u64) {
+        self.applied_mark
+            .fetch_max(mark, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// What applying `d` must have scanned (the chunks a size change may cut).
+    pub(crate) fn commits_scan(&self, d: &Deferred) -> Result<Scan> {
+        let cs = u64::from(self.chunk_size());
         let mut scan = Scan::default();
-        let mut inos: Vec<Ino> = commits.iter().map(|c| c.ino).collect();
+        let mut inos: Vec<Ino> = d.commits.iter().map(|c| c.ino).collect();
         inos.sort_unstable();
         inos.dedup();
         for ino in &inos {
-            let smallest = commits
+            let smallest = d
+                .commits
                 .iter()
                 .filter(|c| c.ino == *ino)
                 .map(|c| c.size)
@@ -77,34 +204,41 @@ impl Index {
                 .unwrap_or(0);
             scan.add_chunks_from(&self.trees, *ino, smallest.div_ceil(cs))?;
         }
-        let mark_bytes = encode(&mark)?;
-        self.transact(&scan, |tx| {
-            for c in commits {
-                let Some(mut attr) = tx.inode(c.ino)? else {
-                    continue;
-                };
-                if attr.kind != FileKind::File {
-                    continue;
-                }
-                if c.size != attr.size {
-                    self.resize(tx, &mut attr, c.size)?;
-                }
-                let start = c.chunk.saturating_mul(cs);
-                if start < c.size {
-                    let mut j = c.jchunk;
-                    // INV: a journal chunk, like a stored one, lies within the file's size.
-                    j.len = j.len.min((c.size - start).min(cs) as u32);
-                    tx.put_jchunk(c.ino, c.chunk, &j)?;
-                }
-                attr.mtime = c.mtime;
-                attr.ctime = c.ctime;
-                if let Some(set) = &c.set {
-                    set.apply_mode_owner_atime(&mut attr);
-                }
-                tx.put_inode(&attr)?;
+        Ok(scan)
+    }
+
+    /// Applies `d` inside a transaction (its scan made by [`Index::commits_scan`]).
+    pub(crate) fn apply_deferred(&self, tx: &Tx<'_>, d: &Deferred) -> TxResult<()> {
+        if d.commits.is_empty() && d.mark == 0 {
+            return Ok(());
+        }
+        let cs = u64::from(self.chunk_size());
+        for c in &d.commits {
+            let Some(mut attr) = tx.inode(c.ino)? else {
+                continue;
+            };
+            if attr.kind != FileKind::File {
+                continue;
             }
-            tx.put_local(local_key::JOURNAL_MARK, mark_bytes.as_slice())
-        })
+            if c.size != attr.size {
+                self.resize(tx, &mut attr, c.size)?;
+            }
+            let start = c.chunk.saturating_mul(cs);
+            if start < c.size {
+                let mut j = c.jchunk;
+                // INV: a journal chunk, like a stored one, lies within the file's size.
+                j.len = j.len.min((c.size - start).min(cs) as u32);
+                tx.put_jchunk(c.ino, c.chunk, &j)?;
+            }
+            attr.mtime = c.mtime;
+            attr.ctime = c.ctime;
+            if let Some(set) = &c.set {
+                set.apply_mode_owner_atime(&mut attr);
+            }
+            tx.put_inode(&attr)?;
+        }
+        let mark_bytes = super::tx::ok(encode(&d.mark))?;
+        tx.put_local(local_key::JOURNAL_MARK, mark_bytes.as_slice())
     }
 
     /// Repoints chunks at `blob` (newly stored: registered here) where they still hold the
@@ -118,7 +252,7 @@ impl Index {
         confirmations: &[StorageConfirmation],
         stored: &[Stored],
     ) -> Result<usize> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         self.transact(&Scan::default(), |tx| {
             tx.register_blob(&blob, metadata, confirmations)?;
             let mut done = 0;
@@ -291,7 +425,7 @@ impl Index {
         confirmations: &[StorageConfirmation],
         moves: &[Move],
     ) -> Result<usize> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         self.transact(&Scan::default(), |tx| {
             tx.register_blob(&new, metadata, confirmations)?;
             let mut moved = 0;

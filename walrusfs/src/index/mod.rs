@@ -107,6 +107,12 @@ pub struct Index {
     /// Every transaction up to this count is handed to the kernel (in sled's log file): a
     /// killed process loses none of them.
     logged: AtomicU64,
+    /// Journal commits appended but not yet in a transaction (see
+    /// [`Index::defer_journal`]).
+    deferred: Mutex<journal::Deferred>,
+    /// The last journal record whose commit is applied (in memory; the durable one is
+    /// [`Index::journal_mark`]).
+    applied_mark: AtomicU64,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
     /// From `meta`.
@@ -206,8 +212,15 @@ impl Index {
         // sled 0.34 keeps its log in `PATH/db`; opened here only to fsync it (see `flush`).
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| IndexError::Db(sled::Error::Io(e)))?;
+        let trees = Trees::open(db)?;
+        let applied_mark = match trees.local.get(layout::local_key::JOURNAL_MARK)? {
+            Some(v) => decode(&v, "journal mark")?,
+            None => 0,
+        };
         Ok(Self {
-            trees: Trees::open(db)?,
+            trees,
+            deferred: Mutex::new(journal::Deferred::default()),
+            applied_mark: AtomicU64::new(applied_mark),
             log_file,
             committed: AtomicU64::new(0),
             log_flush_queued: AtomicBool::new(false),
@@ -288,6 +301,8 @@ impl Index {
 
     /// Makes every change so far durable on disk (used by fsync).
     pub fn flush(&self) -> Result<()> {
+        // Deferred journal commits are part of "every change so far".
+        self.commit_deferred()?;
         let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _r = self.read_lock();
         let through = self.committed.load(Ordering::Acquire);

@@ -84,7 +84,7 @@ impl Index {
     /// archive layer's `archive_state` (its view of the root record), in one transaction:
     /// drops the change stamps up to `upto_seq` (later changes of the same keys keep theirs).
     pub fn mark_published(&self, upto_seq: u64, archive_state: &[u8]) -> Result<()> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         // Scanned under the writer lock, before the transaction (see `scan`).
         let mut done = Vec::new();
         for item in self.trees.changes.iter() {
@@ -117,7 +117,7 @@ impl Index {
     /// Saves the archive layer's state and the published sequence number without touching the
     /// change stamps (after applying published records to a replica).
     pub fn set_archive_state(&self, published_seq: u64, archive_state: &[u8]) -> Result<()> {
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         let seq = encode(&published_seq)?;
         self.transact(&Scan::default(), |tx| {
             tx.put_local(local_key::PUBLISHED_SEQ, seq.as_slice())?;
@@ -139,7 +139,7 @@ impl Index {
                 e.tree.name()
             )));
         }
-        let _w = self.write_lock();
+        let _w = self.writer()?;
         if replace {
             for tree in TreeId::ALL.into_iter().filter(|t| t.published()) {
                 self.trees.tree(tree).clear()?;

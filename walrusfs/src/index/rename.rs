@@ -59,7 +59,7 @@ impl Index {
             // As in `unlink`: ask `is_open` outside the lock, retry if the target changed.
             let expected = self.read_lock_dirent(new_parent, new_name)?;
             let open = expected.is_some_and(is_open);
-            let _w = self.write_lock();
+            let _w = self.writer()?;
             let scan = self.scan_for_free(expected)?;
             let done = self.transact(&scan, |tx| {
                 tx.need_dir(parent)?;

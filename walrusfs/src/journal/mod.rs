@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use format::EntryHeader;
+pub use format::{EntryHeader, RecordAttrs};
 use format::{
-    checksum, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX, SEGMENT_HEADER,
+    checksum, decode_header, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX, SEGMENT_HEADER,
 };
 
 /// Segment files are rotated at this size: big enough that a segment holds many records, small
@@ -89,6 +89,8 @@ pub struct Loc {
 pub struct Record {
     /// Its header.
     pub header: EntryHeader,
+    /// Attribute changes it carries.
+    pub attrs: Option<RecordAttrs>,
     /// Where its body is.
     pub loc: Loc,
 }
@@ -97,6 +99,8 @@ pub struct Record {
 pub struct Append<'a> {
     /// Header; `seq` is overwritten.
     pub header: EntryHeader,
+    /// Attribute changes to carry.
+    pub attrs: Option<RecordAttrs>,
     /// The sealed chunk.
     pub body: &'a [u8],
 }
@@ -287,7 +291,7 @@ impl Journal {
         for item in items {
             let mut header = item.header;
             header.seq = st.next_seq;
-            let record = encode_record(&header, item.body);
+            let record = encode_record(&header, item.attrs.as_ref(), item.body);
             let rotate = st.current.as_ref().is_none_or(|c| {
                 c.len > SEGMENT_HEADER as u64 && c.len + record.len() as u64 > SEGMENT_MAX
             });
@@ -481,11 +485,12 @@ fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalE
         if checksum(body_len, &header, &body)[..] != prefix[8..] {
             break;
         }
-        let Ok(h) = postcard::from_bytes::<EntryHeader>(&header) else {
+        let Some((h, attrs)) = decode_header(&header) else {
             break;
         };
         records.push(Record {
             header: h,
+            attrs,
             loc: Loc {
                 segment: number,
                 offset: pos + RECORD_PREFIX as u64 + u64::from(header_len),

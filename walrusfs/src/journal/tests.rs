@@ -23,6 +23,7 @@ fn append(j: &Journal, bodies: &[&[u8]]) -> Vec<(u64, Loc)> {
         .enumerate()
         .map(|(i, b)| Append {
             header: header(1, i as u64),
+            attrs: None,
             body: b,
         })
         .collect();
@@ -94,6 +95,7 @@ fn a_full_journal_makes_writers_wait_then_fail_and_reclaim_frees_it() {
         .append(
             &[Append {
                 header: header(1, 9),
+                attrs: None,
                 body: &body,
             }],
             Duration::from_millis(300),
@@ -111,6 +113,7 @@ fn a_full_journal_makes_writers_wait_then_fail_and_reclaim_frees_it() {
             j.append(
                 &[Append {
                     header: header(1, 10),
+                    attrs: None,
                     body: &body,
                 }],
                 Duration::from_secs(30),

@@ -346,3 +346,87 @@ fn gc_queue_is_persistent_and_drains() {
     assert_eq!(gc_ids(&ix, 100), pending[3..]);
     ix.check().unwrap();
 }
+
+/// A journal commit of `len` bytes at chunk 0 of `ino`, as record `seq`.
+fn jcommit(ino: Ino, seq: u64, len: u32, set: Option<SetAttr>) -> JournalCommit {
+    JournalCommit {
+        ino,
+        chunk: 0,
+        jchunk: JChunk {
+            seq,
+            segment: 1,
+            offset: 16,
+            sealed_len: len + 16,
+            stored_len: len,
+            len,
+            version: 1,
+            salt: [seq as u8; 16],
+        },
+        size: u64::from(len),
+        mtime: t(20),
+        ctime: t(20),
+        set,
+    }
+}
+
+#[test]
+fn deferred_journal_commits_ride_on_the_next_create() {
+    let (dir, ix) = open();
+    let f = mkfile(&ix, ROOT_INO, "f");
+    let before = ix.committed();
+    let chmod = SetAttr {
+        perm: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert!(ix.defer_journal(&[jcommit(f.ino, 1, 300, Some(chmod))], 1));
+    assert_eq!(ix.committed(), before, "deferring is no transaction");
+    assert_eq!(ix.get_attr(f.ino).unwrap().size, 0, "not applied yet");
+    assert_eq!(ix.applied_mark(), 0);
+
+    // The next create applies it in its own transaction.
+    let g = mkfile(&ix, ROOT_INO, "g");
+    assert_eq!(ix.committed(), before + 1, "one transaction for both");
+    let a = ix.get_attr(f.ino).unwrap();
+    assert_eq!((a.size, a.perm, a.mtime), (300, 0o600, t(20)));
+    assert_eq!(ix.jchunk(f.ino, 0).unwrap().map(|j| j.seq), Some(1));
+    assert_eq!((ix.applied_mark(), ix.journal_mark().unwrap()), (1, 1));
+
+    // A create that fails takes them down with it: they are committed on their own.
+    assert!(ix.defer_journal(&[jcommit(g.ino, 2, 500, None)], 2));
+    assert_err!(
+        ix.create(ROOT_INO, b"f", node(FileKind::File), t(30)),
+        IndexError::Exists
+    );
+    assert_eq!(ix.get_attr(g.ino).unwrap().size, 500);
+    assert_eq!(ix.journal_mark().unwrap(), 2);
+
+    // Any other mutation applies them before its own change (and before scanning): an unlink
+    // of the file frees the journal chunk the deferred commit adds, leaving nothing behind.
+    let h = mkfile(&ix, ROOT_INO, "h");
+    assert!(ix.defer_journal(&[jcommit(h.ino, 3, 700, None)], 3));
+    let closed = |_| false;
+    ix.unlink(ROOT_INO, b"h", t(40), &closed).unwrap();
+    assert_eq!(ix.jchunk(h.ino, 0).unwrap(), None);
+    assert_eq!(ix.journal_len(), 2, "f's and g's records, not h's");
+    assert_eq!(ix.journal_mark().unwrap(), 3);
+    ix.check().unwrap();
+
+    // A truncation after a deferred commit is not undone by it.
+    assert!(ix.defer_journal(&[jcommit(f.ino, 4, 900, None)], 4));
+    let cut = SetAttr {
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    assert_eq!(ix.setattr(f.ino, cut, t(50)).unwrap().size, 10);
+    ix.commit_deferred().unwrap();
+    assert_eq!(ix.get_attr(f.ino).unwrap().size, 10);
+
+    // Deferred commits are part of a flush: durable with it.
+    assert!(ix.defer_journal(&[jcommit(g.ino, 5, 800, None)], 5));
+    ix.flush().unwrap();
+    drop(ix);
+    let ix = reopen(&dir);
+    assert_eq!(ix.get_attr(g.ino).unwrap().size, 800);
+    assert_eq!(ix.journal_mark().unwrap(), 5);
+    ix.check().unwrap();
+}
