@@ -3,7 +3,8 @@
 //! the index; fsync (and `walrusfs sync`) also has the uploader store them on the network.
 //!
 //! Durability (DESIGN invariant 3): [`Fs::flush`] (close) returns once the file's data is in
-//! the journal and committed: a killed mount loses nothing of it. [`Fs::fsync`] returns once
+//! the journal and its commit made or queued (a replay redoes a queued one): a killed mount
+//! loses nothing of it. [`Fs::fsync`] returns once
 //! every chunk of the file is stored on `n - f` nodes, committed, and the index is durable. A
 //! failure keeps the data (in memory, or in the journal) and is reported as EIO.
 

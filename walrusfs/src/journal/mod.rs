@@ -2,9 +2,9 @@
 //! in the state directory.
 //!
 //! A close (or a spill under memory pressure) seals the file's dirty chunks and appends them
-//! here; the index then points the chunks at their records (its `jchunks` tree) in a
-//! transaction made while the append still holds the journal's order lock, so index commits
-//! happen in record order. The uploader later stores records as blobs (packing small ones
+//! here; the index then points the chunks at their records (its `jchunks` tree), in record
+//! order: the commit is made, or queued for the next index transaction (a small file's close,
+//! see `Index::defer_journal`), while the append still holds the journal's order lock. The uploader later stores records as blobs (packing small ones
 //! together) and repoints the chunks at the blobs; a segment is deleted once no chunk points
 //! into it any more and the index saying so is durable.
 //!
@@ -33,10 +33,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use format::{EntryHeader, RecordAttrs};
 use format::{
-    checksum, decode_header, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX, SEGMENT_HEADER,
+    checksum, decode_header, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX,
+    SEGMENT_HEADER,
 };
+pub use format::{EntryHeader, RecordAttrs};
 
 /// Segment files are rotated at this size: big enough that a segment holds many records, small
 /// enough that one pending record keeps little else on disk.
