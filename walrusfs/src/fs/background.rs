@@ -120,8 +120,13 @@ async fn uploader<B: BlobStore>(
         }
         let Some(fs) = upgrade(&weak) else { break };
         if backoff.is_zero() {
-            // Small records arriving together share a pack: give the burst a moment.
-            tokio::time::sleep(fs.inner.cfg.pack_delay).await;
+            // Small records arriving together share a pack: give the burst a moment (a stop
+            // ends the wait: shutdown stores nothing more; what must be stored first, unmount
+            // and sync drain themselves).
+            let delay = fs.inner.cfg.pack_delay;
+            if !pause(delay, None, &mut stop).await {
+                break;
+            }
         }
         loop {
             match fs.upload_round().await {
