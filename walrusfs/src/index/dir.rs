@@ -130,20 +130,7 @@ impl Index {
             (None, _) => 0,
         };
         let _w = self.write_lock();
-        // Journal commits deferred by closes ride on this transaction: a stream of small
-        // files then costs one transaction per file. A create scans nothing, so applying them
-        // first cannot invalidate its scan.
-        let deferred = self.take_deferred();
-        let scan = match self.commits_scan(&deferred) {
-            Ok(scan) => scan,
-            Err(e) => {
-                self.restore_deferred(deferred);
-                return Err(e);
-            }
-        };
-        let mark = deferred.mark();
-        let created = self.transact(&scan, |tx| {
-            self.apply_deferred(tx, &deferred)?;
+        self.transact(&Scan::default(), |tx| {
             tx.need_dir(parent)?;
             if tx.dirent(parent, name)?.is_some() {
                 return abort(IndexError::Exists);
@@ -190,22 +177,7 @@ impl Index {
             tx.touch_dir(parent, now)?;
             tx.insert_dirent(parent, name, ino, node.kind)?;
             Ok(attr)
-        });
-        match created {
-            Ok(attr) => {
-                self.note_applied(mark);
-                Ok(attr)
-            }
-            Err(e) => {
-                // The create failed (a name taken, say) and took the deferred commits with it:
-                // they go in on their own.
-                self.restore_deferred(deferred);
-                if let Err(e2) = self.commit_deferred_now() {
-                    tracing::warn!("committing deferred journal records failed: {e2}");
-                }
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Adds a hard link `new_parent/new_name` to `ino`: nlink + 1, ctime `now`; the new
@@ -221,7 +193,7 @@ impl Index {
         now: Timestamp,
     ) -> Result<InodeAttr> {
         validate_name(new_name)?;
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             if attr.kind == FileKind::Dir {

@@ -39,7 +39,12 @@ impl Index {
     /// Errors: `NotFound`, `IsDir` (size of a directory), `InvalidArgument` (size of another
     /// non-file).
     pub fn setattr(&self, ino: Ino, changes: SetAttr, now: Timestamp) -> Result<InodeAttr> {
-        let _w = self.writer()?;
+        // A size change scans the chunks it cuts (see `Index::writer`).
+        let _w = if changes.size.is_some() {
+            self.writer()?
+        } else {
+            self.write_lock()
+        };
         let scan = self.scan_cut(ino, changes.size)?;
         self.transact(&scan, |tx| {
             let mut attr = tx.need_inode(ino)?;
@@ -232,7 +237,7 @@ impl Index {
     /// count` are now the caller's. Durable (never handed out again, even after a crash) once
     /// [`Index::flush`] returns. Errors: `NotFound`, `InvalidArgument` (counter overflow).
     pub fn reserve_versions(&self, ino: Ino, count: u64) -> Result<u64> {
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             let first = attr.next_version;

@@ -47,7 +47,7 @@ impl Index {
     /// Removes `blob` from the queue (it was deleted from the network). Unknown ids are
     /// ignored.
     pub fn gc_done(&self, blob: &BlobId) -> Result<()> {
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             if tx.get(TreeId::Gc, &blob.0)?.is_some() {
                 tx.del(TreeId::Gc, &blob.0)?;
@@ -58,7 +58,7 @@ impl Index {
 
     /// Records that `blob` is still to be deleted from the nodes `left` (others deleted it).
     pub fn gc_left(&self, blob: &BlobId, left: Vec<u16>) -> Result<()> {
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             if let Some(v) = tx.get(TreeId::Gc, &blob.0)? {
                 let mut e: GcEntry = super::tx::ok(decode(&v, "GC entry"))?;
@@ -75,7 +75,7 @@ impl Index {
         if blobs.is_empty() {
             return Ok(());
         }
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             for blob in blobs {
                 if tx.blob(blob)?.is_none() {
@@ -113,7 +113,7 @@ impl Index {
     pub fn mark_local_only_published(&self) -> Result<u64> {
         let seq = self.current_seq()?;
         self.flush()?;
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         let value = encode(&seq)?;
         self.transact(&Scan::default(), |tx| {
             tx.put_local(local_key::PUBLISHED_SEQ, value.as_slice())

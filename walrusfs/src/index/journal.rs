@@ -128,9 +128,10 @@ impl Index {
         self.applied_mark.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The writer lock, with the deferred journal commits applied first: every mutation but
-    /// a create (which applies them in its own transaction) starts with it, so the records
-    /// land before any later change to their files, and scans see them.
+    /// The writer lock, with the deferred journal commits applied first: a mutation that scans
+    /// (or does not go through [`Index::transact`]) starts with it, so the records land before
+    /// its change and its scan sees them. One that scans nothing takes the plain lock:
+    /// `transact` applies them in its own transaction.
     pub(crate) fn writer(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
         let w = self.write_lock();
         if !self.deferred_empty() {
@@ -168,7 +169,7 @@ impl Index {
         }
         let res = self
             .commits_scan(&d)
-            .and_then(|scan| self.transact(&scan, |tx| self.apply_deferred(tx, &d)));
+            .and_then(|scan| self.transact_raw(&scan, |tx| self.apply_deferred(tx, &d)));
         match res {
             Ok(()) => {
                 self.note_applied(d.mark);
@@ -252,7 +253,7 @@ impl Index {
         confirmations: &[StorageConfirmation],
         stored: &[Stored],
     ) -> Result<usize> {
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             tx.register_blob(&blob, metadata, confirmations)?;
             let mut done = 0;
@@ -425,7 +426,7 @@ impl Index {
         confirmations: &[StorageConfirmation],
         moves: &[Move],
     ) -> Result<usize> {
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             tx.register_blob(&new, metadata, confirmations)?;
             let mut moved = 0;

@@ -32,6 +32,14 @@ pub(crate) struct Scan {
 }
 
 impl Scan {
+    /// Whether nothing was scanned.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+            && self.jchunks.is_empty()
+            && self.xattrs.is_empty()
+            && self.has_entries.is_empty()
+    }
+
     /// Scans everything needed to free `ino` (or, if a directory, to replace or remove it).
     pub fn for_free(trees: &Trees, ino: Ino) -> Result<Self> {
         let mut scan = Self::default();

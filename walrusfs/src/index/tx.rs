@@ -163,7 +163,51 @@ impl Index {
     /// Runs `f` as one transaction over every tree. The caller must hold the writer lock and
     /// have made `scan` under it (see the module doc). `f` may run more than once; it must act
     /// only through `Tx`.
+    ///
+    /// A transaction that scanned nothing first applies the journal commits closes deferred
+    /// (see [`Index::defer_journal`]): a stream of small files then costs one transaction per
+    /// file. One that scanned had them applied before its scan ([`Index::writer`]); any queued
+    /// since wait for the next (they concern no file it changes: a close and a change of the
+    /// same file exclude each other on the file's lock).
     pub(crate) fn transact<R>(&self, scan: &Scan, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> Result<R> {
+        if !scan.is_empty() || self.deferred_empty() {
+            return self.transact_raw(scan, f);
+        }
+        let deferred = self.take_deferred();
+        let dscan = match self.commits_scan(&deferred) {
+            Ok(s) => s,
+            Err(e) => {
+                self.restore_deferred(deferred);
+                return Err(e);
+            }
+        };
+        let res = self.transact_raw(&dscan, |tx| {
+            self.apply_deferred(tx, &deferred)?;
+            f(tx)
+        });
+        match res {
+            Ok(r) => {
+                self.note_applied(deferred.mark());
+                Ok(r)
+            }
+            Err(e) => {
+                // `f` failed (a name taken, say) and took the deferred commits with it: they
+                // go in on their own.
+                self.restore_deferred(deferred);
+                if let Err(e2) = self.commit_deferred_now() {
+                    tracing::warn!("committing deferred journal records failed: {e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Index::transact`] without the deferred journal commits.
+    pub(crate) fn transact_raw<R>(
+        &self,
+        scan: &Scan,
+        f: impl Fn(&Tx<'_>) -> TxResult<R>,
+    ) -> Result<R> {
         let trees: Vec<&Tree> = self.trees.all.iter().collect();
         trees
             .as_slice()

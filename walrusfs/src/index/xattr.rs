@@ -41,7 +41,7 @@ impl Index {
             return Err(IndexError::InvalidArgument("xattr value too large"));
         }
         let key = named_key(ino, name);
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             let exists = tx.get(TreeId::Xattrs, &key)?.is_some();
@@ -77,7 +77,7 @@ impl Index {
     pub fn remove_xattr(&self, ino: Ino, name: &[u8], now: Timestamp) -> Result<()> {
         validate_xattr_name(name)?;
         let key = named_key(ino, name);
-        let _w = self.writer()?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             if tx.del(TreeId::Xattrs, &key)?.is_none() {
