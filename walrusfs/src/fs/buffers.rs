@@ -69,8 +69,9 @@ pub(crate) struct Buf {
     pub(crate) since: Instant,
     /// Bytes charged to the budget.
     charged: u64,
-    /// Sealed into journal record `seq`, whose index commit was deferred: kept (charged at
-    /// its length) until the index has it, so reads and partial writes still find it here.
+    /// Sealed into a journal record whose index commit is queued under this ticket (see
+    /// `Index::applied_ticket`): kept (charged at its length) until the index has it, so reads
+    /// and partial writes still find it here.
     sealed: Option<u64>,
 }
 
@@ -141,8 +142,8 @@ pub(crate) struct FileBuffers {
     /// Mode, owner and atime changes made while data was buffered, to commit with it (their
     /// mtime and ctime are in `mtime` and `ctime`).
     pub(crate) set: Option<SetAttr>,
-    /// `set` went with journal record `seq`, whose commit was deferred: it is dropped once
-    /// the index has that record (attribute replies merge it until then).
+    /// `set` went into a change queued for the index under this ticket (with a journal record,
+    /// or alone): it is dropped once the index has it (attribute replies merge it until then).
     set_sealed: Option<u64>,
     bufs: BTreeMap<u64, Buf>,
     /// Bumped whenever buffers leave for the journal: content fetched for a partial write
@@ -192,7 +193,7 @@ impl FileBuffers {
 
     /// Whether anything is not yet journaled or committed.
     pub(crate) fn is_dirty(&self) -> bool {
-        !self.bufs.is_empty() || self.attr_dirty
+        !self.bufs.is_empty() || self.attr_dirty || self.set_sealed.is_some()
     }
 
     /// Whether chunk `idx` has a buffer.
@@ -320,23 +321,23 @@ impl FileBuffers {
         freed
     }
 
-    /// The buffers of `sealed` (chunk index, record seq) are in journal records whose index
-    /// commit is deferred, with the attributes as of then (and `set`, if any, with the last
-    /// record): they stay, charged at their length only, until [`FileBuffers::release_applied`]
-    /// sees the index has them. Returns the bytes to release from the budget.
-    pub(crate) fn sealed(&mut self, sealed: &[(u64, u64)]) -> u64 {
+    /// The buffers `sealed` are in journal records whose index commit is queued under
+    /// `ticket`, with the attributes as of then (and `set`, if any): they stay, charged at
+    /// their length only, until [`FileBuffers::release_applied`] sees the index has them.
+    /// Returns the bytes to release from the budget.
+    pub(crate) fn sealed(&mut self, sealed: &[u64], ticket: u64) -> u64 {
         self.spills += 1;
         let mut freed = 0;
-        for (idx, seq) in sealed {
+        for idx in sealed {
             if let Some(b) = self.bufs.get_mut(idx) {
                 let len = (b.data.len() as u64).min(b.charged);
                 freed += b.charged - len;
                 b.charged = len;
-                b.sealed = Some(*seq);
+                b.sealed = Some(ticket);
             }
         }
-        if let (Some(_), Some((_, last))) = (self.set, sealed.last()) {
-            self.set_sealed = Some(*last);
+        if self.set.is_some() {
+            self.set_sealed = Some(ticket);
         }
         if !self.has_dirty() {
             self.attr_dirty = false;
@@ -344,8 +345,18 @@ impl FileBuffers {
         freed
     }
 
-    /// Drops what waited for journal records up to `mark` to be in the index (they are).
-    /// Returns the bytes to release from the budget.
+    /// Takes attribute changes made at `now` that were queued for the index under `ticket`
+    /// (nothing buffered to carry them): replies merge them until the index has them.
+    pub(crate) fn queued_attrs(&mut self, changes: &SetAttr, now: Timestamp, ticket: u64) {
+        self.defer(changes, now);
+        self.set_sealed = Some(ticket);
+        if !self.has_dirty() {
+            self.attr_dirty = false;
+        }
+    }
+
+    /// Drops what waited for queued changes up to ticket `applied` to be in the index (they
+    /// are). Returns the bytes to release from the budget.
     pub(crate) fn release_applied(&mut self, mark: u64) -> u64 {
         let done: Vec<u64> = self
             .bufs

@@ -397,18 +397,18 @@ impl<B: BlobStore> Fs<B> {
                     if let Some(first) = commits.first_mut() {
                         first.set = b.set;
                     }
-                    let seqs: Vec<u64> = assigned.iter().map(|(s, _)| *s).collect();
-                    let mark = seqs.last().copied().unwrap_or(0);
-                    if defer && index.defer_journal(&commits, mark) {
-                        return Ok((true, seqs));
+                    let mark = assigned.last().map_or(0, |(s, _)| *s);
+                    if defer {
+                        if let Some(ticket) = index.defer_journal(&commits, mark) {
+                            return Ok(Some(ticket));
+                        }
                     }
-                    index.commit_journal(&commits, mark).map(|()| (false, seqs))
+                    index.commit_journal(&commits, mark).map(|()| None)
                 })?;
-        let (deferred, seqs) = committed?;
+        let deferred = committed?;
         let done: Vec<u64> = sealed.iter().map(|(idx, ..)| *idx).collect();
-        let freed = if deferred {
-            let pairs: Vec<(u64, u64)> = done.iter().copied().zip(seqs).collect();
-            st.buf.sealed(&pairs)
+        let freed = if let Some(ticket) = deferred {
+            st.buf.sealed(&done, ticket)
         } else {
             st.buf.set = None;
             st.buf.journaled(&done)
@@ -421,7 +421,7 @@ impl<B: BlobStore> Fs<B> {
     /// Drops from `st` what waited for deferred index commits that have been applied since.
     pub(crate) fn settle(&self, st: &mut FileState) {
         if st.buf.awaits_commit() {
-            let freed = st.buf.release_applied(self.inner.index.applied_mark());
+            let freed = st.buf.release_applied(self.inner.index.applied_ticket());
             self.inner.dirty.release(freed);
         }
     }

@@ -11,6 +11,7 @@ use super::scan::Scan;
 use super::tx::{pair_index, Tx, TxResult};
 use super::types::{ChunkRef, FileKind, Ino, JChunk, Timestamp};
 use super::{Index, SetAttr};
+use std::sync::atomic::Ordering;
 
 /// One appended journal record to commit: chunk `chunk` of `ino` now holds record `jchunk`,
 /// and the file's size and times are as given.
@@ -57,54 +58,102 @@ pub struct Pending {
     pub jchunk: JChunk,
 }
 
-/// Journal commits appended but not yet applied: the next transaction applies them first.
+/// An attribute change of a file queued for the next index transaction (see
+/// [`Index::defer_attrs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrCommit {
+    /// The file.
+    pub ino: Ino,
+    /// Mode, owner and atime changes.
+    pub set: SetAttr,
+    /// The file's mtime after the change.
+    pub mtime: Timestamp,
+    /// Its ctime after the change.
+    pub ctime: Timestamp,
+}
+
+/// A change waiting for the next transaction.
+#[derive(Debug, Clone, Copy)]
+enum Queued {
+    Journal(JournalCommit),
+    Attrs(AttrCommit),
+}
+
+/// Changes queued for the next index transaction, in the order they were made: it applies
+/// them first.
 #[derive(Debug, Default)]
 pub(crate) struct Deferred {
-    /// In record order.
-    commits: Vec<JournalCommit>,
-    /// The last record they cover.
+    items: Vec<Queued>,
+    /// The last journal record they cover (0: none).
     mark: u64,
+    /// The ticket of the last one (see [`Index::applied_ticket`]).
+    ticket: u64,
 }
 
 impl Deferred {
-    /// The last record they cover.
-    pub(crate) fn mark(&self) -> u64 {
-        self.mark
+    fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.mark == 0
+    }
+
+    fn journal(&self) -> impl Iterator<Item = &JournalCommit> {
+        self.items.iter().filter_map(|q| match q {
+            Queued::Journal(c) => Some(c),
+            Queued::Attrs(_) => None,
+        })
     }
 }
 
-/// Deferred commits beyond which [`Index::defer_journal`] asks for a commit now.
+/// Queued changes beyond which [`Index::defer_journal`] and [`Index::defer_attrs`] refuse
+/// more: the caller commits now.
 const DEFER_MAX: usize = 1024;
 
 impl Index {
-    /// Commits appended journal records, in one transaction (with any deferred ones before
+    /// Commits appended journal records, in one transaction (with any queued changes before
     /// them), and marks `mark` as the last record committed. A record for a file that no longer
     /// exists (or is not a regular file) is skipped: its data died with the file.
     pub fn commit_journal(&self, commits: &[JournalCommit], mark: u64) -> Result<()> {
         let _w = self.write_lock();
         let mut all = self.take_deferred();
-        all.commits.extend_from_slice(commits);
+        all.items
+            .extend(commits.iter().copied().map(Queued::Journal));
         all.mark = all.mark.max(mark);
         self.commit_deferred_locked(all)
     }
 
-    /// Queues appended journal records to be committed by the next index transaction (any
-    /// mutation applies them first, a create in its own transaction), so a stream of small
-    /// files costs one transaction per file, not two. Call it in record order (under the
-    /// journal's order lock). Until then the index lacks them: the caller keeps serving the
-    /// data and attributes from memory, and a killed mount replays them from the journal.
-    /// Returns false (nothing queued) when enough are queued already: commit these now.
-    pub fn defer_journal(&self, commits: &[JournalCommit], mark: u64) -> bool {
-        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if d.commits.len() >= DEFER_MAX {
-            return false;
-        }
-        d.commits.extend_from_slice(commits);
-        d.mark = d.mark.max(mark);
-        true
+    /// Queues appended journal records to be committed by the next index transaction (one
+    /// that scans nothing applies them in its own transaction, any other before it scans), so
+    /// a stream of small files costs one transaction per file, not two. Call it in record order
+    /// (under the journal's order lock). Until then the index lacks them: the caller keeps
+    /// serving the data and attributes from memory, and a killed mount replays them from the
+    /// journal. Returns the change's ticket ([`Index::applied_ticket`]), or None (nothing
+    /// queued) when enough are queued already: commit these now.
+    pub fn defer_journal(&self, commits: &[JournalCommit], mark: u64) -> Option<u64> {
+        self.queue(commits.iter().copied().map(Queued::Journal), mark)
     }
 
-    /// Commits the deferred journal records now, in one transaction.
+    /// Queues an attribute change (chmod, chown, utimes) of a file for the next index
+    /// transaction, as [`Index::defer_journal`] does: rsync sets the times and mode of every file
+    /// it wrote, after closing it. Nothing replays it: a killed mount may lose it, as it may lose
+    /// any change made since the index last reached the kernel (the flusher commits the queue
+    /// within its tick). Until then the caller serves the attributes from memory.
+    pub fn defer_attrs(&self, change: AttrCommit) -> Option<u64> {
+        self.queue(std::iter::once(Queued::Attrs(change)), 0)
+    }
+
+    fn queue(&self, items: impl Iterator<Item = Queued>, mark: u64) -> Option<u64> {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if d.items.len() >= DEFER_MAX {
+            return None;
+        }
+        d.items.extend(items);
+        d.mark = d.mark.max(mark);
+        // Taken under the queue's lock: tickets follow the queue's order.
+        let ticket = self.next_ticket.fetch_add(1, Ordering::AcqRel) + 1;
+        d.ticket = ticket;
+        Some(ticket)
+    }
+
+    /// Commits the queued changes now, in one transaction.
     pub fn commit_deferred(&self) -> Result<()> {
         if self.deferred_empty() {
             return Ok(());
@@ -113,25 +162,24 @@ impl Index {
         self.commit_deferred_locked(self.take_deferred())
     }
 
-    /// Whether no journal commit is deferred.
+    /// Whether nothing is queued.
     pub fn deferred_empty(&self) -> bool {
         self.deferred
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .commits
             .is_empty()
     }
 
-    /// The last journal record whose index change is applied (not necessarily durable): a
-    /// record at or before it is in the index.
-    pub fn applied_mark(&self) -> u64 {
-        self.applied_mark.load(std::sync::atomic::Ordering::Acquire)
+    /// Every queued change whose ticket is at most this is in the index (not necessarily
+    /// durable).
+    pub fn applied_ticket(&self) -> u64 {
+        self.applied_ticket.load(Ordering::Acquire)
     }
 
-    /// The writer lock, with the deferred journal commits applied first: a mutation that scans
-    /// (or does not go through [`Index::transact`]) starts with it, so the records land before
-    /// its change and its scan sees them. One that scans nothing takes the plain lock:
-    /// `transact` applies them in its own transaction.
+    /// The writer lock, with the queued changes applied first: a mutation that scans (or does
+    /// not go through [`Index::transact`]) starts with it, so they land before its change and
+    /// its scan sees them. One that scans nothing takes the plain lock: `transact` applies them
+    /// in its own transaction.
     pub(crate) fn writer(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
         let w = self.write_lock();
         if !self.deferred_empty() {
@@ -145,26 +193,28 @@ impl Index {
         self.commit_deferred_locked(self.take_deferred())
     }
 
+    /// Takes the whole queue (with the writer lock held).
     pub(crate) fn take_deferred(&self) -> Deferred {
         std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Puts deferred commits taken by a transaction that failed back in front of the queue.
+    /// Puts changes taken by a transaction that failed back in front of the queue.
     pub(crate) fn restore_deferred(&self, taken: Deferred) {
-        if taken.commits.is_empty() {
+        if taken.is_empty() {
             return;
         }
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        let later = std::mem::take(&mut d.commits);
-        d.commits = taken.commits;
-        d.commits.extend(later);
+        let later = std::mem::take(&mut d.items);
+        d.items = taken.items;
+        d.items.extend(later);
         d.mark = d.mark.max(taken.mark);
+        d.ticket = d.ticket.max(taken.ticket);
     }
 
     /// Commits `d` (taken from the queue, with the writer lock held) in one transaction; on
-    /// failure they go back to the queue.
+    /// failure it goes back to the queue.
     fn commit_deferred_locked(&self, d: Deferred) -> Result<()> {
-        if d.commits.is_empty() && d.mark == 0 {
+        if d.is_empty() {
             return Ok(());
         }
         let res = self
@@ -172,7 +222,7 @@ impl Index {
             .and_then(|scan| self.transact_raw(&scan, |tx| self.apply_deferred(tx, &d)));
         match res {
             Ok(()) => {
-                self.note_applied(d.mark);
+                self.note_applied(&d);
                 Ok(())
             }
             Err(e) => {
@@ -182,23 +232,21 @@ impl Index {
         }
     }
 
-    /// Records that journal records up to `mark` are applied.
-    pub(crate) fn note_applied(&self, mark: u64) {
-        self.applied_mark
-            .fetch_max(mark, std::sync::atomic::Ordering::AcqRel);
+    /// Records that `d` is applied.
+    pub(crate) fn note_applied(&self, d: &Deferred) {
+        self.applied_ticket.fetch_max(d.ticket, Ordering::AcqRel);
     }
 
     /// What applying `d` must have scanned (the chunks a size change may cut).
     pub(crate) fn commits_scan(&self, d: &Deferred) -> Result<Scan> {
         let cs = u64::from(self.chunk_size());
         let mut scan = Scan::default();
-        let mut inos: Vec<Ino> = d.commits.iter().map(|c| c.ino).collect();
+        let mut inos: Vec<Ino> = d.journal().map(|c| c.ino).collect();
         inos.sort_unstable();
         inos.dedup();
         for ino in &inos {
             let smallest = d
-                .commits
-                .iter()
+                .journal()
                 .filter(|c| c.ino == *ino)
                 .map(|c| c.size)
                 .min()
@@ -210,33 +258,46 @@ impl Index {
 
     /// Applies `d` inside a transaction (its scan made by [`Index::commits_scan`]).
     pub(crate) fn apply_deferred(&self, tx: &Tx<'_>, d: &Deferred) -> TxResult<()> {
-        if d.commits.is_empty() && d.mark == 0 {
-            return Ok(());
-        }
         let cs = u64::from(self.chunk_size());
-        for c in &d.commits {
-            let Some(mut attr) = tx.inode(c.ino)? else {
+        for q in &d.items {
+            let ino = match q {
+                Queued::Journal(c) => c.ino,
+                Queued::Attrs(a) => a.ino,
+            };
+            let Some(mut attr) = tx.inode(ino)? else {
                 continue;
             };
             if attr.kind != FileKind::File {
                 continue;
             }
-            if c.size != attr.size {
-                self.resize(tx, &mut attr, c.size)?;
-            }
-            let start = c.chunk.saturating_mul(cs);
-            if start < c.size {
-                let mut j = c.jchunk;
-                // INV: a journal chunk, like a stored one, lies within the file's size.
-                j.len = j.len.min((c.size - start).min(cs) as u32);
-                tx.put_jchunk(c.ino, c.chunk, &j)?;
-            }
-            attr.mtime = c.mtime;
-            attr.ctime = c.ctime;
-            if let Some(set) = &c.set {
-                set.apply_mode_owner_atime(&mut attr);
+            match q {
+                Queued::Journal(c) => {
+                    if c.size != attr.size {
+                        self.resize(tx, &mut attr, c.size)?;
+                    }
+                    let start = c.chunk.saturating_mul(cs);
+                    if start < c.size {
+                        let mut j = c.jchunk;
+                        // INV: a journal chunk, like a stored one, lies within the file's size.
+                        j.len = j.len.min((c.size - start).min(cs) as u32);
+                        tx.put_jchunk(c.ino, c.chunk, &j)?;
+                    }
+                    attr.mtime = c.mtime;
+                    attr.ctime = c.ctime;
+                    if let Some(set) = &c.set {
+                        set.apply_mode_owner_atime(&mut attr);
+                    }
+                }
+                Queued::Attrs(a) => {
+                    a.set.apply_mode_owner_atime(&mut attr);
+                    attr.mtime = a.mtime;
+                    attr.ctime = a.ctime;
+                }
             }
             tx.put_inode(&attr)?;
+        }
+        if d.mark == 0 {
+            return Ok(());
         }
         let mark_bytes = super::tx::ok(encode(&d.mark))?;
         tx.put_local(local_key::JOURNAL_MARK, mark_bytes.as_slice())

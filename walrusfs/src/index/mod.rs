@@ -74,7 +74,7 @@ use std::sync::{Mutex, RwLock};
 
 pub use check::CheckReport;
 pub use error::{IndexError, Result};
-pub use journal::{JournalCommit, Move, Pending, Stored};
+pub use journal::{AttrCommit, JournalCommit, Move, Pending, Stored};
 pub use layout::{NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
 pub use params::{
     IndexOptions, IndexStats, NewNode, RenameFlags, RenameOutcome, SetAttr, Unlinked, XattrFlags,
@@ -110,9 +110,10 @@ pub struct Index {
     /// Journal commits appended but not yet in a transaction (see
     /// [`Index::defer_journal`]).
     deferred: Mutex<journal::Deferred>,
-    /// The last journal record whose commit is applied (in memory; the durable one is
-    /// [`Index::journal_mark`]).
-    applied_mark: AtomicU64,
+    /// Tickets handed out to queued changes.
+    next_ticket: AtomicU64,
+    /// See [`Index::applied_ticket`].
+    applied_ticket: AtomicU64,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
     /// From `meta`.
@@ -212,15 +213,11 @@ impl Index {
         // sled 0.34 keeps its log in `PATH/db`; opened here only to fsync it (see `flush`).
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| IndexError::Db(sled::Error::Io(e)))?;
-        let trees = Trees::open(db)?;
-        let applied_mark = match trees.local.get(layout::local_key::JOURNAL_MARK)? {
-            Some(v) => decode(&v, "journal mark")?,
-            None => 0,
-        };
         Ok(Self {
-            trees,
+            trees: Trees::open(db)?,
             deferred: Mutex::new(journal::Deferred::default()),
-            applied_mark: AtomicU64::new(applied_mark),
+            next_ticket: AtomicU64::new(0),
+            applied_ticket: AtomicU64::new(0),
             log_file,
             committed: AtomicU64::new(0),
             log_flush_queued: AtomicBool::new(false),

@@ -59,7 +59,13 @@ impl Index {
             // As in `unlink`: ask `is_open` outside the lock, retry if the target changed.
             let expected = self.read_lock_dirent(new_parent, new_name)?;
             let open = expected.is_some_and(is_open);
-            let _w = self.writer()?;
+            // Replacing nothing scans nothing: the queued changes ride on this transaction
+            // (rsync's rename of each file it wrote). Replacing a file scans what it frees.
+            let _w = if expected.is_none() {
+                self.write_lock()
+            } else {
+                self.writer()?
+            };
             let scan = self.scan_for_free(expected)?;
             let done = self.transact(&scan, |tx| {
                 tx.need_dir(parent)?;

@@ -187,7 +187,7 @@ impl Index {
         });
         match res {
             Ok(r) => {
-                self.note_applied(deferred.mark());
+                self.note_applied(&deferred);
                 Ok(r)
             }
             Err(e) => {

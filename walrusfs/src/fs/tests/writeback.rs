@@ -613,3 +613,88 @@ fn small_files_whose_commit_waits_read_and_change_right() {
     let fh = s.fs.open(ino, false).unwrap();
     assert_eq!(s.read_all(fh), &want[..10]);
 }
+
+#[test]
+fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
+    use crate::index::Timestamp;
+    let s = setup();
+    let old = Timestamp {
+        secs: 2_000_000,
+        nanos: 7,
+    };
+    let perm_mtime = |a: &crate::index::InodeAttr| (a.perm, a.mtime);
+
+    // rsync's order: the mode before writing, times and mode again after closing, a rename.
+    let (ino, fh) = s.create(".f.tmp");
+    let a =
+        s.fs.setattr(
+            ino,
+            SetAttr {
+                perm: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(a.perm, 0o600, "setattr's reply");
+    assert_eq!(s.fs.getattr(ino).unwrap().perm, 0o600, "getattr");
+    let data = pattern(700, 3);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(old),
+            atime: Some(old),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            perm: Some(0o640),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    // Closed, with nothing buffered: the replies come from what waits for the index.
+    assert_eq!(perm_mtime(&s.fs.getattr(ino).unwrap()), (0o640, old));
+    assert_eq!(
+        perm_mtime(&s.fs.lookup(ROOT_INO, b".f.tmp").unwrap()),
+        (0o640, old),
+        "lookup by name"
+    );
+    s.fs.rename(ROOT_INO, b".f.tmp", ROOT_INO, b"f", false, false)
+        .unwrap();
+    // The rename applied them first: the index has them, in order.
+    let a = s.fs.index().get_attr(ino).unwrap();
+    assert_eq!((a.perm, a.mtime, a.atime, a.size), (0o640, old, old, 700));
+    assert_eq!(
+        perm_mtime(&s.fs.lookup(ROOT_INO, b"f").unwrap()),
+        (0o640, old)
+    );
+
+    // A change after the queue was applied wins over what waited before.
+    s.fs.setattr(
+        ino,
+        SetAttr {
+            perm: Some(0o604),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    let (_, gh) = s.create("g");
+    s.fs.release(gh).unwrap();
+    assert_eq!(s.fs.index().get_attr(ino).unwrap().perm, 0o604);
+    assert_eq!(s.fs.getattr(ino).unwrap().perm, 0o604);
+
+    s.fs.sync_all().unwrap();
+    assert_eq!(s.fs.dirty_bytes(), 0);
+    s.fs.index().check().unwrap();
+    let s = s.reopen();
+    let a = s.fs.getattr(ino).unwrap();
+    assert_eq!((a.perm, a.mtime, a.size), (0o604, old, 700));
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+}

@@ -378,10 +378,12 @@ fn deferred_journal_commits_ride_on_the_next_create() {
         perm: Some(0o600),
         ..SetAttr::default()
     };
-    assert!(ix.defer_journal(&[jcommit(f.ino, 1, 300, Some(chmod))], 1));
+    let ticket = ix
+        .defer_journal(&[jcommit(f.ino, 1, 300, Some(chmod))], 1)
+        .unwrap();
     assert_eq!(ix.committed(), before, "deferring is no transaction");
     assert_eq!(ix.get_attr(f.ino).unwrap().size, 0, "not applied yet");
-    assert_eq!(ix.applied_mark(), 0);
+    assert!(ix.applied_ticket() < ticket);
 
     // The next create applies it in its own transaction.
     let g = mkfile(&ix, ROOT_INO, "g");
@@ -389,30 +391,69 @@ fn deferred_journal_commits_ride_on_the_next_create() {
     let a = ix.get_attr(f.ino).unwrap();
     assert_eq!((a.size, a.perm, a.mtime), (300, 0o600, t(20)));
     assert_eq!(ix.jchunk(f.ino, 0).unwrap().map(|j| j.seq), Some(1));
-    assert_eq!((ix.applied_mark(), ix.journal_mark().unwrap()), (1, 1));
+    assert!(ix.applied_ticket() >= ticket);
+    assert_eq!(ix.journal_mark().unwrap(), 1);
+
+    // An attribute change alone rides the same way, after what was queued before it, and
+    // leaves the journal mark alone.
+    assert!(ix
+        .defer_journal(&[jcommit(f.ino, 2, 400, None)], 2)
+        .is_some());
+    let chmod = AttrCommit {
+        ino: f.ino,
+        set: SetAttr {
+            perm: Some(0o640),
+            ..SetAttr::default()
+        },
+        mtime: t(25),
+        ctime: t(26),
+    };
+    let ticket = ix.defer_attrs(chmod).unwrap();
+    let _ = mkfile(&ix, ROOT_INO, "g2");
+    assert!(ix.applied_ticket() >= ticket);
+    let a = ix.get_attr(f.ino).unwrap();
+    assert_eq!(
+        (a.size, a.perm, a.mtime, a.ctime),
+        (400, 0o640, t(25), t(26))
+    );
+    assert!(ix
+        .defer_attrs(AttrCommit {
+            ino: g.ino,
+            ..chmod
+        })
+        .is_some());
+    ix.commit_deferred().unwrap();
+    assert_eq!(ix.get_attr(g.ino).unwrap().perm, 0o640);
+    assert_eq!(ix.journal_mark().unwrap(), 2);
 
     // A create that fails takes them down with it: they are committed on their own.
-    assert!(ix.defer_journal(&[jcommit(g.ino, 2, 500, None)], 2));
+    assert!(ix
+        .defer_journal(&[jcommit(g.ino, 3, 500, None)], 3)
+        .is_some());
     assert_err!(
         ix.create(ROOT_INO, b"f", node(FileKind::File), t(30)),
         IndexError::Exists
     );
     assert_eq!(ix.get_attr(g.ino).unwrap().size, 500);
-    assert_eq!(ix.journal_mark().unwrap(), 2);
+    assert_eq!(ix.journal_mark().unwrap(), 3);
 
     // Any other mutation applies them before its own change (and before scanning): an unlink
     // of the file frees the journal chunk the deferred commit adds, leaving nothing behind.
     let h = mkfile(&ix, ROOT_INO, "h");
-    assert!(ix.defer_journal(&[jcommit(h.ino, 3, 700, None)], 3));
+    assert!(ix
+        .defer_journal(&[jcommit(h.ino, 4, 700, None)], 4)
+        .is_some());
     let closed = |_| false;
     ix.unlink(ROOT_INO, b"h", t(40), &closed).unwrap();
     assert_eq!(ix.jchunk(h.ino, 0).unwrap(), None);
     assert_eq!(ix.journal_len(), 2, "f's and g's records, not h's");
-    assert_eq!(ix.journal_mark().unwrap(), 3);
+    assert_eq!(ix.journal_mark().unwrap(), 4);
     ix.check().unwrap();
 
     // A truncation after a deferred commit is not undone by it.
-    assert!(ix.defer_journal(&[jcommit(f.ino, 4, 900, None)], 4));
+    assert!(ix
+        .defer_journal(&[jcommit(f.ino, 5, 900, None)], 5)
+        .is_some());
     let cut = SetAttr {
         size: Some(10),
         ..SetAttr::default()
@@ -422,11 +463,13 @@ fn deferred_journal_commits_ride_on_the_next_create() {
     assert_eq!(ix.get_attr(f.ino).unwrap().size, 10);
 
     // Deferred commits are part of a flush: durable with it.
-    assert!(ix.defer_journal(&[jcommit(g.ino, 5, 800, None)], 5));
+    assert!(ix
+        .defer_journal(&[jcommit(g.ino, 6, 800, None)], 6)
+        .is_some());
     ix.flush().unwrap();
     drop(ix);
     let ix = reopen(&dir);
     assert_eq!(ix.get_attr(g.ino).unwrap().size, 800);
-    assert_eq!(ix.journal_mark().unwrap(), 5);
+    assert_eq!(ix.journal_mark().unwrap(), 6);
     ix.check().unwrap();
 }
