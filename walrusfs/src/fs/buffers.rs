@@ -357,11 +357,11 @@ impl FileBuffers {
 
     /// Drops what waited for queued changes up to ticket `applied` to be in the index (they
     /// are). Returns the bytes to release from the budget.
-    pub(crate) fn release_applied(&mut self, mark: u64) -> u64 {
+    pub(crate) fn release_applied(&mut self, applied: u64) -> u64 {
         let done: Vec<u64> = self
             .bufs
             .iter()
-            .filter(|(_, b)| b.sealed.is_some_and(|s| s <= mark))
+            .filter(|(_, b)| b.sealed.is_some_and(|s| s <= applied))
             .map(|(i, _)| *i)
             .collect();
         let mut freed = 0;
@@ -370,7 +370,7 @@ impl FileBuffers {
                 freed += b.charged;
             }
         }
-        if self.set_sealed.is_some_and(|s| s <= mark) {
+        if self.set_sealed.is_some_and(|s| s <= applied) {
             self.set = None;
             self.set_sealed = None;
         }

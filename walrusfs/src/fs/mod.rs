@@ -21,9 +21,9 @@
 //! A write lands in memory. `close` (flush) seals the file's dirty chunks into the journal and
 //! commits them to the index, or, for a small file, queues the commit for the next index
 //! transaction and keeps the buffers until then: from then on a killed mount loses nothing
-//! (the next mount replays the journal records the index lacks). `fsync`, `walrusfs sync` and unmount store the journal's records on `n - f`
-//! nodes, commit them, and make the index durable before they return. With `sync_close`, close
-//! does what fsync does.
+//! (the next mount replays the journal records the index lacks). `fsync`, `walrusfs sync` and
+//! unmount store the journal's records on `n - f` nodes, commit them, and make the index
+//! durable before they return. With `sync_close`, close does what fsync does.
 
 mod background;
 mod buffers;
