@@ -377,6 +377,12 @@ impl FileBuffers {
         freed
     }
 
+    /// Bytes the buffers are charged (what the budget must hold for them).
+    #[cfg(test)]
+    pub(crate) fn charged(&self) -> u64 {
+        self.bufs.values().map(|b| b.charged).sum()
+    }
+
     /// Whether anything waits for a deferred index commit.
     pub(crate) fn awaits_commit(&self) -> bool {
         self.set_sealed.is_some() || self.bufs.values().any(|b| b.sealed.is_some())
