@@ -315,9 +315,7 @@ impl FileBuffers {
                 freed += b.charged;
             }
         }
-        if !self.has_dirty() {
-            self.attr_dirty = false;
-        }
+        self.attrs_went_with_data();
         freed
     }
 
@@ -339,9 +337,7 @@ impl FileBuffers {
         if self.set.is_some() {
             self.set_sealed = Some(ticket);
         }
-        if !self.has_dirty() {
-            self.attr_dirty = false;
-        }
+        self.attrs_went_with_data();
         freed
     }
 
@@ -350,9 +346,7 @@ impl FileBuffers {
     pub(crate) fn queued_attrs(&mut self, changes: &SetAttr, now: Timestamp, ticket: u64) {
         self.defer(changes, now);
         self.set_sealed = Some(ticket);
-        if !self.has_dirty() {
-            self.attr_dirty = false;
-        }
+        self.attrs_went_with_data();
     }
 
     /// Drops what waited for queued changes up to ticket `applied` to be in the index (they
@@ -390,6 +384,12 @@ impl FileBuffers {
 
     /// The attributes were committed without data (a flush with nothing to journal).
     pub(crate) fn attrs_committed(&mut self) {
+        self.attrs_went_with_data();
+    }
+
+    /// Size and times went to the journal (or the index) with the last of the dirty data: with
+    /// no buffer left to journal, nothing of them is pending any more.
+    fn attrs_went_with_data(&mut self) {
         if !self.has_dirty() {
             self.attr_dirty = false;
         }

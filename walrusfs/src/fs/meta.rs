@@ -212,34 +212,36 @@ impl<B: BlobStore> Fs<B> {
         if let Some(file) = self.existing_file(ino) {
             let mut st = file.lock();
             self.settle(&mut st);
-            if st.buf.has_dirty() && changes.deferrable() {
-                // Data is buffered: the change waits to be committed with it, in the same
-                // transaction (tar sets times, owner and mode of every file it writes, before
-                // closing it: one index transaction at close instead of four). Until then
-                // attribute replies merge it (`with_pending`).
-                st.buf.defer(&changes, Timestamp::now());
+            let now = Timestamp::now();
+            let deferred = changes.deferrable()
+                && if st.buf.has_dirty() {
+                    // Data is buffered: the change waits to be committed with it, in the same
+                    // transaction (tar sets times, owner and mode of every file it writes,
+                    // before closing it: one index transaction at close instead of four).
+                    st.buf.defer(&changes, now);
+                    true
+                } else {
+                    // Nothing buffered (rsync sets times and mode after closing the file, and
+                    // the mode before writing it): the change rides on the next transaction.
+                    let mut set = st.buf.set.unwrap_or_default();
+                    set.merge(&changes);
+                    let queued = crate::index::AttrCommit {
+                        ino,
+                        set,
+                        mtime: changes.mtime.unwrap_or(st.buf.mtime),
+                        ctime: changes.ctime.unwrap_or(now),
+                    };
+                    let ticket = self.inner.index.defer_attrs(queued);
+                    if let Some(ticket) = ticket {
+                        st.buf.queued_attrs(&changes, now, ticket);
+                    }
+                    ticket.is_some()
+                };
+            if deferred {
+                // Until the index has it, attribute replies merge it (`with_pending`).
                 drop(st);
                 let attr = self.inner.index.get_attr(ino)?;
                 return Ok(self.with_pending(attr));
-            }
-            if changes.deferrable() {
-                // Nothing buffered (rsync sets times and mode after closing the file, and the
-                // mode before writing it): the change rides on the next index transaction.
-                let now = Timestamp::now();
-                let mut set = st.buf.set.unwrap_or_default();
-                set.merge(&changes);
-                let queued = crate::index::AttrCommit {
-                    ino,
-                    set,
-                    mtime: changes.mtime.unwrap_or(st.buf.mtime),
-                    ctime: changes.ctime.unwrap_or(now),
-                };
-                if let Some(ticket) = self.inner.index.defer_attrs(queued) {
-                    st.buf.queued_attrs(&changes, now, ticket);
-                    drop(st);
-                    let attr = self.inner.index.get_attr(ino)?;
-                    return Ok(self.with_pending(attr));
-                }
             }
             // Explicit times set now win over those of earlier writes still buffered: the
             // buffers carry the new times into the journal when they go.

@@ -4,9 +4,9 @@
 //!
 //! Durability (DESIGN invariant 3): [`Fs::flush`] (close) returns once the file's data is in
 //! the journal and its commit made or queued (a replay redoes a queued one): a killed mount
-//! loses nothing of it. [`Fs::fsync`] returns once
-//! every chunk of the file is stored on `n - f` nodes, committed, and the index is durable. A
-//! failure keeps the data (in memory, or in the journal) and is reported as EIO.
+//! loses nothing of it. [`Fs::fsync`] returns once every chunk of the file is stored on
+//! `n - f` nodes, committed, and the index is durable. A failure keeps the data (in memory,
+//! or in the journal) and is reported as EIO.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -30,7 +30,7 @@ pub struct JournalCommit {
     /// Its ctime then.
     pub ctime: Timestamp,
     /// Mode, owner and atime changes made while the data was buffered, committed with it
-    /// (records do not carry them: a replay has none).
+    /// (the record carries them too, so a replay has them).
     pub set: Option<SetAttr>,
 }
 

@@ -107,8 +107,8 @@ pub struct Index {
     /// Every transaction up to this count is handed to the kernel (in sled's log file): a
     /// killed process loses none of them.
     logged: AtomicU64,
-    /// Journal commits appended but not yet in a transaction (see
-    /// [`Index::defer_journal`]).
+    /// Journal commits and attribute changes queued for the next transaction (see
+    /// [`Index::defer_journal`], [`Index::defer_attrs`]).
     deferred: Mutex<journal::Deferred>,
     /// Tickets handed out to queued changes.
     next_ticket: AtomicU64,
@@ -302,8 +302,7 @@ impl Index {
         self.commit_deferred()?;
         let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _r = self.read_lock();
-        let through = self.committed.load(Ordering::Acquire);
-        self.trees.db.flush()?;
+        let through = self.write_log()?;
         // sled 0.34 makes its log stable with sync_file_range on Linux, which neither writes
         // the file's metadata (its grown size) nor flushes the disk's write cache: enough for
         // a killed process, not for a power cut. An fsync of the same file covers both.
@@ -317,10 +316,16 @@ impl Index {
     /// Cheap when nothing is pending. [`Index::flush`] goes further.
     pub fn flush_log(&self) -> Result<()> {
         let _r = self.read_lock();
-        let through = self.committed.load(Ordering::Acquire);
-        self.trees.db.flush()?;
+        let through = self.write_log()?;
         self.logged.fetch_max(through, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Writes sled's log out (the read lock held); returns the transaction count it covers.
+    fn write_log(&self) -> Result<u64> {
+        let through = self.committed.load(Ordering::Acquire);
+        self.trees.db.flush()?;
+        Ok(through)
     }
 
     /// Claims the one queued background log flush: true if the caller is to run

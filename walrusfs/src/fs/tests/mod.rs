@@ -118,6 +118,14 @@ fn store_file(fs: Fs<MemoryStore>, name: &[u8], data: &[u8]) -> u64 {
     a.ino
 }
 
+/// A chmod to `perm`.
+pub(super) fn chmod(perm: u16) -> SetAttr {
+    SetAttr {
+        perm: Some(perm),
+        ..SetAttr::default()
+    }
+}
+
 pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))

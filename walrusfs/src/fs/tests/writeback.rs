@@ -496,15 +496,7 @@ fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
         },
     )
     .unwrap();
-    let a =
-        s.fs.setattr(
-            ino,
-            SetAttr {
-                perm: Some(0o600),
-                ..SetAttr::default()
-            },
-        )
-        .unwrap();
+    let a = s.fs.setattr(ino, chmod(0o600)).unwrap();
     assert_eq!(
         s.fs.index().committed(),
         before,
@@ -539,14 +531,7 @@ fn attribute_changes_of_a_file_being_written_commit_with_its_data() {
 
     // A change waiting for buffers a truncation then cuts away is committed all the same.
     s.fs.write(fh, 0, b"more").unwrap();
-    s.fs.setattr(
-        ino,
-        SetAttr {
-            perm: Some(0o640),
-            ..SetAttr::default()
-        },
-    )
-    .unwrap();
+    s.fs.setattr(ino, chmod(0o640)).unwrap();
     s.fs.setattr(
         ino,
         SetAttr {
@@ -569,11 +554,7 @@ fn small_files_whose_commit_waits_read_and_change_right() {
     let (ino, fh) = s.create("f");
     let data = pattern(3000, 4);
     s.fs.write(fh, 0, &data).unwrap();
-    let chmod = SetAttr {
-        perm: Some(0o600),
-        ..SetAttr::default()
-    };
-    s.fs.setattr(ino, chmod).unwrap();
+    s.fs.setattr(ino, chmod(0o600)).unwrap();
     s.fs.flush(fh).unwrap();
     s.fs.release(fh).unwrap();
     // Whether or not the commit happened yet, everything reads as written.
@@ -626,15 +607,7 @@ fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
 
     // rsync's order: the mode before writing, times and mode again after closing, a rename.
     let (ino, fh) = s.create(".f.tmp");
-    let a =
-        s.fs.setattr(
-            ino,
-            SetAttr {
-                perm: Some(0o600),
-                ..SetAttr::default()
-            },
-        )
-        .unwrap();
+    let a = s.fs.setattr(ino, chmod(0o600)).unwrap();
     assert_eq!(a.perm, 0o600, "setattr's reply");
     assert_eq!(s.fs.getattr(ino).unwrap().perm, 0o600, "getattr");
     let data = pattern(700, 3);
@@ -650,14 +623,7 @@ fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
         },
     )
     .unwrap();
-    s.fs.setattr(
-        ino,
-        SetAttr {
-            perm: Some(0o640),
-            ..SetAttr::default()
-        },
-    )
-    .unwrap();
+    s.fs.setattr(ino, chmod(0o640)).unwrap();
     // Closed, with nothing buffered: the replies come from what waits for the index.
     assert_eq!(perm_mtime(&s.fs.getattr(ino).unwrap()), (0o640, old));
     assert_eq!(
@@ -676,14 +642,7 @@ fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
     );
 
     // A change after the queue was applied wins over what waited before.
-    s.fs.setattr(
-        ino,
-        SetAttr {
-            perm: Some(0o604),
-            ..SetAttr::default()
-        },
-    )
-    .unwrap();
+    s.fs.setattr(ino, chmod(0o604)).unwrap();
     let (_, gh) = s.create("g");
     s.fs.release(gh).unwrap();
     assert_eq!(s.fs.index().get_attr(ino).unwrap().perm, 0o604);
