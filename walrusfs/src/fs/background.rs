@@ -195,6 +195,7 @@ impl<B: BlobStore> Fs<B> {
         if let Err(e) = self.inner.index.commit_deferred() {
             tracing::warn!("committing journal records failed (retrying): {e}");
         }
+        self.settle_applied();
         let files: Vec<Arc<OpenFile>> = self.inner.lock_open().values().cloned().collect();
         let pressure = self.inner.dirty.above(1, 2);
         let cutoff = Instant::now()

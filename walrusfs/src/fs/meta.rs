@@ -109,10 +109,14 @@ impl<B: BlobStore> Fs<B> {
             rdev,
             symlink_target,
         };
-        Ok(self
+        let created = self
             .inner
             .index
-            .create(parent, name, node, Timestamp::now())?)
+            .create(parent, name, node, Timestamp::now());
+        // The create applied the index's queue (even when it failed): the buffers of the
+        // files whose commits were in it can go now.
+        self.settle_applied();
+        Ok(created?)
     }
 
     /// Adds hard link `new_parent/new_name` to `ino`.

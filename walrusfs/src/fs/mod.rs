@@ -169,6 +169,9 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) next_fh: AtomicU64,
     /// Memory held in dirty buffers.
     pub(crate) dirty: buffers::DirtyBudget,
+    /// Files whose buffers wait for a queued index commit: (its ticket, inode). See
+    /// [`Fs::settle_applied`].
+    pub(crate) awaiting: Mutex<Vec<(u64, u64)>>,
     /// Verified plaintext chunks by place.
     pub(crate) chunk_cache: cache::MemoryCache<ChunkKey, Arc<Vec<u8>>>,
     /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
@@ -269,6 +272,7 @@ impl<B: BlobStore> Fs<B> {
                 durable: Arc::new(tokio::sync::Notify::new()),
                 journal: Arc::new(journal),
                 dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
+                awaiting: Mutex::default(),
                 uploads: upload::Uploads::new(cfg.upload_concurrency),
                 index,
                 store,

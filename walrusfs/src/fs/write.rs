@@ -104,8 +104,9 @@ impl<B: BlobStore> Fs<B> {
         }
         if self.inner.dirty.above(1, 1) {
             // INV: dirty memory stays near its budget: past it, a writer journals its file's
-            // buffers before going on.
+            // buffers before going on, and buffers kept for queued commits are let go.
             spill(None)?;
+            self.settle_applied();
         }
         Ok(data.len())
     }
@@ -381,9 +382,12 @@ impl<B: BlobStore> Fs<B> {
         // A close of a small file (all of it journaled) leaves its commit to the next index
         // transaction, usually the next file's create. What close promises still holds: the
         // next mount replays the records the index lacks, with the attribute changes they
-        // carry.
+        // carry. Not past half the dirty budget, though: buffers waiting for a queued commit
+        // stay charged, so there a close commits, which applies the queue; what waited for it
+        // goes at the next `settle_applied` (a writer past the budget, a create, the flusher).
         let defer = only.is_none()
             && !self.inner.cfg.sync_close
+            && !self.inner.dirty.above(1, 2)
             && dirty.iter().map(|(_, d)| d.len()).sum::<usize>() <= DEFER_BYTES;
         let committed =
             self.inner
@@ -408,6 +412,11 @@ impl<B: BlobStore> Fs<B> {
         let deferred = committed?;
         let done: Vec<u64> = sealed.iter().map(|(idx, ..)| *idx).collect();
         let freed = if let Some(ticket) = deferred {
+            self.inner
+                .awaiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((ticket, ino));
             st.buf.sealed(&done, ticket)
         } else {
             st.buf.set = None;
@@ -416,6 +425,36 @@ impl<B: BlobStore> Fs<B> {
         self.inner.dirty.release(freed);
         self.inner.uploads.wake.notify_one();
         Ok(())
+    }
+
+    /// Lets go of the buffers that waited for queued index commits the index has applied since,
+    /// and of the open-file records only they kept: after a create (which usually applies the
+    /// queue), when a writer finds the budget spent, and each flusher round, rather than only
+    /// when the file is next touched. Takes file locks: call it holding none.
+    pub(crate) fn settle_applied(&self) {
+        let applied = self.inner.index.applied_ticket();
+        let ready: Vec<u64> = {
+            let mut awaiting = self
+                .inner
+                .awaiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut ready = Vec::new();
+            awaiting.retain(|&(ticket, ino)| {
+                let keep = ticket > applied;
+                if !keep {
+                    ready.push(ino);
+                }
+                keep
+            });
+            ready
+        };
+        for ino in ready {
+            if let Some(file) = self.existing_file(ino) {
+                // Settles the file's buffers; drops its record if nothing else keeps it.
+                self.forget_if_idle(&file);
+            }
+        }
     }
 
     /// Drops from `st` what waited for deferred index commits that have been applied since.

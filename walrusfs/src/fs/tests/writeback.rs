@@ -596,6 +596,69 @@ fn small_files_whose_commit_waits_read_and_change_right() {
 }
 
 #[test]
+fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let budget = 8 * u64::from(CHUNK);
+    let cfg = FsConfig {
+        dirty_budget: budget,
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    let s = Setup { fs, store, dir, rt };
+
+    // The next create applies the queued commit: the closed file's buffers go with it, not
+    // at the flusher's next round.
+    let (f, fh) = s.create("f");
+    s.fs.write(fh, 0, &pattern(3000, 1)).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    let (_, gh) = s.create("g");
+    assert_eq!(
+        s.fs.dirty_bytes(),
+        0,
+        "f's buffers are released after the create"
+    );
+    assert!(!s.fs.is_open(f), "f's record is dropped");
+    s.fs.release(gh).unwrap();
+
+    // Closes with no create between them (the files were created first): without a
+    // transaction to apply the queue, memory pressure does. Each file is 1.5 chunks, under
+    // the size whose commit is queued.
+    let size = 3 * CHUNK as usize / 2;
+    let files: Vec<(u64, u64)> = (0..24).map(|i| s.create(&format!("h{i}"))).collect();
+    let (mut peak, mut pressed) = (0, 0);
+    for (i, &(_, fh)) in files.iter().enumerate() {
+        s.fs.write(fh, 0, &pattern(size, i as u8)).unwrap();
+        let used = s.fs.dirty_bytes();
+        peak = peak.max(used);
+        s.fs.flush(fh).unwrap();
+        if used > budget / 2 {
+            // Past half the budget a close commits instead of queuing, applying the queue.
+            assert!(s.fs.index().deferred_empty(), "close {i} queued its commit");
+            pressed += 1;
+        }
+        s.fs.release(fh).unwrap();
+        peak = peak.max(s.fs.dirty_bytes());
+    }
+    assert!(pressed > 0, "the test never reached memory pressure");
+    assert!(peak <= budget, "peak dirty {peak} > budget {budget}");
+    for (i, &(ino, _)) in files.iter().enumerate() {
+        let fh = s.fs.open(ino, false).unwrap();
+        assert_eq!(s.read_all(fh), pattern(size, i as u8), "file {i}");
+        s.fs.release(fh).unwrap();
+    }
+    s.fs.sync_all().unwrap();
+    assert_eq!(s.fs.dirty_bytes(), 0);
+    s.fs.index().check().unwrap();
+}
+
+#[test]
 fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
     use crate::index::Timestamp;
     let s = setup();
