@@ -254,14 +254,19 @@ impl Index {
     /// Called at the last close of `ino`: if it is an orphan, frees it (chunks to GC).
     /// Returns whether it was freed; an unknown inode is not an error (already freed).
     pub fn release(&self, ino: Ino) -> Result<bool> {
-        let _w = self.writer()?;
-        // The common case, a file that still has names, needs no transaction: each one costs
-        // sled two synchronous log writes. The write lock keeps nlink from changing meanwhile.
-        match self.trees.inode(ino)? {
-            Some(attr) if attr.nlink != 0 => return Ok(false),
-            None => return Ok(false),
-            Some(_) => {}
+        {
+            // The common case, a file that still has names, needs no transaction (each one
+            // costs sled two synchronous log writes), nor the queue applied first: nothing
+            // queued changes nlink. An orphan never gains a name again, so a 0 read here is
+            // still 0 below; the transaction checks again anyway.
+            let _r = self.read_lock();
+            match self.trees.inode(ino)? {
+                Some(attr) if attr.nlink != 0 => return Ok(false),
+                None => return Ok(false),
+                Some(_) => {}
+            }
         }
+        let _w = self.writer()?;
         let scan = Scan::for_free(&self.trees, ino)?;
         self.transact(&scan, |tx| {
             let Some(attr) = tx.inode(ino)? else {

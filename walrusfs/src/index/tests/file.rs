@@ -450,9 +450,34 @@ fn deferred_journal_commits_ride_on_the_next_create() {
     assert_eq!(ix.journal_mark().unwrap(), 4);
     ix.check().unwrap();
 
+    // The last close of a file that still has a name leaves the queue alone (nothing queued
+    // changes nlink); that of an orphan applies it before scanning what to free.
+    let e = mkfile(&ix, ROOT_INO, "e");
+    let open = |_| true;
+    ix.unlink(ROOT_INO, b"e", t(42), &open).unwrap();
+    assert!(ix
+        .defer_journal(&[jcommit(e.ino, 5, 100, None)], 5)
+        .is_some());
+    let before = ix.committed();
+    assert!(!ix.release(f.ino).unwrap());
+    assert!(
+        !ix.deferred_empty(),
+        "releasing a named file applied the queue"
+    );
+    assert_eq!(ix.committed(), before, "and made a transaction");
+    assert!(ix.release(e.ino).unwrap(), "the orphan is freed");
+    assert!(ix.deferred_empty());
+    assert_eq!(ix.jchunk(e.ino, 0).unwrap(), None);
+    assert_eq!(
+        ix.journal_len(),
+        2,
+        "the orphan's queued record is freed with it"
+    );
+    ix.check().unwrap();
+
     // A truncation after a deferred commit is not undone by it.
     assert!(ix
-        .defer_journal(&[jcommit(f.ino, 5, 900, None)], 5)
+        .defer_journal(&[jcommit(f.ino, 6, 900, None)], 6)
         .is_some());
     let cut = SetAttr {
         size: Some(10),
@@ -464,12 +489,12 @@ fn deferred_journal_commits_ride_on_the_next_create() {
 
     // Deferred commits are part of a flush: durable with it.
     assert!(ix
-        .defer_journal(&[jcommit(g.ino, 6, 800, None)], 6)
+        .defer_journal(&[jcommit(g.ino, 7, 800, None)], 7)
         .is_some());
     ix.flush().unwrap();
     drop(ix);
     let ix = reopen(&dir);
     assert_eq!(ix.get_attr(g.ino).unwrap().size, 800);
-    assert_eq!(ix.journal_mark().unwrap(), 6);
+    assert_eq!(ix.journal_mark().unwrap(), 7);
     ix.check().unwrap();
 }
