@@ -16,7 +16,7 @@ use tracing::debug_span;
 use netcore::metrics as m;
 
 use crate::data::store::BlobStore;
-use crate::fs::{Attr, Fs, FsError, RequestCtx};
+use crate::fs::{Attr, Fs, FsError, FsResult, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
@@ -461,12 +461,24 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     ) {
         begin("read");
         let _s = debug_span!("read", ino = ino.0, offset, size).entered();
-        match self.fs.read(fh.0, offset, size) {
+        let answer = |reply: ReplyData, read: FsResult<Vec<u8>>| match read {
             Ok(data) => {
                 metrics::counter!(m::READ_BYTES).increment(data.len() as u64);
                 reply.data(&data)
             }
             Err(e) => reply.error(errno(e)),
+        };
+        match self.fs.read_nowait(fh.0, offset, size) {
+            Err(FsError::WouldBlock) => {
+                // Some of it is only on the network: fetched on a thread of its own (see
+                // `write`), so a slow node or a cold read does not hold one of FUSE's threads.
+                let fs = self.fs.clone();
+                self.fs.offload(move || {
+                    OP.with(|o| o.set("read"));
+                    answer(reply, fs.read(fh.0, offset, size))
+                });
+            }
+            read => answer(reply, read),
         }
     }
 

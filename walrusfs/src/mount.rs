@@ -35,8 +35,12 @@ use crate::network::NetworkArgs;
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
 /// How long `mount` waits for the background process to show the mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
-/// FUSE worker threads: requests block on the network, so more threads than cores.
-const FUSE_THREADS: usize = 8;
+/// Most FUSE worker threads. A request that may wait for the network (a read of data not held
+/// locally, a write needing such data, an fsync, a close or write waiting for journal room) is
+/// handed to a thread of its own, so FUSE's threads only do local work: one per core (at least
+/// two) keeps them busy, and more only add context switches (with eight on two cores, `tar -x`
+/// and `rsync -a` of small files ran 10-18% slower).
+const FUSE_THREADS_MAX: usize = 8;
 /// Name of the pid file in the state directory.
 pub const PID_FILE: &str = "mount.pid";
 /// Name of the log file in the state directory.
@@ -631,7 +635,8 @@ fn serve(
     let mut config = fuser::Config::default();
     config.mount_options = options;
     config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(FUSE_THREADS);
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    config.n_threads = Some(cores.clamp(2, FUSE_THREADS_MAX));
     config.clone_fd = true;
     let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), mountpoint, &config)
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;

@@ -221,6 +221,8 @@ pub struct MemoryStore {
     pub fail_gets: AtomicBool,
     /// When set, range gets fail (whole gets still work).
     pub fail_ranges: AtomicBool,
+    /// Whole gets asked for.
+    pub gets: std::sync::atomic::AtomicU64,
     /// Range gets served.
     pub range_gets: std::sync::atomic::AtomicU64,
     /// When set, deletes fail (the node cannot be reached).
@@ -287,6 +289,7 @@ impl BlobStore for MemoryStore {
     }
 
     async fn get(&self, blob_id: BlobId, _metadata: BlobMetadata) -> Result<Vec<u8>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         if self.fail_gets.load(Ordering::SeqCst) {
             return Err(StoreError::new("injected get failure"));
         }

@@ -33,6 +33,17 @@ const MAX_CACHE_WRITES: usize = 4;
 impl<B: BlobStore> Fs<B> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_inner(fh, offset, size, true)
+    }
+
+    /// [`Fs::read`] that never waits for the network: [`FsError::WouldBlock`] (nothing read,
+    /// nothing noted) if part of the range is only on the network, not in a buffer, the
+    /// journal or the memory cache.
+    pub fn read_nowait(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_inner(fh, offset, size, false)
+    }
+
+    fn read_inner(&self, fh: u64, offset: u64, size: u32, may_wait: bool) -> FsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
         let ino = handle.ino;
         let cs = self.inner.chunk_size;
@@ -49,30 +60,40 @@ impl<B: BlobStore> Fs<B> {
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + u64::from(size));
-        let last = (end - 1) / cs;
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let sources = self.sources(ino, file.as_ref(), first, last)?;
+        if !may_wait
+            && sources.iter().any(|(_, s)| match s {
+                Source::Stored(r) => !self.inner.chunk_cache.contains(&(r.blob_id, r.offset)),
+                _ => false,
+            })
+        {
+            // Before `note_read`: the read that follows, off this thread, is this one.
+            return Err(FsError::WouldBlock);
+        }
         let sequential = self.note_read(&handle, offset, end, last);
-        match self.read_range(ino, file.as_ref(), offset, end, !sequential) {
+        match self.read_sources(ino, offset, end, sources, !sequential) {
             // A journal segment was reclaimed between looking the chunk up and reading it: the
-            // chunk is stored now; look again.
+            // chunk is stored now; look again (a rare race: this may wait for the network even
+            // without `may_wait`).
             Err(FsError::Journal(JournalError::Gone(_))) => {
-                self.read_range(ino, file.as_ref(), offset, end, !sequential)
+                let sources = self.sources(ino, file.as_ref(), first, last)?;
+                self.read_sources(ino, offset, end, sources, !sequential)
             }
             other => other,
         }
     }
 
-    fn read_range(
+    /// Bytes `offset..end` of `ino` from `sources`, the places of its chunks.
+    fn read_sources(
         &self,
         ino: u64,
-        file: Option<&Arc<OpenFile>>,
         offset: u64,
         end: u64,
+        sources: Vec<(u64, Source)>,
         random: bool,
     ) -> FsResult<Vec<u8>> {
         let cs = self.inner.chunk_size;
-        let first = offset / cs;
-        let last = (end - 1) / cs;
-        let sources = self.sources(ino, file, first, last)?;
 
         // Fetch all stored chunks of the range concurrently.
         let fetches = sources.iter().filter_map(|(idx, s)| match s {
@@ -173,6 +194,8 @@ impl<B: BlobStore> Fs<B> {
             None => Default::default(),
         };
         let all = last - first + 1;
+        // INV: the three maps are disjoint (a buffer shadows an older journal record of its
+        // chunk), so their sizes tell when every chunk of the range has been found.
         let mut journal: std::collections::HashMap<u64, JChunk> = if buffers.len() as u64 == all {
             Default::default()
         } else {
@@ -180,6 +203,7 @@ impl<B: BlobStore> Fs<B> {
                 .index
                 .jchunks_in(ino, first, last)?
                 .into_iter()
+                .filter(|(idx, _)| !buffers.contains_key(idx))
                 .collect()
         };
         let mut stored: std::collections::HashMap<u64, ChunkRef> =

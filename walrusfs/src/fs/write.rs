@@ -43,7 +43,8 @@ impl<B: BlobStore> Fs<B> {
     }
 
     /// [`Fs::write`] that never waits for the network: [`FsError::WouldBlock`] (nothing
-    /// written) if the journal has no room for what the write may have to seal.
+    /// written) if the journal has no room for what the write may have to seal, or the write
+    /// needs a chunk's current content that only the network has.
     pub fn write_nowait(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         self.write_inner(fh, offset, data, false)
     }
@@ -64,6 +65,9 @@ impl<B: BlobStore> Fs<B> {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge)?;
         let file = self.open_file(handle.ino, false)?;
+        if !may_wait && self.write_needs_network(&file, offset, end)? {
+            return Err(FsError::WouldBlock);
+        }
         let cs = self.inner.chunk_size;
         let now = Instant::now();
         let mut full = Vec::new();
@@ -109,6 +113,40 @@ impl<B: BlobStore> Fs<B> {
             self.settle_applied();
         }
         Ok(data.len())
+    }
+
+    /// Whether a write of `offset..end` must first fetch a chunk's current content from the
+    /// network: it covers only part of a chunk that has no buffer, and the chunk is stored and
+    /// not in the memory cache.
+    fn write_needs_network(&self, file: &OpenFile, offset: u64, end: u64) -> FsResult<bool> {
+        let cs = self.inner.chunk_size;
+        if end <= offset {
+            return Ok(false);
+        }
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let partial: Vec<u64> = {
+            let st = file.lock();
+            let first_n = (cs - offset % cs).min(end - offset);
+            let mut partial = Vec::new();
+            if st.buf.needs_base(first, offset % cs, first_n, cs) {
+                partial.push(first);
+            }
+            if last != first && st.buf.needs_base(last, 0, end - last * cs, cs) {
+                partial.push(last);
+            }
+            partial
+        };
+        for idx in partial {
+            if self.inner.index.jchunk(file.ino, idx)?.is_some() {
+                continue;
+            }
+            if let Some(r) = self.inner.index.chunk(file.ino, idx)? {
+                if !self.inner.chunk_cache.contains(&(r.blob_id, r.offset)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether a write of `len` bytes may have to wait for the network (the journal is close
