@@ -229,7 +229,7 @@ impl<B: BlobStore> Fs<B> {
     }
 
     /// Deletes journal segments no chunk points into, once the index saying so is durable.
-    fn reclaim_journal(&self) -> super::FsResult<u64> {
+    pub(crate) fn reclaim_journal(&self) -> super::FsResult<u64> {
         let journal = &self.inner.journal;
         if journal.bytes() == 0 {
             return Ok(0);

@@ -248,6 +248,9 @@ impl<B: BlobStore> Fs<B> {
             disk_cache,
         } = parts;
         let (journal, records) = Journal::open(journal_dir, cfg.journal_bytes)?;
+        // INV: every record appended from now on is numbered past the index's journal mark,
+        // so a replay after a crash never mistakes it for one already committed.
+        journal.continue_after(index.journal_mark()?);
         if !cfg.read_only {
             let replayed = write::replay(&index, &records)?;
             if replayed > 0 {

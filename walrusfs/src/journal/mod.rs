@@ -224,6 +224,14 @@ impl Journal {
         self.lock().next_seq
     }
 
+    /// Makes the next record's sequence number follow `seq` (the index's journal mark): an
+    /// empty journal (every segment reclaimed) would otherwise start again from 1, and records
+    /// numbered at or below the mark are taken as committed by the next mount's replay.
+    pub fn continue_after(&self, seq: u64) {
+        let mut st = self.lock();
+        st.next_seq = st.next_seq.max(seq.saturating_add(1));
+    }
+
     /// Waits (up to `deadline`) until `need` more bytes fit, without taking the order lock:
     /// callers that must not block others while waiting wait here first, then append with
     /// no wait.

@@ -10,6 +10,7 @@ use crate::data::crypto::DataKey;
 use crate::data::store::MemoryStore;
 use crate::index::{FileKind, Index, IndexOptions, SetAttr, ROOT_INO};
 
+mod content;
 mod writeback;
 
 pub(super) const CHUNK: u32 = 64 * 1024;
@@ -73,7 +74,19 @@ pub(super) fn open_fs_chunked(
         chunk_size,
         ..index_options()
     };
-    let index = std::sync::Arc::new(Index::open(&dir.join("index"), opts).unwrap());
+    // A crashed filesystem's last detached tasks (a readahead, a queued log flush) may still
+    // hold its index for a moment: wait for them to let go of its lock.
+    let mut tries = 0;
+    let index = loop {
+        match Index::open(&dir.join("index"), opts) {
+            Ok(index) => break std::sync::Arc::new(index),
+            Err(e) if tries < 500 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the index: {e}"),
+        }
+    };
     Fs::start(
         FsParts {
             index,

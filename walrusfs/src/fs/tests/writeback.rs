@@ -659,6 +659,29 @@ fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_b
 }
 
 #[test]
+fn records_written_after_the_journal_was_emptied_are_replayed() {
+    // With every segment reclaimed the journal directory is empty. A restart must not number
+    // new records from 1 again: the next replay would take them for committed ones (the
+    // index's mark is past them) and lose what close returned for.
+    let s = setup();
+    let (ino, fh) = s.create("f");
+    s.fs.write(fh, 0, b"old").unwrap();
+    s.fs.fsync(ino).unwrap();
+    s.fs.release(fh).unwrap();
+    s.fs.reclaim_journal().unwrap();
+    assert_eq!(s.fs.inner.journal.bytes(), 0, "every segment reclaimed");
+    let s = s.reopen();
+    let fh = s.fs.open(ino, true).unwrap();
+    s.fs.write(fh, 0, b"new").unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    // Killed before the close's queued commit was applied: the replay redoes it.
+    let s = s.reopen();
+    let fh = s.fs.open(ino, false).unwrap();
+    assert_eq!(s.read_all(fh), b"new");
+}
+
+#[test]
 fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
     use crate::index::Timestamp;
     let s = setup();
