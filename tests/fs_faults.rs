@@ -175,6 +175,87 @@ fn f_node_failures_are_invisible_and_one_more_fails_fsync_but_loses_nothing() {
     assert_file(&m.join("e"), &e, "new file after the outage");
 }
 
+/// Resumes stopped processes when dropped, so a failing test does not leave nodes frozen.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn stop(pids: Vec<i32>) -> Self {
+        for &p in &pids {
+            common::mount::signal(p, libc::SIGSTOP);
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            common::mount::signal(p, libc::SIGCONT);
+        }
+    }
+}
+
+#[test]
+fn readers_waiting_for_frozen_nodes_do_not_stall_lookups_listings_or_local_writes() {
+    let m = Mount::new();
+    const READERS: usize = 12; // more than FUSE has threads
+    let files: Vec<Vec<u8>> = (0..READERS)
+        .map(|i| random_bytes(300_000 + i, 900 + i as u64))
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        fs::write(m.join(format!("r{i}")), data).unwrap();
+    }
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // No chunk cache on disk: a read after the remount must go to the nodes.
+    m.remount_with(Options {
+        extra: &["--disk-cache-mib", "0"],
+        ..Options::default()
+    });
+    let frozen = Frozen::stop(
+        (0..common::mount::NODES)
+            .filter_map(|i| m.net().pid(i))
+            .collect(),
+    );
+    let readers: Vec<_> = (0..READERS)
+        .map(|i| {
+            let path = m.join(format!("r{i}"));
+            std::thread::spawn(move || fs::read(path))
+        })
+        .collect();
+    // Every reader waits (for FUSE's answer, or on a page the kernel's readahead asked for).
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        readers.iter().all(|r| !r.is_finished()),
+        "a read finished with every node frozen"
+    );
+    // Meanwhile lookups, listings and local writes answer: on a thread that may hang, so a
+    // regression fails this test instead of hanging it.
+    let root = m.path().to_path_buf();
+    let (done, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let listed = fs::read_dir(&root).map(|d| d.count());
+        let stat = fs::metadata(root.join("r3")).map(|a| a.len());
+        let made =
+            fs::create_dir(root.join("d")).and_then(|()| fs::write(root.join("d/new"), b"local"));
+        let _ = done.send((listed.ok(), stat.ok(), made.is_ok()));
+    });
+    let got = answered.recv_timeout(Duration::from_secs(10));
+    drop(frozen);
+    let (listed, stat, made) = got.expect("metadata and local writes waited for the frozen nodes");
+    assert_eq!(listed, Some(READERS), "the listing");
+    assert_eq!(stat, Some(300_003), "the stat");
+    assert!(made, "mkdir and a small write");
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("reader {i}: {e}"));
+        assert_same_bytes(&got, &files[i], &format!("r{i} once the nodes resumed"));
+    }
+    assert_eq!(fs::read(m.join("d/new")).unwrap(), b"local");
+}
+
 #[test]
 fn kill9_after_fsync_loses_nothing_fsynced() {
     let m = Mount::new();
