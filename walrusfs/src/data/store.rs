@@ -223,6 +223,12 @@ pub struct MemoryStore {
     pub fail_ranges: AtomicBool,
     /// Whole gets asked for.
     pub gets: std::sync::atomic::AtomicU64,
+    /// Milliseconds each whole get takes (0: none), so concurrent gets overlap.
+    pub get_delay_ms: std::sync::atomic::AtomicU64,
+    /// Whole gets in progress.
+    pub gets_in_flight: std::sync::atomic::AtomicU64,
+    /// The most whole gets there were in progress at once.
+    pub max_gets_in_flight: std::sync::atomic::AtomicU64,
     /// Range gets served.
     pub range_gets: std::sync::atomic::AtomicU64,
     /// When set, deletes fail (the node cannot be reached).
@@ -290,6 +296,13 @@ impl BlobStore for MemoryStore {
 
     async fn get(&self, blob_id: BlobId, _metadata: BlobMetadata) -> Result<Vec<u8>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
+        let now = self.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_gets_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = self.get_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        self.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.fail_gets.load(Ordering::SeqCst) {
             return Err(StoreError::new("injected get failure"));
         }

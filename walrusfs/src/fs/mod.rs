@@ -181,6 +181,8 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) cache_writes: Arc<std::sync::atomic::AtomicUsize>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
+    /// Whole chunks fetched from the network at once at most (see `read::fetch_slots`).
+    pub(crate) fetch_slots: tokio::sync::Semaphore,
     /// The uploader's shared state.
     pub(crate) uploads: upload::Uploads,
     /// Wakes the garbage collector.
@@ -277,6 +279,7 @@ impl<B: BlobStore> Fs<B> {
                 dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
                 awaiting: Mutex::default(),
                 uploads: upload::Uploads::new(cfg.upload_concurrency),
+                fetch_slots: tokio::sync::Semaphore::new(read::fetch_slots()),
                 index,
                 store,
                 key,

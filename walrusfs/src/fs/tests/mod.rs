@@ -503,6 +503,48 @@ fn reads_and_writes_that_need_the_network_are_handed_back_by_the_nowait_calls() 
 }
 
 #[test]
+fn parallel_cold_readers_fetch_a_bounded_number_of_chunks_at_once() {
+    let Setup { fs, store, rt, dir } = setup();
+    let slots = super::read::fetch_slots();
+    let readers = 3 * slots;
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    let data = pattern(readers * CHUNK as usize, 5);
+    fs.write(fh, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    fs.release(fh).unwrap();
+    crash(fs);
+    let cfg = FsConfig {
+        readahead_chunks: 0,
+        ..config()
+    };
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    store.get_delay_ms.store(50, Ordering::SeqCst);
+    // One reader per chunk, all at once, each reading its whole chunk (sequential: from its
+    // start, so whole-chunk fetches).
+    std::thread::scope(|scope| {
+        for i in 0..readers {
+            let (fs, data) = (&fs, &data);
+            scope.spawn(move || {
+                let fh = fs.open(a.ino, false).unwrap();
+                let at = i * CHUNK as usize;
+                let got = fs.read(fh, at as u64, CHUNK).unwrap();
+                assert!(got == data[at..at + CHUNK as usize], "chunk {i}");
+                fs.release(fh).unwrap();
+            });
+        }
+    });
+    let most = store.max_gets_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (2..=slots as u64).contains(&most),
+        "{most} whole gets at once"
+    );
+    crash(fs);
+}
+
+#[test]
 fn read_errors_surface_as_eio() {
     let s = setup();
     let (ino, fh) = s.create("f");
