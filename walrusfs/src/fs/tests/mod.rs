@@ -522,8 +522,8 @@ fn parallel_cold_readers_fetch_a_bounded_number_of_chunks_at_once() {
     };
     let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
     store.get_delay_ms.store(50, Ordering::SeqCst);
-    // One reader per chunk, all at once, each reading its whole chunk (sequential: from its
-    // start, so whole-chunk fetches).
+    // One reader per chunk, all at once, each reading its whole chunk (a chunk here is one
+    // sealed segment, so even a read that seeks fetches it whole).
     std::thread::scope(|scope| {
         for i in 0..readers {
             let (fs, data) = (&fs, &data);
