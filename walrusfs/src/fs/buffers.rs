@@ -352,18 +352,14 @@ impl FileBuffers {
     /// Drops what waited for queued changes up to ticket `applied` to be in the index (they
     /// are). Returns the bytes to release from the budget.
     pub(crate) fn release_applied(&mut self, applied: u64) -> u64 {
-        let done: Vec<u64> = self
-            .bufs
-            .iter()
-            .filter(|(_, b)| b.sealed.is_some_and(|s| s <= applied))
-            .map(|(i, _)| *i)
-            .collect();
         let mut freed = 0;
-        for idx in done {
-            if let Some(b) = self.bufs.remove(&idx) {
+        self.bufs.retain(|_, b| {
+            let done = b.sealed.is_some_and(|s| s <= applied);
+            if done {
                 freed += b.charged;
             }
-        }
+            !done
+        });
         if self.set_sealed.is_some_and(|s| s <= applied) {
             self.set = None;
             self.set_sealed = None;
@@ -398,17 +394,8 @@ impl FileBuffers {
     /// Cuts buffers to `size` (the index is cut by the caller in the same operation). Returns
     /// the bytes to release.
     pub(crate) fn truncate(&mut self, size: u64, cs: u64, now: Timestamp) -> u64 {
-        let beyond: Vec<u64> = self
-            .bufs
-            .range(size.div_ceil(cs)..)
-            .map(|(i, _)| *i)
-            .collect();
-        let mut freed = 0;
-        for idx in beyond {
-            if let Some(b) = self.bufs.remove(&idx) {
-                freed += b.charged;
-            }
-        }
+        let beyond = self.bufs.split_off(&size.div_ceil(cs));
+        let freed: u64 = beyond.values().map(|b| b.charged).sum();
         if !size.is_multiple_of(cs) {
             if let Some(buf) = self.bufs.get_mut(&(size / cs)) {
                 let keep = (size % cs) as usize;

@@ -33,8 +33,8 @@ const MAX_CACHE_WRITES: usize = 4;
 /// Each holds about three chunks of memory while it is decoded and opened, and reads waiting
 /// for the network do not hold FUSE's threads, so without a bound parallel readers take
 /// memory without limit: 16 cold readers of 32 MiB files peaked at 0.9-1.0 GiB with 512 MiB of
-/// budgets, and took 4.6-4.8 s. On two cores, 8 slots: 440-455 MiB, 2.0-2.3 s; 4 slots:
-/// 380-395 MiB, 1.7-1.8 s.
+/// budgets, and took 4.6-4.8 s. On two cores, 8 slots: 430-445 MiB, 2.0-2.3 s; 4 slots:
+/// 373-386 MiB, 1.7-1.8 s.
 pub(crate) fn fetch_slots() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     (2 * cores).clamp(4, 16)

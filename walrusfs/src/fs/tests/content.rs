@@ -69,20 +69,19 @@ fn check_read(model: &[u8], offset: u64, len: u32, got: &[u8]) -> Result<(), Tes
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(MemoryStore::default());
-    let cfg = FsConfig {
+/// Both models' configuration: a dirty budget of three chunks, so spills under memory
+/// pressure happen all the time.
+fn small_budget() -> FsConfig {
+    FsConfig {
         dirty_budget: 3 * u64::from(CHUNK),
         ..config()
-    };
-    let open = || open_fs(dir.path(), store.clone(), &rt, cfg.clone());
-    let mut fs = open();
+    }
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let Setup { fs, store, dir, rt } = setup_with(small_budget());
+    let open = || open_fs(dir.path(), store.clone(), &rt, small_budget());
+    let mut fs = fs;
     let ino = fs
         .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
         .unwrap()
@@ -142,23 +141,6 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     fs.index().check().unwrap();
     crash(fs);
     Ok(())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("WALRUSFS_CONTENT_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(48),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn file_content_matches_a_byte_vector_through_buffers_journal_and_store(
-        ops in proptest::collection::vec(op(), 1..40)
-    ) {
-        run(&ops)?;
-    }
 }
 
 /// Names of the namespace model: few, so operations collide often.
@@ -248,27 +230,12 @@ impl Ns {
             .entry(id)
             .or_insert_with(|| fs.open(ino, true).unwrap())
     }
-
-    /// A name lost: the file is gone once no name and no handle keep it.
-    fn unlinked(&mut self, id: usize) {
-        self.nlink[id] -= 1;
-    }
 }
 
 fn run_ns(ops: &[NsOp]) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(MemoryStore::default());
-    let cfg = FsConfig {
-        dirty_budget: 3 * u64::from(CHUNK),
-        ..config()
-    };
-    let open = || open_fs(dir.path(), store.clone(), &rt, cfg.clone());
-    let mut fs = open();
+    let Setup { fs, store, dir, rt } = setup_with(small_budget());
+    let open = || open_fs(dir.path(), store.clone(), &rt, small_budget());
+    let mut fs = fs;
     let mut m = Ns::default();
     let name = |i: usize| NAMES[i].as_bytes();
     for op in ops {
@@ -344,7 +311,7 @@ fn run_ns(ops: &[NsOp]) -> Result<(), TestCaseError> {
                 // POSIX: a rename between two names of one file does nothing.
                 if m.names.get(&to) != Some(&id) {
                     if let Some(old) = m.names.insert(to, id) {
-                        m.unlinked(old);
+                        m.nlink[old] -= 1;
                     }
                     m.names.remove(&from);
                 }
@@ -354,7 +321,7 @@ fn run_ns(ops: &[NsOp]) -> Result<(), TestCaseError> {
                 match m.names.remove(&n) {
                     Some(id) => {
                         done.unwrap();
-                        m.unlinked(id);
+                        m.nlink[id] -= 1;
                     }
                     None => prop_assert!(done.is_err()),
                 }
@@ -428,6 +395,13 @@ proptest! {
             .unwrap_or(48),
         ..ProptestConfig::default()
     })]
+
+    #[test]
+    fn file_content_matches_a_byte_vector_through_buffers_journal_and_store(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        run(&ops)?;
+    }
 
     #[test]
     fn files_match_a_model_through_renames_links_unlinks_and_crashes(

@@ -32,15 +32,25 @@ pub(super) fn config() -> FsConfig {
 }
 
 pub(super) fn setup() -> Setup {
+    setup_with(config())
+}
+
+/// [`setup`] with configuration `cfg` (a reopen uses the default one again).
+pub(super) fn setup_with(cfg: FsConfig) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::default());
+    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
+    Setup { fs, store, dir, rt }
+}
+
+/// The runtime the tests' filesystems run on: two workers, as a mount has.
+pub(super) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    let store = Arc::new(MemoryStore::default());
-    let fs = open_fs(dir.path(), store.clone(), &rt, config());
-    Setup { fs, store, dir, rt }
+        .unwrap()
 }
 
 pub(super) fn open_fs(
@@ -673,11 +683,7 @@ fn concurrent_writers_to_different_files() {
 #[test]
 fn dirty_memory_is_bounded_for_a_big_sequential_write() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let budget = 4 * u64::from(CHUNK);
     let cfg = FsConfig {
@@ -706,11 +712,7 @@ fn dirty_memory_is_bounded_for_a_big_sequential_write() {
 #[test]
 fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let open = |store: Arc<MemoryStore>| {
         let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();

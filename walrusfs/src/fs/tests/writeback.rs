@@ -136,11 +136,7 @@ fn small_files_share_packs_and_pack_gc_keeps_the_live_ones() {
 #[test]
 fn a_full_journal_makes_writers_wait_while_metadata_answers_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     store.fail_puts.store(true, Ordering::SeqCst);
     let cfg = FsConfig {
@@ -193,11 +189,7 @@ fn a_full_journal_makes_writers_wait_while_metadata_answers_and_loses_nothing() 
 #[test]
 fn a_writer_blocked_too_long_gets_eio_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     store.fail_puts.store(true, Ordering::SeqCst);
     let cfg = FsConfig {
@@ -235,11 +227,7 @@ fn a_writer_blocked_too_long_gets_eio_and_keeps_its_data() {
 #[test]
 fn sync_close_waits_for_the_network() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let cfg = FsConfig {
         sync_close: true,
@@ -269,11 +257,7 @@ fn concurrent_partial_writes_to_one_chunk_lose_nothing_while_it_is_journaled() {
     // chunks and memory pressure journal them: a piece must never be overwritten by a stale
     // copy of the chunk fetched before another thread's journaling.
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let cfg = FsConfig {
         dirty_budget: u64::from(CHUNK),
@@ -597,20 +581,11 @@ fn small_files_whose_commit_waits_read_and_change_right() {
 
 #[test]
 fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(MemoryStore::default());
     let budget = 8 * u64::from(CHUNK);
-    let cfg = FsConfig {
+    let s = setup_with(FsConfig {
         dirty_budget: budget,
         ..config()
-    };
-    let fs = open_fs(dir.path(), store.clone(), &rt, cfg);
-    let s = Setup { fs, store, dir, rt };
+    });
 
     // The next create applies the queued commit: the closed file's buffers go with it, not
     // at the flusher's next round.
