@@ -22,6 +22,16 @@ fn create(path: &std::path::Path) -> fs::File {
     fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
 }
 
+/// Closes `f` with the mount armed to die at the end of that close (before anything else
+/// can hand the index to the kernel), and waits until it is gone.
+fn close_as_the_mount_dies(m: &Mount, f: fs::File) {
+    let pid = m.pid().unwrap();
+    fs::write(m.state().join("crash-at"), "close.done").unwrap();
+    let _ = close_checked(f);
+    m.await_crash(pid);
+    fs::remove_file(m.state().join("crash-at")).unwrap();
+}
+
 #[test]
 fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     let m = Mount::new();
@@ -79,11 +89,7 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     let last = random_bytes(5000, 79);
     let mut f = create(&m.join("last"));
     f.write_all(&last).unwrap();
-    let pid = m.pid().unwrap();
-    fs::write(m.state().join("crash-at"), "close.done").unwrap();
-    let _ = close_checked(f);
-    m.await_crash(pid);
-    fs::remove_file(m.state().join("crash-at")).unwrap();
+    close_as_the_mount_dies(&m, f);
     m.net().up_again(); // a mount needs the archive's root
     m.mount_again();
     assert_same_bytes(
@@ -106,11 +112,7 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     f.set_modified(then).unwrap();
     f.set_permissions(fs::Permissions::from_mode(0o600))
         .unwrap();
-    let pid = m.pid().unwrap();
-    fs::write(m.state().join("crash-at"), "close.done").unwrap();
-    let _ = close_checked(f);
-    m.await_crash(pid);
-    fs::remove_file(m.state().join("crash-at")).unwrap();
+    close_as_the_mount_dies(&m, f);
     m.net().up_again();
     m.mount_again();
     for (i, data) in small.iter().enumerate() {
@@ -178,11 +180,7 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     let fresh = random_bytes(4000, 81);
     let mut f = create(&m.join("after-reclaim"));
     f.write_all(&fresh).unwrap();
-    let pid = m.pid().unwrap();
-    fs::write(m.state().join("crash-at"), "close.done").unwrap();
-    let _ = close_checked(f);
-    m.await_crash(pid);
-    fs::remove_file(m.state().join("crash-at")).unwrap();
+    close_as_the_mount_dies(&m, f);
     m.mount_again();
     assert_same_bytes(
         &fs::read(m.join("after-reclaim")).unwrap_or_default(),
