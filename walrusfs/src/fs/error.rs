@@ -47,6 +47,10 @@ pub enum FsError {
     /// wrong or the index points at the wrong blob.
     #[error("chunk failed authentication: {0}")]
     Integrity(String),
+    /// The chunk a read looked up moved to another blob before it was fetched (compaction,
+    /// or a newer version stored): the blob's record is gone. Readers look again.
+    #[error("chunk moved while being read: {0}")]
+    Moved(String),
     /// The mount is read-only.
     #[error("read-only filesystem")]
     ReadOnly,
@@ -99,6 +103,7 @@ impl FsError {
             },
             FsError::Network(_) => libc::EIO,
             FsError::Integrity(_) => libc::EIO,
+            FsError::Moved(_) => libc::EIO,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::TooLarge => libc::EFBIG,

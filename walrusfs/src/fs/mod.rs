@@ -141,8 +141,10 @@ pub(crate) enum FetchError {
     Network(String),
     /// The blob came back verified but the chunk failed authentication.
     Integrity(String),
-    /// The index has no record of the blob the chunk points into.
+    /// The index could not be read.
     Index(String),
+    /// The index has no record of the blob the chunk points into any more (it moved).
+    Moved(String),
 }
 
 pub(crate) struct Inner<B: BlobStore> {

@@ -27,6 +27,9 @@ enum Source {
     Hole,
 }
 
+/// How often a read looks its chunks up again when one moved while it was being read (each
+/// move needs a compaction or a newer version committed in between).
+const MOVED_RETRIES: usize = 3;
 /// Sealed chunks waiting to be written into the on-disk cache at most (see `cache_on_disk`).
 const MAX_CACHE_WRITES: usize = 4;
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
@@ -82,16 +85,20 @@ impl<B: BlobStore> Fs<B> {
             return Err(FsError::WouldBlock);
         }
         let sequential = self.note_read(&handle, offset, end, last);
-        match self.read_sources(ino, offset, end, sources, !sequential) {
-            // A journal segment was reclaimed between looking the chunk up and reading it: the
-            // chunk is stored now; look again (a rare race: this may wait for the network even
-            // without `may_wait`).
-            Err(FsError::Journal(JournalError::Gone(_))) => {
-                let sources = self.sources(ino, file.as_ref(), first, last)?;
-                self.read_sources(ino, offset, end, sources, !sequential)
+        let mut result = self.read_sources(ino, offset, end, sources, !sequential);
+        for _ in 0..MOVED_RETRIES {
+            match result {
+                // A journal segment was reclaimed, or a stored chunk moved to another blob,
+                // between looking the chunk up and reading it: look again (a rare race: this
+                // may wait for the network even without `may_wait`).
+                Err(FsError::Journal(JournalError::Gone(_)) | FsError::Moved(_)) => {
+                    let sources = self.sources(ino, file.as_ref(), first, last)?;
+                    result = self.read_sources(ino, offset, end, sources, !sequential);
+                }
+                _ => break,
             }
-            other => other,
         }
+        result
     }
 
     /// Bytes `offset..end` of `ino` from `sources`, the places of its chunks.
@@ -172,10 +179,12 @@ impl<B: BlobStore> Fs<B> {
                     return Ok(vec![0; visible as usize]);
                 };
                 let len = u64::from(r.len);
-                (
-                    self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?,
-                    len,
-                )
+                match self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r)) {
+                    Ok(data) => (data, len),
+                    // Moved to another blob since it was looked up: look again.
+                    Err(FsError::Moved(_)) => return self.chunk_content(file, idx),
+                    Err(e) => return Err(e),
+                }
             }
         };
         let valid = valid.min(visible);
@@ -357,7 +366,7 @@ impl<B: BlobStore> Fs<B> {
             .inner
             .index
             .blob(&r.blob_id)?
-            .ok_or_else(|| FsError::Network(format!("no record of blob {}", r.blob_id)))?;
+            .ok_or_else(|| FsError::Moved(format!("no record of blob {}", r.blob_id)))?;
         let sealed = self
             .inner
             .store
@@ -433,6 +442,7 @@ impl<B: BlobStore> Fs<B> {
                 FetchError::Integrity(e) => FsError::Integrity(e),
                 FetchError::Network(e) => FsError::Network(e),
                 FetchError::Index(e) => FsError::Network(e),
+                FetchError::Moved(e) => FsError::Moved(e),
             }
         })
     }
@@ -510,7 +520,7 @@ impl<B: BlobStore> Fs<B> {
             .index
             .blob(&r.blob_id)
             .map_err(|e| FetchError::Index(e.to_string()))?
-            .ok_or_else(|| FetchError::Index(format!("no record of blob {}", r.blob_id)))?;
+            .ok_or_else(|| FetchError::Moved(format!("no record of blob {}", r.blob_id)))?;
         // INV: at most `fetch_slots()` whole chunks are on their way in at once (memory).
         let _slot = self
             .inner
