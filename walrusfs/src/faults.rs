@@ -5,6 +5,12 @@
 //! registers its state directory with [`arm_from`]). Without the feature every point compiles
 //! to nothing.
 //!
+//! A test can also hold back some background work with a file `STATE/NAME` ([`held`]):
+//! - `hold-index-log`: nothing hands the index's log to the kernel in the background (sled's
+//!   timer, the close's queued flush, the uploader, which makes the index durable before each
+//!   upload), so a kill loses every index change no close, fsync or sync made durable (sled's
+//!   timer is read when the index is opened, the rest each time).
+//!
 //! Points (named `layer.step`):
 //! - `publish.parts_stored`: an index record is stored, no root record names it yet;
 //! - `publish.root_written`: the root record is on `n - f` nodes, the local index does not yet
@@ -19,6 +25,24 @@ pub const CRASH_FILE: &str = "crash-at";
 
 #[cfg(feature = "faults")]
 static STATE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// See the module doc.
+pub const HOLD_INDEX_LOG: &str = "hold-index-log";
+
+/// Whether a test holds back `what` (a file `STATE/what` exists). Always false without the
+/// feature.
+#[inline]
+pub fn held(what: &str) -> bool {
+    #[cfg(feature = "faults")]
+    {
+        STATE.get().is_some_and(|s| s.join(what).exists())
+    }
+    #[cfg(not(feature = "faults"))]
+    {
+        let _ = what;
+        false
+    }
+}
 
 /// Lets a `STATE/crash-at` file arm crash points in this process.
 pub fn arm_from(state: &Path) {

@@ -188,10 +188,6 @@ impl<B: BlobStore> Fs<B> {
             return self.sync_file(&file);
         }
         let index = &self.inner.index;
-        // Every index change made before the records this close appends (the file's creation,
-        // a truncation, ...): those the records depend on.
-        let before = index.committed();
-        let records_pending = file.lock().buf.has_dirty();
         self.spill_until(&file, None, may_wait)?;
         if !handle.wrote.load(Ordering::Acquire) {
             // Nothing was written through this handle (a shell's `> f` closes its first
@@ -201,17 +197,18 @@ impl<B: BlobStore> Fs<B> {
             return Ok(());
         }
         // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
-        // data (written to the kernel), and the index changes the data depends on (its name,
-        // a truncation) are handed to the kernel too. The commit of the new records need not
-        // be (it is often deferred to the next transaction): the next mount replays the
-        // records the index lacks, with the mode, owner and atime changes they carry. An
-        // attribute-only commit (no record to replay) must be.
-        let through = if records_pending {
-            before
-        } else {
-            index.committed()
-        };
-        index.flush_log_through(through)?;
+        // data (written to the kernel), and the index changes the data depends on are handed
+        // to the kernel too: a truncation, a link, an attribute-only commit, any change of the
+        // file the records do not carry, or, for a file created moments ago, only what its
+        // creation record relies on (the parent's mkdir, the removal of an earlier file of that
+        // name; see `index::fresh`). The commit of the new records need not be (it is often
+        // deferred to the next transaction): the next mount replays the records the index
+        // lacks, with the mode, owner and atime changes they carry, creating the file from its
+        // creation record if the index lost it.
+        index.flush_log_through(index.creation_guard(handle.ino))?;
+        // What the close did not wait for goes to the kernel soon, off this thread: one flush
+        // for the closes of many files.
+        self.log_index_soon();
         // Tests die here: the state a kill right after close returns leaves.
         crate::faults::crash_point("close.done");
         Ok(())
@@ -220,7 +217,8 @@ impl<B: BlobStore> Fs<B> {
     /// Hands the index's committed changes to the kernel soon, on a blocking-pool thread;
     /// at most one such flush is queued at a time.
     pub(crate) fn log_index_soon(&self) {
-        if !self.inner.index.queue_log_flush() {
+        if crate::faults::held(crate::faults::HOLD_INDEX_LOG) || !self.inner.index.queue_log_flush()
+        {
             return;
         }
         let index = self.inner.index.clone();
@@ -309,7 +307,15 @@ impl<B: BlobStore> Fs<B> {
         loop {
             let need = {
                 let st = file.lock();
-                Journal::needed(st.buf.dirty(only).iter().map(|(_, d)| sealed_len(d.len())))
+                // The dirty chunks, and a creation record in case one goes ahead of them.
+                let dirty = st.buf.dirty(only);
+                let creation = (!dirty.is_empty()).then_some(crate::journal::MAX_CREATION);
+                Journal::needed(
+                    dirty
+                        .iter()
+                        .map(|(_, d)| sealed_len(d.len()))
+                        .chain(creation),
+                )
             };
             if need + self.inner.journal.bytes() > self.inner.journal.max_bytes() {
                 // Full: make sure the uploader and the reclaimer are at it, then wait.
@@ -397,26 +403,41 @@ impl<B: BlobStore> Fs<B> {
         // Mode, owner and atime changes waiting for this data go with its first record, so a
         // replay restores them with it.
         let attrs = b.set.as_ref().map(record_attrs);
-        let items: Vec<Append<'_>> = sealed
-            .iter()
-            .enumerate()
-            .map(|(i, (idx, place, stored_len, body))| Append {
-                attrs: if i == 0 { attrs } else { None },
-                header: EntryHeader {
-                    seq: 0,
-                    ino,
-                    chunk: *idx,
-                    version: place.version,
-                    salt: place.salt,
-                    stored_len: *stored_len,
-                    size: b.size,
-                    mtime: b.mtime,
-                    ctime: b.ctime,
-                },
-                body,
-            })
-            .collect();
         let index = &self.inner.index;
+        // A file whose creation the index may still lose to a kill: the creation goes first,
+        // so a replay can create the file for its data (see `index::fresh`).
+        let creation = index
+            .fresh_creation(ino)
+            .map(|c| (c.header(ino), c.encode()));
+        let creation_item = creation.as_ref().map(|(header, body)| Append {
+            header: *header,
+            attrs: None,
+            body,
+        });
+        let skip = usize::from(creation_item.is_some());
+        let items: Vec<Append<'_>> = creation_item
+            .into_iter()
+            .chain(
+                sealed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (idx, place, stored_len, body))| Append {
+                        attrs: if i == 0 { attrs } else { None },
+                        header: EntryHeader {
+                            seq: 0,
+                            ino,
+                            chunk: *idx,
+                            version: place.version,
+                            salt: place.salt,
+                            stored_len: *stored_len,
+                            size: b.size,
+                            mtime: b.mtime,
+                            ctime: b.ctime,
+                        },
+                        body,
+                    }),
+            )
+            .collect();
         // A close of a small file (all of it journaled) leaves its commit to the next index
         // transaction, usually the next file's create. What close promises still holds: the
         // next mount replays the records the index lacks, with the attribute changes they
@@ -434,6 +455,7 @@ impl<B: BlobStore> Fs<B> {
                     let mut commits: Vec<JournalCommit> = items
                         .iter()
                         .zip(assigned)
+                        .skip(skip)
                         .map(|(item, (seq, loc))| commit_of(&item.header, *seq, loc))
                         .collect();
                     if let Some(first) = commits.first_mut() {
@@ -561,6 +583,33 @@ fn commit_of(h: &EntryHeader, seq: u64, loc: &crate::journal::Loc) -> JournalCom
 pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
     let mark = index.journal_mark()?;
     let todo: Vec<&Record> = records.iter().filter(|r| r.header.seq > mark).collect();
+    // First the files whose creation the index lost (see `index::fresh`), so their data,
+    // whichever record carries it, has a file to go in; chunk versions past any their records
+    // used.
+    let mut versions_used: std::collections::HashMap<u64, u64> = Default::default();
+    for r in todo.iter().filter(|r| r.creation.is_none()) {
+        let v = versions_used.entry(r.header.ino).or_default();
+        *v = (*v).max(r.header.version.saturating_add(1));
+    }
+    for r in &todo {
+        let Some(c) = &r.creation else {
+            continue;
+        };
+        let ino = r.header.ino;
+        let next_version = versions_used.get(&ino).copied().unwrap_or(0);
+        match index.recreate_file(ino, c, next_version) {
+            Ok(Some((dir, name))) => {
+                let name = String::from_utf8_lossy(&name);
+                if dir != c.parent || name.as_bytes() != c.name.as_slice() {
+                    tracing::warn!(ino, dir, %name, "a file whose creation a crash lost was recreated elsewhere: its directory or name is gone");
+                } else {
+                    tracing::info!(ino, dir, %name, "recreated a file whose creation a crash lost");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     for batch in todo.chunks(REPLAY_BATCH) {
         let commits: Vec<JournalCommit> = batch
             .iter()

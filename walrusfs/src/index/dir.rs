@@ -1,12 +1,15 @@
 //! Directory operations: lookup, readdir, create, link, unlink, rmdir.
 
 use super::error::{IndexError, Result};
-use super::layout::{decode, ino_key, pair_key, validate_name, Counters, TreeId, SYMLINK_MAX};
+use super::layout::{
+    decode, ino_key, pair_key, validate_name, Counters, TreeId, NAME_MAX, SYMLINK_MAX,
+};
 use super::params::{NewNode, Unlinked};
 use super::scan::Scan;
 use super::tx::{abort, pair_index};
 use super::types::{DirEntry, FileKind, Ino, InodeAttr, Timestamp};
-use super::{Index, FIRST_VERSION};
+use super::{Index, FIRST_VERSION, ROOT_INO};
+use crate::journal::Creation;
 
 /// How often a read retries when a concurrent mutation removed what it was reading, before
 /// calling the index corrupt. One retry suffices for any real race; a few more are cheap.
@@ -130,7 +133,7 @@ impl Index {
             (None, _) => 0,
         };
         let _w = self.write_lock();
-        self.transact(&Scan::default(), |tx| {
+        let attr = self.transact(&Scan::default(), |tx| {
             tx.need_dir(parent)?;
             if tx.dirent(parent, name)?.is_some() {
                 return abort(IndexError::Exists);
@@ -146,25 +149,7 @@ impl Index {
                 c.inodes += 1;
                 Ok(())
             })?;
-            let attr = InodeAttr {
-                ino,
-                kind: node.kind,
-                perm: node.perm & 0o7777,
-                uid: node.uid,
-                gid: node.gid,
-                nlink: if node.kind == FileKind::Dir { 2 } else { 1 },
-                size,
-                atime: now,
-                mtime: now,
-                ctime: now,
-                crtime: now,
-                rdev: node.rdev,
-                next_version: if node.kind == FileKind::File {
-                    FIRST_VERSION + super::CREATOR_VERSIONS
-                } else {
-                    FIRST_VERSION
-                },
-            };
+            let attr = new_inode(ino, &node, size, now);
             tx.put_inode(&attr)?;
             if let Some(target) = &node.symlink_target {
                 tx.put(TreeId::Symlinks, &ino_key(ino), target.as_slice())?;
@@ -177,6 +162,68 @@ impl Index {
             tx.touch_dir(parent, now)?;
             tx.insert_dirent(parent, name, ino, node.kind)?;
             Ok(attr)
+        })?;
+        self.note_created(parent, name, &attr, self.committed());
+        Ok(attr)
+    }
+
+    /// Creates regular file `ino` again from its journal creation record, if the index lacks
+    /// it (a killed mount lost the transaction that created it; see `index::fresh`), with
+    /// chunk versions from `min_next_version` on free. Returns the name it got, or None if the
+    /// inode exists.
+    ///
+    /// It goes where it was created. Should that directory be gone, or the name taken (which
+    /// the close that wrote the record rules out), it goes in the root, or under the name with
+    /// `.recovered-INO` appended: found, not lost. Errors: `InvalidArgument` (`ino` is the root
+    /// or beyond the inode counter's range).
+    pub fn recreate_file(
+        &self,
+        ino: Ino,
+        c: &Creation,
+        min_next_version: u64,
+    ) -> Result<Option<(Ino, Vec<u8>)>> {
+        if ino <= ROOT_INO || ino == u64::MAX {
+            return Err(IndexError::InvalidArgument("recreated inode number"));
+        }
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            if tx.inode(ino)?.is_some() {
+                return Ok(None);
+            }
+            let parent = match tx.inode(c.parent)? {
+                Some(p) if p.kind == FileKind::Dir && p.nlink > 0 => c.parent,
+                _ => ROOT_INO,
+            };
+            let mut name = c.name.clone();
+            if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
+                let suffix = format!(".recovered-{ino}");
+                name.truncate(NAME_MAX - suffix.len());
+                name.extend_from_slice(suffix.as_bytes());
+                if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
+                    name = suffix.trim_start_matches('.').as_bytes().to_vec();
+                }
+            }
+            tx.update_counters(|counters: &mut Counters| {
+                // INV: inode numbers are never reused: the counter moves past this one.
+                counters.next_ino = counters.next_ino.max(ino + 1);
+                counters.inodes += 1;
+                Ok(())
+            })?;
+            let node = NewNode {
+                kind: FileKind::File,
+                perm: c.perm,
+                uid: c.uid,
+                gid: c.gid,
+                rdev: 0,
+                symlink_target: None,
+            };
+            let mut attr = new_inode(ino, &node, 0, c.time);
+            // INV: versions the lost creator may have used are never handed out again.
+            attr.next_version = attr.next_version.max(min_next_version);
+            tx.put_inode(&attr)?;
+            tx.touch_dir(parent, c.time)?;
+            tx.insert_dirent(parent, &name, ino, FileKind::File)?;
+            Ok(Some((parent, name)))
         })
     }
 
@@ -194,7 +241,7 @@ impl Index {
     ) -> Result<InodeAttr> {
         validate_name(new_name)?;
         let _w = self.write_lock();
-        self.transact(&Scan::default(), |tx| {
+        let attr = self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             if attr.kind == FileKind::Dir {
                 return abort(IndexError::NotPermitted);
@@ -216,7 +263,9 @@ impl Index {
             tx.touch_dir(new_parent, now)?;
             tx.insert_dirent(new_parent, new_name, ino, attr.kind)?;
             Ok(attr)
-        })
+        })?;
+        self.note_touched(ino, self.committed());
+        Ok(attr)
     }
 
     /// Removes entry `name` (not a directory) from `parent`. The inode loses a link (ctime
@@ -263,6 +312,9 @@ impl Index {
                 }))
             })?;
             if let Some(unlinked) = done {
+                let at = self.committed();
+                self.note_touched(unlinked.ino, at);
+                self.note_freed(parent, name, at);
                 return Ok(unlinked);
             }
         }
@@ -279,7 +331,7 @@ impl Index {
         let _w = self.writer()?;
         // The writer lock is held: the entry read here is the one the transaction sees.
         let scan = self.scan_for_free(self.trees.dirent(parent, name)?.map(|e| e.ino))?;
-        self.transact(&scan, |tx| {
+        let ino = self.transact(&scan, |tx| {
             tx.need_dir(parent)?;
             let Some(entry) = tx.dirent(parent, name)? else {
                 return abort(IndexError::NotFound);
@@ -296,6 +348,34 @@ impl Index {
             tx.touch_dir(parent, now)?;
             tx.free_inode(&attr)?;
             Ok(entry.ino)
-        })
+        })?;
+        let at = self.committed();
+        self.note_touched(ino, at);
+        self.note_freed(parent, name, at);
+        Ok(ino)
+    }
+}
+
+/// A new inode's attributes: times all `now`, one link (a directory two), the first chunk
+/// versions reserved for a regular file's creator.
+fn new_inode(ino: Ino, node: &NewNode, size: u64, now: Timestamp) -> InodeAttr {
+    InodeAttr {
+        ino,
+        kind: node.kind,
+        perm: node.perm & 0o7777,
+        uid: node.uid,
+        gid: node.gid,
+        nlink: if node.kind == FileKind::Dir { 2 } else { 1 },
+        size,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: node.rdev,
+        next_version: if node.kind == FileKind::File {
+            FIRST_VERSION + super::CREATOR_VERSIONS
+        } else {
+            FIRST_VERSION
+        },
     }
 }

@@ -46,7 +46,7 @@ impl Index {
             self.write_lock()
         };
         let scan = self.scan_cut(ino, changes.size)?;
-        self.transact(&scan, |tx| {
+        let attr = self.transact(&scan, |tx| {
             let mut attr = tx.need_inode(ino)?;
             if changes == SetAttr::default() {
                 return Ok(attr);
@@ -69,7 +69,9 @@ impl Index {
             attr.ctime = changes.ctime.unwrap_or(now);
             tx.put_inode(&attr)?;
             Ok(attr)
-        })
+        })?;
+        self.note_touched(ino, self.committed());
+        Ok(attr)
     }
 
     /// Sets a file's size inside a transaction: cuts the chunk map when shrinking and keeps
@@ -224,6 +226,7 @@ impl Index {
             tx.put_inode(&attr)?;
             Ok(Commit::Done(attr))
         })?;
+        self.note_touched(ino, self.committed());
         match outcome {
             Commit::Done(attr) => Ok(attr),
             Commit::Rejected(err) => {
@@ -238,7 +241,7 @@ impl Index {
     /// [`Index::flush`] returns. Errors: `NotFound`, `InvalidArgument` (counter overflow).
     pub fn reserve_versions(&self, ino: Ino, count: u64) -> Result<u64> {
         let _w = self.write_lock();
-        self.transact(&Scan::default(), |tx| {
+        let first = self.transact(&Scan::default(), |tx| {
             let mut attr = tx.need_inode(ino)?;
             let first = attr.next_version;
             // INV: `next_version` only grows, so a version is never handed out twice.
@@ -248,7 +251,9 @@ impl Index {
             };
             tx.put_inode(&attr)?;
             Ok(first)
-        })
+        })?;
+        self.note_touched(ino, self.committed());
+        Ok(first)
     }
 
     /// Called at the last close of `ino`: if it is an orphan, frees it (chunks to GC).

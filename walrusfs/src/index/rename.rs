@@ -67,11 +67,13 @@ impl Index {
                 self.writer()?
             };
             let scan = self.scan_for_free(expected)?;
+            let moved = std::cell::Cell::new(None);
             let done = self.transact(&scan, |tx| {
                 tx.need_dir(parent)?;
                 let Some(s) = tx.dirent(parent, name)? else {
                     return abort(IndexError::NotFound);
                 };
+                moved.set(Some(s.ino));
                 tx.need_dir(new_parent)?;
                 let d = tx.dirent(new_parent, new_name)?;
                 if d.map(|e| e.ino) != expected {
@@ -80,6 +82,13 @@ impl Index {
                 rename_tx(tx, src, s, dst, d, flags, now, open).map(Some)
             })?;
             if let Some(outcome) = done {
+                // The moved inode and a replaced one changed; the source name was freed (an
+                // exchange frees none, but counting it costs at most a flush).
+                let at = self.committed();
+                for ino in [moved.get(), expected].into_iter().flatten() {
+                    self.note_touched(ino, at);
+                }
+                self.note_freed(parent, name, at);
                 return Ok(outcome);
             }
         }

@@ -54,7 +54,9 @@ impl Index {
             tx.put(TreeId::Xattrs, &key, value)?;
             attr.ctime = now;
             tx.put_inode(&attr)
-        })
+        })?;
+        self.note_touched(ino, self.committed());
+        Ok(())
     }
 
     /// The names of the xattrs of `ino`, in byte order. Errors: `NotFound`.
@@ -85,6 +87,8 @@ impl Index {
             }
             attr.ctime = now;
             tx.put_inode(&attr)
-        })
+        })?;
+        self.note_touched(ino, self.committed());
+        Ok(())
     }
 }

@@ -14,6 +14,15 @@
 //! is the original format, read as "no changes". (A reader older than the extension decodes the
 //! header and ignores it: it would replay the data without those changes.)
 //!
+//! A **creation record** (`stored_len` = [`CREATION`], no sealed chunk is that long) carries
+//! no chunk: its body is `postcard(Creation)`, the creation of regular file `ino` (parent,
+//! name, mode, owner, time), written before the file's first data record when the index's own
+//! record of that creation may not yet be in the kernel (see `Index::creation_guard`). A
+//! replay creates the file from it if the index lacks it. Such a body is not secret: names,
+//! modes and owners are in the local index too. (A reader older than creation records skips
+//! them, as their body length never matches a sealed chunk's: it would replay the data of a
+//! file whose creation the index lost into nothing, i.e. lose that file, and nothing else.)
+//!
 //! A record whose checksum does not match, or that runs past the end of its segment, is a
 //! write the crash interrupted: it and everything after it in the segment are cut off at replay.
 
@@ -66,6 +75,64 @@ pub struct RecordAttrs {
     pub gid: Option<u32>,
     /// New access time.
     pub atime: Option<Timestamp>,
+}
+
+/// `EntryHeader::stored_len` of a creation record.
+pub const CREATION: u32 = u32::MAX;
+
+/// Largest creation body accepted (a 255-byte name and a few varints; anything bigger is
+/// damage).
+pub const MAX_CREATION: usize = 512;
+
+/// The body of a creation record: regular file `EntryHeader::ino` was created as `name` in
+/// directory `parent`, with these mode bits and owner, at `time` (its atime, mtime, ctime and
+/// crtime).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creation {
+    /// The directory it was created in.
+    pub parent: u64,
+    /// Its name there.
+    pub name: Vec<u8>,
+    /// Permission bits.
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// When.
+    pub time: Timestamp,
+}
+
+impl Creation {
+    /// The header of the creation record of file `ino` (its `seq` is assigned at append).
+    pub fn header(&self, ino: u64) -> EntryHeader {
+        EntryHeader {
+            seq: 0,
+            ino,
+            chunk: 0,
+            version: 0,
+            salt: [0; 16],
+            stored_len: CREATION,
+            size: 0,
+            mtime: self.time,
+            ctime: self.time,
+        }
+    }
+
+    /// Its body.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding a plain struct cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a body; None if it is damaged.
+    pub fn decode(body: &[u8]) -> Option<Creation> {
+        if body.len() > MAX_CREATION {
+            return None;
+        }
+        let c: Creation = postcard::from_bytes(body).ok()?;
+        (!c.name.is_empty() && c.name.len() <= 255).then_some(c)
+    }
 }
 
 /// Decodes a record header: the entry header and, if present, its attribute extension. None
@@ -162,5 +229,25 @@ mod tests {
         assert_eq!(decode_header(&with), Some((h, Some(attrs))));
         with.push(0);
         assert_eq!(decode_header(&with), None, "trailing bytes are damage");
+
+        let c = Creation {
+            parent: 1,
+            name: b"f".to_vec(),
+            perm: 0o644,
+            uid: 1000,
+            gid: 1000,
+            time: Timestamp { secs: 3, nanos: 4 },
+        };
+        // Varints: parent, name length and bytes, 0o644 = 420 = 0xa4 0x03, 1000 = 0xe8 0x07,
+        // secs zigzag, nanos.
+        let body = [1, 1, b'f', 0xa4, 0x03, 0xe8, 0x07, 0xe8, 0x07, 6, 4];
+        assert_eq!(c.encode(), body);
+        assert_eq!(Creation::decode(&body), Some(c.clone()));
+        assert_eq!(Creation::decode(&body[..5]), None, "cut short");
+        assert_eq!(c.header(9).stored_len, u32::MAX);
+        assert!(
+            crate::data::crypto::sealed_len(CREATION as usize) > MAX_CREATION,
+            "a creation body never has the length a chunk record's header announces"
+        );
     }
 }

@@ -20,8 +20,14 @@
 //! is made durable, the journal is fsynced ([`Journal::sync`]), so a durable index never points
 //! at records a power cut could lose.
 //!
+//! A close of a file created moments ago also appends the file's creation (a creation record,
+//! see [`format`]) ahead of its data, so the index's own record of the creation need not be
+//! in the kernel when the close returns: a replay creates the file from it if the index lost
+//! it (see `index::fresh` for when that is sound).
+//!
 //! The journal holds only sealed (encrypted) chunks; headers carry inode numbers, chunk
-//! indexes, sizes and times, as the local index does.
+//! indexes, sizes and times, and creation records names, modes and owners, as the local index
+//! does.
 
 pub mod format;
 
@@ -37,7 +43,7 @@ use format::{
     checksum, decode_header, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX,
     SEGMENT_HEADER,
 };
-pub use format::{EntryHeader, RecordAttrs};
+pub use format::{Creation, EntryHeader, RecordAttrs, CREATION, MAX_CREATION};
 
 /// Segment files are rotated at this size: big enough that a segment holds many records, small
 /// enough that one pending record keeps little else on disk.
@@ -92,6 +98,8 @@ pub struct Record {
     pub header: EntryHeader,
     /// Attribute changes it carries.
     pub attrs: Option<RecordAttrs>,
+    /// A creation record's creation (its body, decoded).
+    pub creation: Option<Creation>,
     /// Where its body is.
     pub loc: Loc,
 }
@@ -413,12 +421,7 @@ impl Journal {
     pub fn reclaim(&self, keep_from: u64) -> Result<u64, JournalError> {
         let mut st = self.lock();
         let cur = st.current.as_ref().map(|c| c.number);
-        let dead: Vec<u64> = st
-            .segments
-            .iter()
-            .filter(|(n, s)| s.last_seq < keep_from && (Some(**n) != cur || s.last_seq > 0))
-            .map(|(n, _)| *n)
-            .collect();
+        let dead = dead_segments(&st, keep_from);
         let mut freed = 0;
         for n in dead {
             if Some(n) == cur {
@@ -445,6 +448,22 @@ impl Journal {
         }
         Ok(freed)
     }
+
+    /// Whether [`Journal::reclaim`] with `keep_from` would delete a segment.
+    pub fn reclaimable(&self, keep_from: u64) -> bool {
+        !dead_segments(&self.lock(), keep_from).is_empty()
+    }
+}
+
+/// The segments holding only records before `keep_from` (the current one only if it holds
+/// any record).
+fn dead_segments(st: &State, keep_from: u64) -> Vec<u64> {
+    let cur = st.current.as_ref().map(|c| c.number);
+    st.segments
+        .iter()
+        .filter(|(n, s)| s.last_seq < keep_from && (Some(**n) != cur || s.last_seq > 0))
+        .map(|(n, _)| *n)
+        .collect()
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -497,9 +516,18 @@ fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalE
         let Some((h, attrs)) = decode_header(&header) else {
             break;
         };
+        let creation = if h.stored_len == CREATION {
+            let Some(c) = Creation::decode(&body) else {
+                break;
+            };
+            Some(c)
+        } else {
+            None
+        };
         records.push(Record {
             header: h,
             attrs,
+            creation,
             loc: Loc {
                 segment: number,
                 offset: pos + RECORD_PREFIX as u64 + u64::from(header_len),

@@ -6,6 +6,7 @@
 mod crash;
 mod dir;
 mod file;
+mod fresh;
 #[cfg(feature = "faults")]
 mod fuzz;
 mod model;
