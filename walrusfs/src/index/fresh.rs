@@ -19,8 +19,8 @@
 //! for that change, and so the creation, to be handed over, as a close always did before.
 //!
 //! Every map holds only changes not yet handed to the kernel, and is pruned when sled's log
-//! is ([`Fresh::prune`]); every close queues that (`Fs::log_index_soon`), so the maps hold the
-//! changes of a moment.
+//! is ([`Fresh::prune`]); the filesystem's flusher does that every half second
+//! (`Fs::log_index_soon`), so the maps hold the changes of about that long.
 
 use std::collections::HashMap;
 
