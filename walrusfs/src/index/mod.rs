@@ -310,11 +310,15 @@ impl Index {
         // Deferred journal commits are part of "every change so far".
         self.commit_deferred()?;
         let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _r = self.read_lock();
-        let through = self.write_log()?;
+        let through = {
+            let _r = self.read_lock();
+            self.write_log()?
+        };
         // sled 0.34 makes its log stable with sync_file_range on Linux, which neither writes
         // the file's metadata (its grown size) nor flushes the disk's write cache: enough for
-        // a killed process, not for a power cut. An fsync of the same file covers both.
+        // a killed process, not for a power cut. An fsync of the same file covers both, and
+        // everything written to it before: it needs no lock, so transactions (a create) need
+        // not wait for the disk meanwhile.
         self.log_file.sync_all().map_err(sled::Error::Io)?;
         self.note_logged(through);
         Ok(())
