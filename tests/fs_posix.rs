@@ -1145,6 +1145,67 @@ fn permissions_are_enforced_for_other_users() {
 }
 
 #[test]
+fn writes_and_truncations_drop_setuid_setgid_and_capabilities() {
+    // As Linux does for a local file (`file_remove_privs`), which the mount does itself
+    // (FUSE_HANDLE_KILLPRIV_V2): a write or truncation by a caller without CAP_FSETID drops
+    // setuid, and setgid if group-executable; any write drops the capabilities xattr.
+    let d = m().fresh_dir("killpriv");
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+    let f = d.join("tool");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let append = format!("echo more >> '{}'", f.display());
+    let truncate = format!("truncate -s 3 '{}'", f.display());
+
+    chmod(&f, 0o6777);
+    assert_ok(&sh_as_nobody(&append), "nobody appends to a 6777 file");
+    assert_eq!(
+        mode(&f),
+        0o0777,
+        "a write by another user drops setuid and setgid"
+    );
+    assert!(
+        fs::read(&f).unwrap().ends_with(b"more\n"),
+        "and the write went in"
+    );
+    chmod(&f, 0o6767);
+    assert_ok(&sh_as_nobody(&append), "nobody appends to a 6767 file");
+    assert_eq!(mode(&f), 0o2767, "setgid without group execute stays");
+    chmod(&f, 0o6777);
+    assert_ok(&sh_as_nobody(&truncate), "nobody truncates a 6777 file");
+    assert_eq!(
+        mode(&f),
+        0o0777,
+        "a truncation by another user drops them too"
+    );
+    assert_eq!(fs::metadata(&f).unwrap().len(), 3);
+
+    chmod(&f, 0o6755);
+    let mut w = OpenOptions::new().append(true).open(&f).unwrap();
+    w.write_all(b"root\n").unwrap();
+    drop(w);
+    assert_eq!(mode(&f), 0o6755, "root (CAP_FSETID) keeps them");
+
+    // struct vfs_cap_data, revision 2: effective, permitted = CAP_NET_RAW (13).
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap.extend_from_slice(&(1u32 << 13).to_le_bytes());
+    cap.extend_from_slice(&[0; 12]);
+    setxattr(&f, "security.capability", &cap, 0).unwrap();
+    assert_eq!(getxattr(&f, "security.capability").unwrap(), cap);
+    let mut w = OpenOptions::new().append(true).open(&f).unwrap();
+    w.write_all(b"again\n").unwrap();
+    drop(w);
+    assert_errno(
+        getxattr(&f, "security.capability"),
+        libc::ENODATA,
+        "a write, even by root, drops the capabilities",
+    );
+    assert_eq!(mode(&f), 0o6755);
+}
+
+#[test]
 fn extended_attributes() {
     let d = m().fresh_dir("xattr");
     let f = d.join("f");

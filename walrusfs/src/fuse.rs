@@ -16,7 +16,7 @@ use tracing::debug_span;
 use netcore::metrics as m;
 
 use crate::data::store::BlobStore;
-use crate::fs::{Attr, Fs, FsError, FsResult, RequestCtx};
+use crate::fs::{suidgid_to_drop, Attr, Fs, FsError, FsResult, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
@@ -219,6 +219,10 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // The filesystem drops setuid, setgid and capabilities on write (`write`, `setattr`):
+        // otherwise the kernel asks for `security.capability` before every write, a round trip
+        // each (as many as the writes themselves for `tar -x`).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         tracing::info!(chunk_size = self.fs.chunk_size(), "filesystem mounted");
         Ok(())
     }
@@ -260,7 +264,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -278,8 +282,21 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     ) {
         begin("setattr");
         let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let mut perm = mode.map(|m| (m & 0o7777) as u16);
+        if size.is_some() && perm.is_none() && req.uid() != 0 {
+            // FUSE_HANDLE_KILLPRIV_V2 leaves dropping setuid and setgid on a truncation to the
+            // filesystem when the caller lacks CAP_FSETID. fuser does not pass the kernel's
+            // flag saying so (FATTR_KILL_SUIDGID): a caller other than root stands for it.
+            match self.fs.getattr(ino.0) {
+                Ok(a) if suidgid_to_drop(a.perm) != 0 => {
+                    perm = Some(a.perm & !suidgid_to_drop(a.perm));
+                }
+                Ok(_) => {}
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
         let changes = SetAttr {
-            perm: mode.map(|m| (m & 0o7777) as u16),
+            perm,
             uid,
             gid,
             size,
@@ -489,7 +506,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -497,6 +514,11 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         begin("write");
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         metrics::counter!(m::WRITTEN_BYTES).increment(data.len() as u64);
+        // FUSE_HANDLE_KILLPRIV_V2: the kernel sets this flag when the writer lacks CAP_FSETID.
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if let Err(e) = self.fs.drop_privileges_for_write(ino.0, kill) {
+            return reply.error(errno(e));
+        }
         match self.fs.write_nowait(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(FsError::WouldBlock) => {

@@ -37,6 +37,19 @@ pub struct StatFs {
 
 /// `S_ISGID`: new entries of a setgid directory take its group; subdirectories inherit it.
 const SETGID: u16 = 0o2000;
+/// `S_ISUID`.
+const SETUID: u16 = 0o4000;
+/// `S_IXGRP`: a setgid file without it is not a setgid executable, and keeps the bit.
+const GROUP_EXEC: u16 = 0o010;
+/// The xattr holding a file's capabilities; a write removes it, as it removes setuid.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// The setuid and setgid bits of `perm` that a write or truncation by a caller without
+/// `CAP_FSETID` clears (Linux's `setattr_should_drop_suidgid`).
+pub fn suidgid_to_drop(perm: u16) -> u16 {
+    let sgid = if perm & GROUP_EXEC != 0 { SETGID } else { 0 };
+    perm & (SETUID | sgid)
+}
 
 impl<B: BlobStore> Fs<B> {
     /// Attributes of `ino`.
@@ -304,6 +317,36 @@ impl<B: BlobStore> Fs<B> {
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         self.inner.check_writable()?;
         Ok(self.inner.index.remove_xattr(ino, name, Timestamp::now())?)
+    }
+
+    /// What a write does to a regular file's privileges before its data goes in, as Linux
+    /// does it (`file_remove_privs`): its capabilities xattr goes, and, with `suidgid` (the
+    /// writer lacks `CAP_FSETID`), its setuid bit and its setgid bit if group-executable. The
+    /// FUSE layer asks the kernel to leave this to the filesystem (`FUSE_HANDLE_KILLPRIV_V2`),
+    /// which spares every write a round trip asking for `security.capability`. Costs two
+    /// index reads when there is nothing to drop.
+    pub fn drop_privileges_for_write(&self, ino: Ino, suidgid: bool) -> FsResult<()> {
+        if suidgid {
+            let attr = self.getattr(ino)?;
+            let drop = suidgid_to_drop(attr.perm);
+            if attr.kind == FileKind::File && drop != 0 {
+                self.setattr(
+                    ino,
+                    SetAttr {
+                        perm: Some(attr.perm & !drop),
+                        ..SetAttr::default()
+                    },
+                )?;
+            }
+        }
+        match self.inner.index.get_xattr(ino, CAPABILITY_XATTR) {
+            Ok(_) => match self.removexattr(ino, CAPABILITY_XATTR) {
+                Ok(()) | Err(FsError::Index(crate::index::IndexError::NoData)) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(crate::index::IndexError::NoData) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Totals for statfs.
