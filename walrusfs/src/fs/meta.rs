@@ -323,11 +323,17 @@ impl<B: BlobStore> Fs<B> {
     /// does it (`file_remove_privs`): its capabilities xattr goes, and, with `suidgid` (the
     /// writer lacks `CAP_FSETID`), its setuid bit and its setgid bit if group-executable. The
     /// FUSE layer asks the kernel to leave this to the filesystem (`FUSE_HANDLE_KILLPRIV_V2`),
-    /// which spares every write a round trip asking for `security.capability`. Costs two
-    /// index reads when there is nothing to drop.
+    /// which spares every write a round trip asking for `security.capability`. Costs one or
+    /// two index reads when there is nothing to drop. A file gone meanwhile is left to the
+    /// write to report.
     pub fn drop_privileges_for_write(&self, ino: Ino, suidgid: bool) -> FsResult<()> {
+        use crate::index::IndexError::{NoData, NotFound};
         if suidgid {
-            let attr = self.getattr(ino)?;
+            let attr = match self.getattr(ino) {
+                Ok(a) => a,
+                Err(FsError::Index(NotFound)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             let drop = suidgid_to_drop(attr.perm);
             if attr.kind == FileKind::File && drop != 0 {
                 self.setattr(
@@ -341,10 +347,10 @@ impl<B: BlobStore> Fs<B> {
         }
         match self.inner.index.get_xattr(ino, CAPABILITY_XATTR) {
             Ok(_) => match self.removexattr(ino, CAPABILITY_XATTR) {
-                Ok(()) | Err(FsError::Index(crate::index::IndexError::NoData)) => Ok(()),
+                Ok(()) | Err(FsError::Index(NoData | NotFound)) => Ok(()),
                 Err(e) => Err(e),
             },
-            Err(crate::index::IndexError::NoData) => Ok(()),
+            Err(NoData | NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
