@@ -7,9 +7,10 @@
 //!
 //! A test can also hold back some background work with a file `STATE/NAME` ([`held`]):
 //! - `hold-index-log`: nothing hands the index's log to the kernel in the background (sled's
-//!   timer, the close's queued flush, the uploader, which makes the index durable before each
-//!   upload), so a kill loses every index change no close, fsync or sync made durable (sled's
-//!   timer is read when the index is opened, the rest each time).
+//!   timer, the flusher's tick, the uploader, which makes the index durable before each
+//!   upload), so a kill loses the index changes no close, fsync or sync made durable, except
+//!   those sled wrote out when a later transaction began (sled's timer is read when the index
+//!   is opened, the rest each time).
 //!
 //! Points (named `layer.step`):
 //! - `publish.parts_stored`: an index record is stored, no root record names it yet;

@@ -203,6 +203,7 @@ impl<B: BlobStore> Fs<B> {
         // deferred to the next transaction): the next mount replays the records the index
         // lacks, with the mode, owner and atime changes they carry, creating the file from its
         // creation record if the index lost it.
+        //
         // The rest reaches the kernel with the flusher's next tick (`log_index_soon`): one
         // flush for the closes of many files. (A flush per close, even off this thread, cost
         // the next create its wait for the flush's read lock: 10% of a create loop.)
@@ -597,8 +598,9 @@ pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
         let next_version = versions_used.get(&ino).copied().unwrap_or(0);
         match index.recreate_file(ino, c, next_version) {
             Ok(Some((dir, name))) => {
+                let moved = dir != c.parent || name != c.name;
                 let name = String::from_utf8_lossy(&name);
-                if dir != c.parent || name.as_bytes() != c.name.as_slice() {
+                if moved {
                     tracing::warn!(ino, dir, %name, "a file whose creation a crash lost was recreated elsewhere: its directory or name is gone");
                 } else {
                     tracing::info!(ino, dir, %name, "recreated a file whose creation a crash lost");
