@@ -288,10 +288,12 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             // filesystem when the caller lacks CAP_FSETID. fuser does not pass the kernel's
             // flag saying so (FATTR_KILL_SUIDGID): a caller other than root stands for it.
             match self.fs.getattr(ino.0) {
-                Ok(a) if suidgid_to_drop(a.perm) != 0 => {
-                    perm = Some(a.perm & !suidgid_to_drop(a.perm));
+                Ok(a) => {
+                    let drop = suidgid_to_drop(a.perm);
+                    if drop != 0 {
+                        perm = Some(a.perm & !drop);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => return reply.error(errno(e)),
             }
         }

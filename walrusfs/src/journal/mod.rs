@@ -40,10 +40,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use format::{
-    checksum, decode_header, encode_record, segment_header, MAGIC, MAX_HEADER, RECORD_PREFIX,
-    SEGMENT_HEADER,
+    checksum, decode_header, encode_record, segment_header, CREATION, MAGIC, MAX_HEADER,
+    RECORD_PREFIX, SEGMENT_HEADER,
 };
-pub use format::{Creation, EntryHeader, RecordAttrs, CREATION, MAX_CREATION};
+pub use format::{Creation, EntryHeader, RecordAttrs, MAX_CREATION};
 
 /// Segment files are rotated at this size: big enough that a segment holds many records, small
 /// enough that one pending record keeps little else on disk.
