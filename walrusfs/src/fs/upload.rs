@@ -257,12 +257,12 @@ impl<B: BlobStore> Fs<B> {
             let mut blob = Vec::with_capacity(bytes as usize);
             for r in &records {
                 let j = &r.jchunk;
-                let body = journal.read(&Loc {
+                let loc = Loc {
                     segment: j.segment,
                     offset: j.offset,
                     len: j.sealed_len,
-                })?;
-                blob.extend_from_slice(&body);
+                };
+                journal.read_into(&loc, &mut blob)?;
             }
             Ok::<_, crate::journal::JournalError>(blob)
         })

@@ -373,6 +373,14 @@ impl Journal {
 
     /// Reads a record's body.
     pub fn read(&self, loc: &Loc) -> Result<Vec<u8>, JournalError> {
+        let mut buf = Vec::new();
+        self.read_into(loc, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Appends a record's body to `out` (the uploader gathers a blob's records this way,
+    /// without a buffer and a copy per record). On error `out` is as it was.
+    pub fn read_into(&self, loc: &Loc, out: &mut Vec<u8>) -> Result<(), JournalError> {
         let file = {
             let mut st = self.lock();
             match st.readers.get(&loc.segment) {
@@ -388,10 +396,13 @@ impl Journal {
                 }
             }
         };
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)
-            .map_err(io(&segment_path(&self.dir, loc.segment)))?;
-        Ok(buf)
+        let start = out.len();
+        out.resize(start + loc.len as usize, 0);
+        if let Err(e) = file.read_exact_at(&mut out[start..], loc.offset) {
+            out.truncate(start);
+            return Err(io(&segment_path(&self.dir, loc.segment))(e));
+        }
+        Ok(())
     }
 
     /// Runs `f` with the next record's sequence number while no append is in progress (every

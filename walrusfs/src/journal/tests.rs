@@ -59,6 +59,36 @@ fn appended_records_read_back_and_survive_reopen() {
 }
 
 #[test]
+fn records_are_gathered_into_one_buffer_and_a_failed_read_leaves_it_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), 1 << 30).unwrap();
+    let a = append(&j, &[b"first", b"second", b"third"]);
+    let mut blob = b"head:".to_vec();
+    j.read_into(&a[2].1, &mut blob).unwrap();
+    j.read_into(&a[0].1, &mut blob).unwrap();
+    assert_eq!(blob, b"head:thirdfirst");
+    // A range past the segment's end (a record cut off since): an I/O error, nothing added.
+    let past = Loc {
+        offset: a[2].1.offset + 1000,
+        ..a[2].1
+    };
+    assert!(matches!(
+        j.read_into(&past, &mut blob),
+        Err(JournalError::Io { .. })
+    ));
+    // A segment that is not there.
+    let gone = Loc {
+        segment: a[0].1.segment + 100,
+        ..a[0].1
+    };
+    assert!(matches!(
+        j.read_into(&gone, &mut blob),
+        Err(JournalError::Gone(_))
+    ));
+    assert_eq!(blob, b"head:thirdfirst");
+}
+
+#[test]
 fn a_torn_record_and_what_follows_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(dir.path(), 1 << 30).unwrap();
