@@ -159,18 +159,26 @@ pub fn checksum(body_len: u32, header: &[u8], body: &[u8]) -> [u8; 8] {
 }
 
 /// The bytes of a record.
+#[cfg(test)]
 pub fn encode_record(header: &EntryHeader, attrs: Option<&RecordAttrs>, body: &[u8]) -> Vec<u8> {
+    let mut out = record_prefix(header, attrs, body);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The bytes of a record before its body (lengths, checksum, header): the record is these
+/// followed by `body`, written together without copying the body into one buffer.
+pub fn record_prefix(header: &EntryHeader, attrs: Option<&RecordAttrs>, body: &[u8]) -> Vec<u8> {
     // Encoding a plain struct cannot fail.
     let mut h = postcard::to_stdvec(header).unwrap_or_default();
     if let Some(a) = attrs {
         h.extend(postcard::to_stdvec(a).unwrap_or_default());
     }
-    let mut out = Vec::with_capacity(RECORD_PREFIX + h.len() + body.len());
+    let mut out = Vec::with_capacity(RECORD_PREFIX + h.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
     out.extend_from_slice(&checksum(body.len() as u32, &h, body));
     out.extend_from_slice(&h);
-    out.extend_from_slice(body);
     out
 }
 

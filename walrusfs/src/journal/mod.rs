@@ -33,14 +33,14 @@ pub mod format;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, IoSlice, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use format::{
-    checksum, decode_header, encode_record, segment_header, CREATION, MAGIC, MAX_HEADER,
+    checksum, decode_header, record_prefix, segment_header, CREATION, MAGIC, MAX_HEADER,
     RECORD_PREFIX, SEGMENT_HEADER,
 };
 pub use format::{Creation, EntryHeader, RecordAttrs, MAX_CREATION};
@@ -147,6 +147,26 @@ pub struct Journal {
     order: Mutex<()>,
     /// Signalled when segments are reclaimed.
     space: Condvar,
+}
+
+/// Writes `a` then `b` with vectored writes (`Write::write_all_vectored` is not stable).
+fn write_all_both(file: &mut File, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let total = a.len() + b.len();
+    let mut done = 0;
+    while done < total {
+        let res = if done < a.len() {
+            file.write_vectored(&[IoSlice::new(&a[done..]), IoSlice::new(b)])
+        } else {
+            file.write(&b[done - a.len()..])
+        };
+        match res {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -308,10 +328,12 @@ impl Journal {
         for item in items {
             let mut header = item.header;
             header.seq = st.next_seq;
-            let record = encode_record(&header, item.attrs.as_ref(), item.body);
-            let rotate = st.current.as_ref().is_none_or(|c| {
-                c.len > SEGMENT_HEADER as u64 && c.len + record.len() as u64 > SEGMENT_MAX
-            });
+            let prefix = record_prefix(&header, item.attrs.as_ref(), item.body);
+            let record_len = (prefix.len() + item.body.len()) as u64;
+            let rotate = st
+                .current
+                .as_ref()
+                .is_none_or(|c| c.len > SEGMENT_HEADER as u64 && c.len + record_len > SEGMENT_MAX);
             if rotate {
                 self.rotate(&mut st)?;
             }
@@ -320,15 +342,15 @@ impl Journal {
                 .as_mut()
                 .unwrap_or_else(|| unreachable!("rotate made a current segment"));
             let path = segment_path(&self.dir, cur.number);
-            cur.file.write_all(&record).map_err(io(&path))?;
-            let body_offset = cur.len + (record.len() - item.body.len()) as u64;
-            cur.len += record.len() as u64;
+            write_all_both(&mut cur.file, &prefix, item.body).map_err(io(&path))?;
+            let body_offset = cur.len + prefix.len() as u64;
+            cur.len += record_len;
             let number = cur.number;
             if let Some(seg) = st.segments.get_mut(&number) {
-                seg.bytes += record.len() as u64;
+                seg.bytes += record_len;
                 seg.last_seq = header.seq;
             }
-            st.bytes += record.len() as u64;
+            st.bytes += record_len;
             st.next_seq += 1;
             assigned.push((
                 header.seq,
