@@ -28,8 +28,19 @@ enum Source {
 }
 
 /// How often a read looks its chunks up again when one moved while it was being read (each
-/// move needs a compaction or a newer version committed in between).
+/// move needs a compaction or a newer version committed in between). Bounded: an index that
+/// points at a record that is gone for good (a damaged state directory) fails the read.
 const MOVED_RETRIES: usize = 3;
+
+/// Whether `e` says that a chunk moved between its lookup and its read: a journal segment
+/// was reclaimed (the chunk is stored now), or a stored chunk moved to another blob
+/// (compaction, a newer version). Looking it up again finds it.
+fn moved_meanwhile(e: &FsError) -> bool {
+    matches!(
+        e,
+        FsError::Journal(JournalError::Gone(_)) | FsError::Moved(_)
+    )
+}
 /// Sealed chunks waiting to be written into the on-disk cache at most (see `cache_on_disk`).
 const MAX_CACHE_WRITES: usize = 4;
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
@@ -88,10 +99,9 @@ impl<B: BlobStore> Fs<B> {
         let mut result = self.read_sources(ino, offset, end, sources, !sequential);
         for _ in 0..MOVED_RETRIES {
             match result {
-                // A journal segment was reclaimed, or a stored chunk moved to another blob,
-                // between looking the chunk up and reading it: look again (a rare race: this
-                // may wait for the network even without `may_wait`).
-                Err(FsError::Journal(JournalError::Gone(_)) | FsError::Moved(_)) => {
+                // Look again (a rare race: this may wait for the network even without
+                // `may_wait`).
+                Err(e) if moved_meanwhile(&e) => {
                     let sources = self.sources(ino, file.as_ref(), first, last)?;
                     result = self.read_sources(ino, offset, end, sources, !sequential);
                 }
@@ -162,29 +172,33 @@ impl<B: BlobStore> Fs<B> {
     /// The current content of chunk `idx` of an open file whose buffers lack it, cut to the
     /// file's size (for a partial overwrite).
     pub(crate) fn chunk_content(&self, file: &Arc<OpenFile>, idx: u64) -> FsResult<Vec<u8>> {
+        let mut result = self.chunk_content_once(file, idx);
+        for _ in 0..MOVED_RETRIES {
+            match result {
+                Err(e) if moved_meanwhile(&e) => result = self.chunk_content_once(file, idx),
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// [`Fs::chunk_content`], one lookup.
+    fn chunk_content_once(&self, file: &Arc<OpenFile>, idx: u64) -> FsResult<Vec<u8>> {
         let cs = self.inner.chunk_size;
         let size = file.lock().buf.size;
         let visible = size.saturating_sub(idx * cs).min(cs);
         // The journal first: a chunk leaves it for `chunks` in one transaction.
         let (data, valid) = match self.inner.index.jchunk(file.ino, idx)? {
-            Some(j) => match self.journal_chunk(file.ino, idx, &j) {
-                Ok(data) => (data, u64::from(j.len)),
-                Err(FsError::Journal(JournalError::Gone(_))) => {
-                    return self.chunk_content(file, idx)
-                }
-                Err(e) => return Err(e),
-            },
+            Some(j) => (self.journal_chunk(file.ino, idx, &j)?, u64::from(j.len)),
             None => {
                 let Some(r) = self.inner.index.chunk(file.ino, idx)? else {
                     return Ok(vec![0; visible as usize]);
                 };
                 let len = u64::from(r.len);
-                match self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r)) {
-                    Ok(data) => (data, len),
-                    // Moved to another blob since it was looked up: look again.
-                    Err(FsError::Moved(_)) => return self.chunk_content(file, idx),
-                    Err(e) => return Err(e),
-                }
+                (
+                    self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?,
+                    len,
+                )
             }
         };
         let valid = valid.min(visible);
