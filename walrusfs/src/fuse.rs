@@ -16,7 +16,7 @@ use tracing::debug_span;
 use netcore::metrics as m;
 
 use crate::data::store::BlobStore;
-use crate::fs::{suidgid_to_drop, Attr, Fs, FsError, FsResult, RequestCtx};
+use crate::fs::{Attr, Fs, FsError, FsResult, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
@@ -287,13 +287,8 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             // FUSE_HANDLE_KILLPRIV_V2 leaves dropping setuid and setgid on a truncation to the
             // filesystem when the caller lacks CAP_FSETID. fuser does not pass the kernel's
             // flag saying so (FATTR_KILL_SUIDGID): a caller other than root stands for it.
-            match self.fs.getattr(ino.0) {
-                Ok(a) => {
-                    let drop = suidgid_to_drop(a.perm);
-                    if drop != 0 {
-                        perm = Some(a.perm & !drop);
-                    }
-                }
+            match self.fs.perm_after_truncation(ino.0) {
+                Ok(p) => perm = p,
                 Err(e) => return reply.error(errno(e)),
             }
         }

@@ -46,7 +46,7 @@ const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 /// The setuid and setgid bits of `perm` that a write or truncation by a caller without
 /// `CAP_FSETID` clears (Linux's `setattr_should_drop_suidgid`).
-pub fn suidgid_to_drop(perm: u16) -> u16 {
+fn suidgid_to_drop(perm: u16) -> u16 {
     let sgid = if perm & GROUP_EXEC != 0 { SETGID } else { 0 };
     perm & (SETUID | sgid)
 }
@@ -353,6 +353,15 @@ impl<B: BlobStore> Fs<B> {
             Err(NoData | NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The mode a truncation of `ino` by a caller without `CAP_FSETID` leaves (setuid, and
+    /// setgid if group-executable, dropped), or None if it keeps its mode: as for a write (see
+    /// [`Fs::drop_privileges_for_write`]), the kernel leaves this to the filesystem.
+    pub fn perm_after_truncation(&self, ino: Ino) -> FsResult<Option<u16>> {
+        let perm = self.getattr(ino)?.perm;
+        let drop = suidgid_to_drop(perm);
+        Ok((drop != 0).then_some(perm & !drop))
     }
 
     /// Totals for statfs.

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use error::{note_error, recent_errors, FsError, FsResult};
-pub use meta::{suidgid_to_drop, Attr, RequestCtx, StatFs};
+pub use meta::{Attr, RequestCtx, StatFs};
 
 use crate::data::crypto::DataKey;
 use crate::data::store::BlobStore;

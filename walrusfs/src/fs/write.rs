@@ -613,7 +613,11 @@ pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
     for batch in todo.chunks(REPLAY_BATCH) {
         let commits: Vec<JournalCommit> = batch
             .iter()
-            .filter(|r| r.loc.len as usize == sealed_len(r.header.stored_len as usize))
+            // Creation records were done above; a chunk record's body is its sealed chunk.
+            .filter(|r| {
+                r.creation.is_none()
+                    && r.loc.len as usize == sealed_len(r.header.stored_len as usize)
+            })
             .map(|r| JournalCommit {
                 set: r.attrs.as_ref().map(set_of),
                 ..commit_of(&r.header, r.header.seq, &r.loc)

@@ -62,7 +62,7 @@ impl Fresh {
 }
 
 impl Index {
-    fn fresh(&self) -> std::sync::MutexGuard<'_, Fresh> {
+    pub(super) fn fresh(&self) -> std::sync::MutexGuard<'_, Fresh> {
         self.fresh.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -340,10 +340,7 @@ impl Index {
             .logged
             .fetch_max(through, Ordering::AcqRel)
             .max(through);
-        self.fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prune(logged);
+        self.fresh().prune(logged);
     }
 
     /// Writes sled's log out (the read lock held); returns the transaction count it covers.

@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::Timestamp;
+use crate::index::{Timestamp, NAME_MAX};
 
 /// Segment magic; the last two bytes are the format version.
 pub const MAGIC: [u8; 8] = *b"WFSJRN01";
@@ -131,7 +131,7 @@ impl Creation {
             return None;
         }
         let c: Creation = postcard::from_bytes(body).ok()?;
-        (!c.name.is_empty() && c.name.len() <= 255).then_some(c)
+        (!c.name.is_empty() && c.name.len() <= NAME_MAX).then_some(c)
     }
 }
 
