@@ -122,12 +122,14 @@ impl<B: BlobStore> Fs<B> {
             rdev,
             symlink_target,
         };
+        // A plain file's creation waits in the index's queue for the next transaction
+        // (`index::creating`); anything else is a transaction of its own.
         let created = self
             .inner
             .index
-            .create(parent, name, node, Timestamp::now());
-        // The create applied the index's queue (even when it failed): the buffers of the
-        // files whose commits were in it can go now.
+            .create_file(parent, name, node, Timestamp::now());
+        // A create that ran a transaction applied the index's queue (even when it failed):
+        // the buffers of the files whose commits were in it can go now.
         self.settle_applied();
         Ok(created?)
     }

@@ -191,8 +191,9 @@ impl<B: BlobStore> Fs<B> {
         self.spill_until(&file, None, may_wait)?;
         if !handle.wrote.load(Ordering::Acquire) {
             // Nothing was written through this handle (a shell's `> f` closes its first
-            // descriptor before writing): no data to protect.
-            return Ok(());
+            // descriptor before writing, `touch` never writes): no data to protect, only,
+            // for a new file, its creation.
+            return self.journal_creation(handle.ino);
         }
         // INV (DESIGN 3): what close returned for survives a killed mount: the journal has the
         // data (written to the kernel), and the index changes the data depends on are handed
@@ -209,6 +210,47 @@ impl<B: BlobStore> Fs<B> {
         // the next create its wait for the flush's read lock: 10% of a create loop.)
         index.flush_log_through(index.creation_guard(handle.ino))?;
         // Tests die here: the state a kill right after close returns leaves.
+        crate::faults::crash_point("close.done");
+        Ok(())
+    }
+
+    /// A close with no data to journal: if the index may still lose the file's creation to a
+    /// kill (a new empty file; see `index::fresh`), appends its creation record on its own,
+    /// as a written file's close does ahead of its data, so the next mount creates the file.
+    /// With the journal full, commits the index's queue and hands its log to the kernel
+    /// instead: a close never waits for the network.
+    fn journal_creation(&self, ino: u64) -> FsResult<()> {
+        let index = &self.inner.index;
+        let Some(creation) = index.fresh_creation(ino) else {
+            return Ok(());
+        };
+        let body = creation.encode();
+        let items = [Append {
+            header: creation.header(ino),
+            attrs: None,
+            body: &body,
+        }];
+        let appended = self
+            .inner
+            .journal
+            .append(&items, std::time::Duration::ZERO, |assigned| {
+                // No chunk to commit: the record only moves the journal mark.
+                let mark = assigned.last().map_or(0, |(s, _)| *s);
+                match index.defer_journal(&[], mark) {
+                    Some(_) => Ok(()),
+                    None => index.commit_journal(&[], mark),
+                }
+            });
+        match appended {
+            Ok(committed) => committed?,
+            Err(JournalError::Full { .. }) => {
+                index.commit_deferred()?;
+                index.flush_log()?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        index.flush_log_through(index.creation_guard(ino))?;
         crate::faults::crash_point("close.done");
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! Directory operations: lookup, readdir, create, link, unlink, rmdir.
 
+use super::creating::NewFile;
 use super::error::{IndexError, Result};
 use super::layout::{
     decode, ino_key, pair_key, validate_name, Counters, TreeId, NAME_MAX, SYMLINK_MAX,
 };
 use super::params::{NewNode, Unlinked};
 use super::scan::Scan;
-use super::tx::{abort, pair_index};
+use super::tx::{abort, pair_index, Tx, TxResult};
 use super::types::{DirEntry, FileKind, Ino, InodeAttr, Timestamp};
 use super::{Index, FIRST_VERSION, ROOT_INO};
 use crate::journal::Creation;
@@ -24,6 +25,9 @@ impl Index {
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<InodeAttr> {
         let _r = self.read_lock();
         validate_name(name)?;
+        if let Some(attr) = self.creating().lookup(parent, name) {
+            return Ok(attr);
+        }
         for _ in 0..READ_RETRIES {
             let Some(entry) = self.trees.dirent(parent, name)? else {
                 // Only directories have entries; tell a missing entry from a bad parent.
@@ -34,7 +38,8 @@ impl Index {
                 return Err(IndexError::NotFound);
             };
             // The entry and the inode are read separately: an unlink may commit in between.
-            if let Some(attr) = self.trees.inode(entry.ino)? {
+            if let Some(mut attr) = self.trees.inode(entry.ino)? {
+                self.creating().overlay(&mut attr);
                 return Ok(attr);
             }
         }
@@ -63,6 +68,7 @@ impl Index {
     /// included. An entry present for the whole listing is returned exactly once; one added
     /// or removed meanwhile may or may not be.
     pub fn readdir(&self, dir: Ino, after_cookie: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.apply_creations()?;
         let _r = self.read_lock();
         if self.attr_nolock(dir)?.kind != FileKind::Dir {
             return Err(IndexError::NotDir);
@@ -167,6 +173,90 @@ impl Index {
         Ok(attr)
     }
 
+    /// Creates regular file `name` in `parent` as [`Index::create`] does, with the same
+    /// checks and errors, but queues the transaction (see `index::creating`): the next one
+    /// applies it. Lookups and attribute reads see the file at once. Falls back to
+    /// [`Index::create`] when the queue is full, and for anything but a plain file.
+    pub fn create_file(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: NewNode,
+        now: Timestamp,
+    ) -> Result<InodeAttr> {
+        if node.kind != FileKind::File || node.symlink_target.is_some() {
+            return self.create(parent, name, node, now);
+        }
+        validate_name(name)?;
+        let w = self.write_lock();
+        // The transaction's checks, against the index and the queue (`attr_nolock` and
+        // `dirent_nolock` see both): a live directory, a free name.
+        let dir = self.attr_nolock(parent)?;
+        if dir.kind != FileKind::Dir {
+            return Err(IndexError::NotDir);
+        }
+        if dir.nlink == 0 {
+            return Err(IndexError::NotFound);
+        }
+        if self.dirent_nolock(parent, name)?.is_some() {
+            return Err(IndexError::Exists);
+        }
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if deferred.len() >= super::journal::DEFER_MAX {
+            drop(deferred);
+            drop(w);
+            return self.create(parent, name, node, now);
+        }
+        let mut creating = self.creating();
+        // INV: inode numbers are never reused: the queue's are past the counter and past each
+        // other, and applying them moves the counter past them.
+        let ino = creating.next_ino(self.trees.counters()?.next_ino);
+        if ino == u64::MAX {
+            return Err(IndexError::Corrupt("inode counter exhausted".into()));
+        }
+        let attr = new_inode(ino, &node, 0, now);
+        creating.insert(parent, name, attr.clone());
+        deferred.creates.push(NewFile {
+            parent,
+            name: name.to_vec(),
+            attr: attr.clone(),
+        });
+        drop(creating);
+        drop(deferred);
+        self.note_created(parent, name, &attr, super::fresh::QUEUED);
+        Ok(attr)
+    }
+
+    /// Applies a queued creation inside a transaction. Its checks were made when it was
+    /// queued, and every change since applied the queue first; should the directory be gone
+    /// or the name taken all the same, the file goes where [`Index::recreate_file`] would put
+    /// it: found, not lost.
+    pub(super) fn apply_create(&self, tx: &Tx<'_>, c: &NewFile) -> TxResult<()> {
+        let ino = c.attr.ino;
+        if tx.inode(ino)?.is_some() {
+            return abort(IndexError::Corrupt(format!(
+                "queued new file {ino} exists already"
+            )));
+        }
+        let (parent, name) = placement(tx, ino, c.parent, &c.name)?;
+        if (parent, name.as_slice()) != (c.parent, c.name.as_slice()) {
+            tracing::warn!(
+                ino,
+                parent,
+                name = %String::from_utf8_lossy(&name),
+                "a queued new file's directory or name was gone when it was applied"
+            );
+        }
+        tx.update_counters(|counters: &mut Counters| {
+            counters.next_ino = counters.next_ino.max(ino + 1);
+            counters.inodes += 1;
+            Ok(())
+        })?;
+        tx.put_inode(&c.attr)?;
+        tx.touch_dir(parent, c.attr.ctime)?;
+        tx.insert_dirent(parent, &name, ino, FileKind::File)
+    }
+
     /// Creates regular file `ino` again from its journal creation record, if the index lacks
     /// it (a killed mount lost the transaction that created it; see `index::fresh`), with
     /// chunk versions from `min_next_version` on free. Returns the name it got, or None if the
@@ -190,19 +280,7 @@ impl Index {
             if tx.inode(ino)?.is_some() {
                 return Ok(None);
             }
-            let parent = match tx.inode(c.parent)? {
-                Some(p) if p.kind == FileKind::Dir && p.nlink > 0 => c.parent,
-                _ => ROOT_INO,
-            };
-            let mut name = c.name.clone();
-            if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
-                let suffix = format!(".recovered-{ino}");
-                name.truncate(NAME_MAX - suffix.len());
-                name.extend_from_slice(suffix.as_bytes());
-                if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
-                    name = suffix.trim_start_matches('.').as_bytes().to_vec();
-                }
-            }
+            let (parent, name) = placement(tx, ino, c.parent, &c.name)?;
             tx.update_counters(|counters: &mut Counters| {
                 // INV: inode numbers are never reused: the counter moves past this one.
                 counters.next_ino = counters.next_ino.max(ino + 1);
@@ -358,6 +436,26 @@ impl Index {
 
 /// A new inode's attributes: times all `now`, one link (a directory two), the first chunk
 /// versions reserved for a regular file's creator.
+/// Where file `ino`, meant to be `name` in `parent`, can go: there if `parent` is a live
+/// directory and the name is valid and free; else in the root, and under the name with
+/// `.recovered-INO` appended if it is taken there.
+fn placement(tx: &Tx<'_>, ino: Ino, parent: Ino, name: &[u8]) -> TxResult<(Ino, Vec<u8>)> {
+    let parent = match tx.inode(parent)? {
+        Some(p) if p.kind == FileKind::Dir && p.nlink > 0 => parent,
+        _ => ROOT_INO,
+    };
+    let mut name = name.to_vec();
+    if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
+        let suffix = format!(".recovered-{ino}");
+        name.truncate(NAME_MAX - suffix.len());
+        name.extend_from_slice(suffix.as_bytes());
+        if validate_name(&name).is_err() || tx.dirent(parent, &name)?.is_some() {
+            name = suffix.trim_start_matches('.').as_bytes().to_vec();
+        }
+    }
+    Ok((parent, name))
+}
+
 fn new_inode(ino: Ino, node: &NewNode, size: u64, now: Timestamp) -> InodeAttr {
     InodeAttr {
         ino,

@@ -51,7 +51,17 @@ struct FreshFile {
     creation: Creation,
 }
 
+/// The `at` of a creation still queued (see `index::creating`): no log flush covers it yet.
+pub(crate) const QUEUED: u64 = u64::MAX;
+
 impl Fresh {
+    /// The queued creation of `ino` was applied by transaction `at`.
+    pub(crate) fn created_at(&mut self, ino: Ino, at: u64) {
+        if let Some(f) = self.files.get_mut(&ino) {
+            f.at = at;
+        }
+    }
+
     /// Drops every change in transactions up to `logged`, now in the kernel.
     pub(crate) fn prune(&mut self, logged: u64) {
         self.files.retain(|_, f| f.at > logged);
@@ -66,7 +76,8 @@ impl Index {
         self.fresh.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes the creation of `attr` as `name` in `parent`, committed as transaction `at`.
+    /// Notes the creation of `attr` as `name` in `parent`, committed as transaction `at`
+    /// ([`QUEUED`]: not yet; [`Fresh::created_at`] tells when).
     pub(crate) fn note_created(&self, parent: Ino, name: &[u8], attr: &InodeAttr, at: u64) {
         let mut f = self.fresh();
         match attr.kind {

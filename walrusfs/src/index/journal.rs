@@ -5,6 +5,7 @@
 use netcore::codec::{BlobId, BlobMetadata};
 use netcore::wire::StorageConfirmation;
 
+use super::creating::NewFile;
 use super::error::{IndexError, Result};
 use super::layout::{decode, encode, local_key, pair_key, parse_pair_key};
 use super::scan::Scan;
@@ -83,6 +84,8 @@ enum Queued {
 /// them first.
 #[derive(Debug, Default)]
 pub(crate) struct Deferred {
+    /// New files ([`Index::create_file`]): applied before the items, which may concern them.
+    pub(super) creates: Vec<NewFile>,
     items: Vec<Queued>,
     /// The last journal record they cover (0: none).
     mark: u64,
@@ -92,7 +95,12 @@ pub(crate) struct Deferred {
 
 impl Deferred {
     fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.mark == 0
+        self.creates.is_empty() && self.items.is_empty() && self.mark == 0
+    }
+
+    /// How many changes are queued.
+    pub(super) fn len(&self) -> usize {
+        self.creates.len() + self.items.len()
     }
 
     fn journal(&self) -> impl Iterator<Item = &JournalCommit> {
@@ -103,9 +111,9 @@ impl Deferred {
     }
 }
 
-/// Queued changes beyond which [`Index::defer_journal`] and [`Index::defer_attrs`] refuse
-/// more: the caller commits now.
-const DEFER_MAX: usize = 1024;
+/// Queued changes beyond which [`Index::defer_journal`], [`Index::defer_attrs`] and
+/// [`Index::create_file`] refuse more: the caller commits now.
+pub(super) const DEFER_MAX: usize = 1024;
 
 impl Index {
     /// Commits appended journal records, in one transaction (with any queued changes before
@@ -142,7 +150,7 @@ impl Index {
 
     fn queue(&self, items: impl Iterator<Item = Queued>, mark: u64) -> Option<u64> {
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if d.items.len() >= DEFER_MAX {
+        if d.len() >= DEFER_MAX {
             return None;
         }
         d.items.extend(items);
@@ -204,6 +212,9 @@ impl Index {
             return;
         }
         let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let later = std::mem::take(&mut d.creates);
+        d.creates = taken.creates;
+        d.creates.extend(later);
         let later = std::mem::take(&mut d.items);
         d.items = taken.items;
         d.items.extend(later);
@@ -232,8 +243,21 @@ impl Index {
         }
     }
 
-    /// Records that `d` is applied.
+    /// Records that `d` is applied (by the transaction [`Index::committed`] counts last; the
+    /// caller holds the writer lock).
     pub(crate) fn note_applied(&self, d: &Deferred) {
+        if !d.creates.is_empty() {
+            let at = self.committed();
+            let mut creating = self.creating();
+            for c in &d.creates {
+                creating.remove(c.attr.ino);
+            }
+            drop(creating);
+            let mut fresh = self.fresh();
+            for c in &d.creates {
+                fresh.created_at(c.attr.ino, at);
+            }
+        }
         self.applied_ticket.fetch_max(d.ticket, Ordering::AcqRel);
     }
 
@@ -258,6 +282,9 @@ impl Index {
 
     /// Applies `d` inside a transaction (its scan made by [`Index::commits_scan`]).
     pub(crate) fn apply_deferred(&self, tx: &Tx<'_>, d: &Deferred) -> TxResult<()> {
+        for c in &d.creates {
+            self.apply_create(tx, c)?;
+        }
         let cs = u64::from(self.chunk_size());
         for q in &d.items {
             let ino = match q {

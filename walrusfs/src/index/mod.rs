@@ -51,6 +51,7 @@
 //! database can later be exported (e.g. published as blobs) and restored on another machine.
 
 mod check;
+mod creating;
 mod dir;
 mod error;
 mod file;
@@ -117,6 +118,8 @@ pub struct Index {
     applied_ticket: AtomicU64,
     /// Changes not yet handed to the kernel that new files' creation records rely on.
     fresh: Mutex<fresh::Fresh>,
+    /// New files whose creation is queued in `deferred`, as reads must see them.
+    creating: Mutex<creating::Creating>,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
     /// From `meta`.
@@ -231,6 +234,7 @@ impl Index {
             log_flush_queued: AtomicBool::new(false),
             logged: AtomicU64::new(0),
             fresh: Mutex::new(fresh::Fresh::default()),
+            creating: Mutex::new(creating::Creating::default()),
             lock: RwLock::new(()),
             flush_lock: Mutex::new(()),
             chunk_size: AtomicU32::new(0),
@@ -398,6 +402,7 @@ impl Index {
 
     /// Filesystem totals for statfs, O(1).
     pub fn stats(&self) -> Result<IndexStats> {
+        self.apply_creations()?;
         let _r = self.read_lock();
         let c = self.trees.counters()?;
         Ok(IndexStats {
@@ -414,7 +419,34 @@ impl Index {
 
     /// [`Index::get_attr`] for callers already holding the lock.
     pub(crate) fn attr_nolock(&self, ino: Ino) -> Result<InodeAttr> {
-        self.trees.inode(ino)?.ok_or(IndexError::NotFound)
+        if let Some(attr) = self.creating().attr(ino) {
+            return Ok(attr);
+        }
+        let mut attr = self.trees.inode(ino)?.ok_or(IndexError::NotFound)?;
+        self.creating().overlay(&mut attr);
+        Ok(attr)
+    }
+
+    /// The inode entry `parent/name` points to, queued creations included; for callers
+    /// holding a lock.
+    pub(crate) fn dirent_nolock(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
+        if let Some(attr) = self.creating().lookup(parent, name) {
+            return Ok(Some(attr.ino));
+        }
+        Ok(self.trees.dirent(parent, name)?.map(|e| e.ino))
+    }
+
+    fn creating(&self) -> std::sync::MutexGuard<'_, creating::Creating> {
+        self.creating.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the queue if it holds creations: for reads that see more than the overlay
+    /// answers for (a directory's entries, the inode count).
+    fn apply_creations(&self) -> Result<()> {
+        if self.creating().is_empty() {
+            return Ok(());
+        }
+        self.commit_deferred()
     }
 
     /// Whether `ino` is an orphan (unlinked while open, not yet released).

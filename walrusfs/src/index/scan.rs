@@ -117,7 +117,7 @@ impl Index {
     /// the writer lock, to ask the caller's `is_open` without holding any lock).
     pub(crate) fn read_lock_dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
         let _r = self.read_lock();
-        Ok(self.trees.dirent(parent, name)?.map(|e| e.ino))
+        self.dirent_nolock(parent, name)
     }
 
     /// [`Scan::for_free`] of `ino`, if any. Call with the writer lock held.

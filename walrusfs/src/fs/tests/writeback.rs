@@ -587,8 +587,9 @@ fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_b
         ..config()
     });
 
-    // The next create applies the queued commit: the closed file's buffers go with it, not
-    // at the flusher's next round.
+    // A new file's creation is queued too, so the next create keeps f's buffers; the next
+    // transaction (a mkdir here) applies the queued commit: the closed file's buffers go with
+    // it, not at the flusher's next round.
     let (f, fh) = s.create("f");
     s.fs.write(fh, 0, &pattern(3000, 1)).unwrap();
     s.fs.flush(fh).unwrap();
@@ -596,8 +597,15 @@ fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_b
     let (_, gh) = s.create("g");
     assert_eq!(
         s.fs.dirty_bytes(),
+        3000,
+        "f's commit waits with g's creation"
+    );
+    s.fs.create_node(CTX, ROOT_INO, b"d", FileKind::Dir, 0o755, 0, None)
+        .unwrap();
+    assert_eq!(
+        s.fs.dirty_bytes(),
         0,
-        "f's buffers are released after the create"
+        "f's buffers are released after the mkdir"
     );
     assert!(!s.fs.is_open(f), "f's record is dropped");
     s.fs.release(gh).unwrap();
@@ -704,8 +712,8 @@ fn attribute_changes_without_buffered_data_ride_on_the_next_transaction() {
 
     // A change after the queue was applied wins over what waited before.
     s.fs.setattr(ino, chmod(0o604)).unwrap();
-    let (_, gh) = s.create("g");
-    s.fs.release(gh).unwrap();
+    s.fs.create_node(CTX, ROOT_INO, b"d", FileKind::Dir, 0o755, 0, None)
+        .unwrap();
     assert_eq!(s.fs.index().get_attr(ino).unwrap().perm, 0o604);
     assert_eq!(s.fs.getattr(ino).unwrap().perm, 0o604);
 
@@ -811,4 +819,44 @@ fn a_journal_record_lost_with_its_segment_is_an_error_to_readers_and_writers_not
     let fh = s.fs.open(ino, true).unwrap();
     assert_eq!(s.fs.read(fh, 0, 100).unwrap_err().errno(), libc::EIO);
     assert_eq!(s.fs.write(fh, 10, b"patch").unwrap_err().errno(), libc::EIO);
+}
+
+#[test]
+fn new_files_closed_while_their_creation_waits_in_the_queue_survive_a_crash_empty_or_not() {
+    // No upload (which applies the queue first) before the crash.
+    let s = setup_with(FsConfig {
+        pack_delay: Duration::from_secs(3600),
+        ..config()
+    });
+    // As FUSE creates: the new file's first versions come with its creation.
+    let create = |name: &str| {
+        let (a, fh) =
+            s.fs.create_and_open(CTX, ROOT_INO, name.as_bytes(), 0o644, true)
+                .unwrap();
+        (a.ino, fh)
+    };
+    let before = s.fs.index().committed();
+    let (empty, eh) = create("empty");
+    s.fs.flush(eh).unwrap();
+    s.fs.release(eh).unwrap();
+    let (small, fh) = create("small");
+    let data = pattern(100, 2);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    assert_eq!(
+        s.fs.index().committed(),
+        before,
+        "their creations and commits wait in the queue"
+    );
+    // The crash drops the index without applying its queue (and without the flusher's
+    // tick, which is 500 ms away): the journal's creation records bring both back.
+    let s = s.reopen();
+    let e = s.fs.lookup(ROOT_INO, b"empty").unwrap();
+    assert_eq!((e.ino, e.size), (empty, 0));
+    let f = s.fs.lookup(ROOT_INO, b"small").unwrap();
+    assert_eq!((f.ino, f.size), (small, 100));
+    let fh = s.fs.open(small, false).unwrap();
+    assert_eq!(s.read_all(fh), data);
+    s.fs.index().check().unwrap();
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
+mod creating;
 mod dir;
 mod file;
 mod fresh;
