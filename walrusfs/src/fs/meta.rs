@@ -123,7 +123,7 @@ impl<B: BlobStore> Fs<B> {
             symlink_target,
         };
         // A plain file's creation waits in the index's queue for the next transaction
-        // (`index::creating`); anything else is a transaction of its own.
+        // (`index::overlay`); anything else is a transaction of its own.
         let created = self
             .inner
             .index
@@ -270,7 +270,12 @@ impl<B: BlobStore> Fs<B> {
             drop(st);
             return Ok(self.with_pending(attr));
         }
-        Ok(self.inner.index.setattr(ino, changes, Timestamp::now())?)
+        // A directory's (or a closed file's) change: one of a directory, symlink or special
+        // file waits in the index's queue for the next transaction (`index::overlay`).
+        Ok(self
+            .inner
+            .index
+            .setattr_queued(ino, changes, Timestamp::now())?)
     }
 
     /// A symlink's target.

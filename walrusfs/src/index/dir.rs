@@ -1,10 +1,10 @@
 //! Directory operations: lookup, readdir, create, link, unlink, rmdir.
 
-use super::creating::NewFile;
 use super::error::{IndexError, Result};
 use super::layout::{
     decode, ino_key, pair_key, validate_name, Counters, TreeId, NAME_MAX, SYMLINK_MAX,
 };
+use super::overlay::NewFile;
 use super::params::{NewNode, Unlinked};
 use super::scan::Scan;
 use super::tx::{abort, pair_index, Tx, TxResult};
@@ -25,7 +25,7 @@ impl Index {
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<InodeAttr> {
         let _r = self.read_lock();
         validate_name(name)?;
-        if let Some(attr) = self.creating().lookup(parent, name) {
+        if let Some(attr) = self.overlay().lookup(parent, name) {
             return Ok(attr);
         }
         for _ in 0..READ_RETRIES {
@@ -38,8 +38,10 @@ impl Index {
                 return Err(IndexError::NotFound);
             };
             // The entry and the inode are read separately: an unlink may commit in between.
-            if let Some(mut attr) = self.trees.inode(entry.ino)? {
-                self.creating().overlay(&mut attr);
+            if let Some(attr) = self.overlay().attr(entry.ino) {
+                return Ok(attr);
+            }
+            if let Some(attr) = self.trees.inode(entry.ino)? {
                 return Ok(attr);
             }
         }
@@ -174,7 +176,7 @@ impl Index {
     }
 
     /// Creates regular file `name` in `parent` as [`Index::create`] does, with the same
-    /// checks and errors, but queues the transaction (see `index::creating`): the next one
+    /// checks and errors, but queues the transaction (see `index::overlay`): the next one
     /// applies it. Lookups and attribute reads see the file at once. Falls back to
     /// [`Index::create`] when the queue is full, and for anything but a plain file.
     pub fn create_file(
@@ -191,7 +193,7 @@ impl Index {
         let w = self.write_lock();
         // The transaction's checks, against the index and the queue (`attr_nolock` and
         // `dirent_nolock` see both): a live directory, a free name.
-        let dir = self.attr_nolock(parent)?;
+        let mut dir = self.attr_nolock(parent)?;
         if dir.kind != FileKind::Dir {
             return Err(IndexError::NotDir);
         }
@@ -207,21 +209,25 @@ impl Index {
             drop(w);
             return self.create(parent, name, node, now);
         }
-        let mut creating = self.creating();
+        let mut overlay = self.overlay();
         // INV: inode numbers are never reused: the queue's are past the counter and past each
         // other, and applying them moves the counter past them.
-        let ino = creating.next_ino(self.trees.counters()?.next_ino);
+        let ino = overlay.next_ino(self.trees.counters()?.next_ino);
         if ino == u64::MAX {
             return Err(IndexError::Corrupt("inode counter exhausted".into()));
         }
         let attr = new_inode(ino, &node, 0, now);
-        creating.insert(parent, name, attr.clone());
-        deferred.creates.push(NewFile {
+        overlay.create(parent, name, attr.clone());
+        // As `apply_create` will leave the directory.
+        dir.mtime = now;
+        dir.ctime = now;
+        overlay.set(dir);
+        deferred.push_create(NewFile {
             parent,
             name: name.to_vec(),
             attr: attr.clone(),
         });
-        drop(creating);
+        drop(overlay);
         drop(deferred);
         self.note_created(parent, name, &attr, super::fresh::QUEUED);
         Ok(attr)

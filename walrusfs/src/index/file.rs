@@ -2,6 +2,7 @@
 //! orphans.
 
 use super::error::{IndexError, Result};
+use super::journal::AttrCommit;
 use super::layout::{decode, ino_key, pair_key, parse_blob_id, parse_ino_key, TreeId};
 use super::params::SetAttr;
 use super::scan::Scan;
@@ -71,6 +72,39 @@ impl Index {
             Ok(attr)
         })?;
         self.note_touched(ino, self.committed());
+        Ok(attr)
+    }
+
+    /// [`Index::setattr`] of a directory, symlink or special file, queued (see
+    /// `index::overlay`): the next transaction applies it, and attribute reads and lookups
+    /// see it at once. `tar -x` sets the owner, mode and times of every directory it makes.
+    /// A regular file's change (the filesystem core queues those itself, with its buffers),
+    /// a size change, or a full queue runs [`Index::setattr`] instead.
+    pub fn setattr_queued(&self, ino: Ino, changes: SetAttr, now: Timestamp) -> Result<InodeAttr> {
+        if !changes.deferrable() {
+            return self.setattr(ino, changes, now);
+        }
+        let w = self.write_lock();
+        let mut attr = self.attr_nolock(ino)?;
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if attr.kind == FileKind::File || deferred.len() >= super::journal::DEFER_MAX {
+            drop(deferred);
+            drop(w);
+            return self.setattr(ino, changes, now);
+        }
+        // As `setattr` changes it, and as `apply_deferred` will.
+        changes.apply_mode_owner_atime(&mut attr);
+        if let Some(mtime) = changes.mtime {
+            attr.mtime = mtime;
+        }
+        attr.ctime = changes.ctime.unwrap_or(now);
+        deferred.push_attrs(AttrCommit {
+            ino,
+            set: changes,
+            mtime: attr.mtime,
+            ctime: attr.ctime,
+        });
+        self.overlay().set(attr.clone());
         Ok(attr)
     }
 

@@ -51,7 +51,7 @@ struct FreshFile {
     creation: Creation,
 }
 
-/// The `at` of a creation still queued (see `index::creating`): no log flush covers it yet.
+/// The `at` of a creation still queued (see `index::overlay`): no log flush covers it yet.
 pub(crate) const QUEUED: u64 = u64::MAX;
 
 impl Fresh {

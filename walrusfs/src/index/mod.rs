@@ -51,7 +51,6 @@
 //! database can later be exported (e.g. published as blobs) and restored on another machine.
 
 mod check;
-mod creating;
 mod dir;
 mod error;
 mod file;
@@ -59,6 +58,7 @@ mod fresh;
 mod gc;
 mod journal;
 mod layout;
+mod overlay;
 mod params;
 mod records;
 mod rename;
@@ -118,8 +118,9 @@ pub struct Index {
     applied_ticket: AtomicU64,
     /// Changes not yet handed to the kernel that new files' creation records rely on.
     fresh: Mutex<fresh::Fresh>,
-    /// New files whose creation is queued in `deferred`, as reads must see them.
-    creating: Mutex<creating::Creating>,
+    /// What `deferred` will change, as reads must see it (new files, queued attribute changes
+    /// of other inodes).
+    overlay: Mutex<overlay::Overlay>,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
     /// From `meta`.
@@ -234,7 +235,7 @@ impl Index {
             log_flush_queued: AtomicBool::new(false),
             logged: AtomicU64::new(0),
             fresh: Mutex::new(fresh::Fresh::default()),
-            creating: Mutex::new(creating::Creating::default()),
+            overlay: Mutex::new(overlay::Overlay::default()),
             lock: RwLock::new(()),
             flush_lock: Mutex::new(()),
             chunk_size: AtomicU32::new(0),
@@ -419,31 +420,29 @@ impl Index {
 
     /// [`Index::get_attr`] for callers already holding the lock.
     pub(crate) fn attr_nolock(&self, ino: Ino) -> Result<InodeAttr> {
-        if let Some(attr) = self.creating().attr(ino) {
+        if let Some(attr) = self.overlay().attr(ino) {
             return Ok(attr);
         }
-        let mut attr = self.trees.inode(ino)?.ok_or(IndexError::NotFound)?;
-        self.creating().overlay(&mut attr);
-        Ok(attr)
+        self.trees.inode(ino)?.ok_or(IndexError::NotFound)
     }
 
     /// The inode entry `parent/name` points to, queued creations included; for callers
     /// holding a lock.
     pub(crate) fn dirent_nolock(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
-        if let Some(attr) = self.creating().lookup(parent, name) {
+        if let Some(attr) = self.overlay().lookup(parent, name) {
             return Ok(Some(attr.ino));
         }
         Ok(self.trees.dirent(parent, name)?.map(|e| e.ino))
     }
 
-    fn creating(&self) -> std::sync::MutexGuard<'_, creating::Creating> {
-        self.creating.lock().unwrap_or_else(|p| p.into_inner())
+    fn overlay(&self) -> std::sync::MutexGuard<'_, overlay::Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies the queue if it holds creations: for reads that see more than the overlay
+    /// Applies the queue if it holds new files: for reads that see more than the overlay
     /// answers for (a directory's entries, the inode count).
     fn apply_creations(&self) -> Result<()> {
-        if self.creating().is_empty() {
+        if !self.overlay().has_creations() {
             return Ok(());
         }
         self.commit_deferred()

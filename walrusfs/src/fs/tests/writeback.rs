@@ -580,7 +580,7 @@ fn small_files_whose_commit_waits_read_and_change_right() {
 }
 
 #[test]
-fn buffers_kept_for_queued_commits_go_with_the_next_create_and_stay_within_the_budget() {
+fn buffers_kept_for_queued_commits_go_with_the_next_transaction_and_stay_within_the_budget() {
     let budget = 8 * u64::from(CHUNK);
     let s = setup_with(FsConfig {
         dirty_budget: budget,

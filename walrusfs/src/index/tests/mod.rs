@@ -4,13 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
-mod creating;
 mod dir;
 mod file;
 mod fresh;
 #[cfg(feature = "faults")]
 mod fuzz;
 mod model;
+mod queued;
 mod records;
 mod rename;
 mod xattr;

@@ -1,8 +1,9 @@
-//! New files whose creation waits in the queue (`Index::create_file`, `index::creating`).
+//! Changes that wait in the index's queue with their overlay (`index::overlay`): new files
+//! (`Index::create_file`) and attribute changes of other inodes (`Index::setattr_queued`).
 
 use super::*;
-use crate::index::creating::NewFile;
 use crate::index::journal::DEFER_MAX;
+use crate::index::overlay::NewFile;
 
 fn queue(ix: &Index, parent: Ino, name: &str, secs: i64) -> InodeAttr {
     ix.create_file(parent, name.as_bytes(), node(FileKind::File), t(secs))
@@ -71,6 +72,91 @@ fn a_queued_file_is_seen_by_lookups_attribute_reads_and_later_creates_before_any
     assert_eq!(ix.get_attr(g.ino).unwrap(), g);
     let dir = ix.get_attr(d.ino).unwrap();
     assert_eq!((dir.mtime, dir.ctime), (t(23), t(23)));
+    ix.check().unwrap();
+}
+
+#[test]
+fn a_directorys_queued_attribute_changes_are_seen_at_once_and_applied_in_order_with_new_files() {
+    let (_d, ix) = open();
+    let d = mkdir(&ix, ROOT_INO, "d");
+    let before = ix.committed();
+    let owner = SetAttr {
+        uid: Some(7),
+        gid: Some(8),
+        ..SetAttr::default()
+    };
+    let a = ix.setattr_queued(d.ino, owner, t(30)).unwrap();
+    assert_eq!((a.uid, a.gid, a.ctime, a.mtime), (7, 8, t(30), d.mtime));
+    let times = SetAttr {
+        mtime: Some(t(5)),
+        atime: Some(t(6)),
+        ..SetAttr::default()
+    };
+    // tar: a file in the directory, then the directory's times, then another file.
+    queue(&ix, d.ino, "f", 31);
+    ix.setattr_queued(d.ino, times, t(32)).unwrap();
+    let seen = ix.get_attr(d.ino).unwrap();
+    assert_eq!(
+        (seen.uid, seen.mtime, seen.atime, seen.ctime),
+        (7, t(5), t(6), t(32))
+    );
+    assert_eq!(ix.lookup(ROOT_INO, b"d").unwrap(), seen, "by name too");
+    let chmod = SetAttr {
+        perm: Some(0o2750),
+        ..SetAttr::default()
+    };
+    assert_eq!(ix.setattr_queued(d.ino, chmod, t(33)).unwrap().perm, 0o2750);
+    queue(&ix, d.ino, "g", 34);
+    assert_eq!(ix.committed(), before, "all of it queued");
+    let seen = ix.get_attr(d.ino).unwrap();
+    assert_eq!((seen.perm, seen.mtime, seen.ctime), (0o2750, t(34), t(34)));
+
+    ix.commit_deferred().unwrap();
+    assert_eq!(ix.committed(), before + 1);
+    assert_eq!(
+        ix.get_attr(d.ino).unwrap(),
+        seen,
+        "the transaction left it as seen"
+    );
+
+    // A symlink's owner is queued too; a file's change, and a size change, are not.
+    let l = ix
+        .create(
+            ROOT_INO,
+            b"l",
+            NewNode {
+                symlink_target: Some(b"d".to_vec()),
+                ..node(FileKind::Symlink)
+            },
+            t(40),
+        )
+        .unwrap();
+    let before = ix.committed();
+    assert_eq!(ix.setattr_queued(l.ino, owner, t(41)).unwrap().uid, 7);
+    assert_eq!(ix.committed(), before);
+    let f = mkfile(&ix, ROOT_INO, "plain");
+    let before = ix.committed();
+    assert_eq!(ix.setattr_queued(f.ino, chmod, t(42)).unwrap().perm, 0o2750);
+    assert_eq!(
+        ix.committed(),
+        before + 1,
+        "a file's change is a transaction"
+    );
+    assert_err!(
+        ix.setattr_queued(
+            d.ino,
+            SetAttr {
+                size: Some(1),
+                ..SetAttr::default()
+            },
+            t(43)
+        ),
+        IndexError::IsDir
+    );
+    assert_err!(
+        ix.setattr_queued(999_999, owner, t(44)),
+        IndexError::NotFound
+    );
     ix.check().unwrap();
 }
 
@@ -175,12 +261,12 @@ fn a_queued_file_whose_directory_or_name_is_gone_when_applied_is_found_not_lost(
     clash.ino = a.ino + 2;
     {
         let mut d = ix.deferred.lock().unwrap();
-        d.creates.push(NewFile {
+        d.push_create(NewFile {
             parent: 999_999,
             name: b"homeless".to_vec(),
             attr: homeless.clone(),
         });
-        d.creates.push(NewFile {
+        d.push_create(NewFile {
             parent: ROOT_INO,
             name: b"taken".to_vec(),
             attr: clash.clone(),
@@ -241,4 +327,93 @@ fn a_queue_never_applied_is_lost_with_its_inode_numbers() {
         f.ino,
         "nothing durable named it"
     );
+}
+
+mod overlay_property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        File { dir: usize, name: u8 },
+        Mkdir { dir: usize, name: u8 },
+        Chmod { dir: usize, perm: u16 },
+        Times { dir: usize, mtime: i64 },
+        Chown { dir: usize, uid: u32 },
+        Apply,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..8usize, 0..6u8).prop_map(|(dir, name)| Op::File { dir, name }),
+            1 => (0..8usize, 0..6u8).prop_map(|(dir, name)| Op::Mkdir { dir, name }),
+            2 => (0..8usize, 0..0o7777u16).prop_map(|(dir, perm)| Op::Chmod { dir, perm }),
+            2 => (0..8usize, 0..1000i64).prop_map(|(dir, mtime)| Op::Times { dir, mtime }),
+            1 => (0..8usize, 0..5u32).prop_map(|(dir, uid)| Op::Chown { dir, uid }),
+            1 => Just(Op::Apply),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever the queue holds, the overlay answers what applying it gives: every
+        /// inode's attributes and every name, read before and after the transaction.
+        #[test]
+        fn the_overlay_answers_what_applying_the_queue_gives(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let (_d, ix) = open();
+            let mut dirs = vec![ROOT_INO];
+            let mut names: Vec<(Ino, Vec<u8>)> = vec![];
+            let mut inos = vec![ROOT_INO];
+            for (i, op) in ops.iter().enumerate() {
+                let now = t(100 + i as i64);
+                let dir = |d: usize| dirs[d % dirs.len()];
+                match *op {
+                    Op::File { dir: d, name } => {
+                        let name = vec![b'f', b'0' + name];
+                        if let Ok(a) = ix.create_file(dir(d), &name, node(FileKind::File), now) {
+                            names.push((dir(d), name));
+                            inos.push(a.ino);
+                        }
+                    }
+                    Op::Mkdir { dir: d, name } => {
+                        let name = vec![b'd', b'0' + name];
+                        if let Ok(a) = ix.create(dir(d), &name, node(FileKind::Dir), now) {
+                            names.push((dir(d), name));
+                            inos.push(a.ino);
+                            dirs.push(a.ino);
+                        }
+                    }
+                    Op::Chmod { dir: d, perm } => {
+                        let set = SetAttr { perm: Some(perm), ..SetAttr::default() };
+                        ix.setattr_queued(dir(d), set, now).unwrap();
+                    }
+                    Op::Times { dir: d, mtime } => {
+                        let set = SetAttr { mtime: Some(t(mtime)), ..SetAttr::default() };
+                        ix.setattr_queued(dir(d), set, now).unwrap();
+                    }
+                    Op::Chown { dir: d, uid } => {
+                        let set = SetAttr { uid: Some(uid), ..SetAttr::default() };
+                        ix.setattr_queued(dir(d), set, now).unwrap();
+                    }
+                    Op::Apply => ix.commit_deferred().unwrap(),
+                }
+            }
+            let read = |ix: &Index| {
+                let attrs: Vec<InodeAttr> = inos.iter().map(|&i| ix.get_attr(i).unwrap()).collect();
+                let found: Vec<InodeAttr> = names
+                    .iter()
+                    .map(|(d, n)| ix.lookup(*d, n).unwrap())
+                    .collect();
+                (attrs, found)
+            };
+            let queued = read(&ix);
+            ix.commit_deferred().unwrap();
+            prop_assert!(ix.deferred_empty());
+            prop_assert_eq!(read(&ix), queued);
+            ix.check().unwrap();
+        }
+    }
 }
