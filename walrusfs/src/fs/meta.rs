@@ -183,7 +183,9 @@ impl<B: BlobStore> Fs<B> {
             no_replace,
             exchange,
         };
-        let out = self.inner.index.rename(
+        // Moving a new file whose creation still waits in the index's queue waits there too
+        // (`index::overlay`); anything else is a transaction.
+        let out = self.inner.index.rename_queued(
             parent,
             name,
             new_parent,

@@ -39,6 +39,8 @@ pub(crate) struct Fresh {
     dirs: HashMap<Ino, u64>,
     /// Names freed (unlinked, removed, renamed away) in `(directory, name)`.
     freed: HashMap<(Ino, Vec<u8>), u64>,
+    /// Some value is [`QUEUED`].
+    queued: bool,
 }
 
 #[derive(Debug)]
@@ -51,15 +53,28 @@ struct FreshFile {
     creation: Creation,
 }
 
-/// The `at` of a creation still queued (see `index::overlay`): no log flush covers it yet.
+/// The `at` of a change still in the index's queue (see `index::overlay`): no log flush
+/// covers it before the queue is applied ([`Index::flush_log_through`] applies it first).
 pub(crate) const QUEUED: u64 = u64::MAX;
 
 impl Fresh {
-    /// The queued creation of `ino` was applied by transaction `at`.
-    pub(crate) fn created_at(&mut self, ino: Ino, at: u64) {
-        if let Some(f) = self.files.get_mut(&ino) {
-            f.at = at;
+    /// The queue was applied by transaction `at`: what waited in it is in that one.
+    pub(crate) fn applied(&mut self, at: u64) {
+        if !std::mem::take(&mut self.queued) {
+            return;
         }
+        let fix = |v: &mut u64| {
+            if *v == QUEUED {
+                *v = at;
+            }
+        };
+        for f in self.files.values_mut() {
+            fix(&mut f.at);
+            fix(&mut f.guard);
+        }
+        self.touched.values_mut().for_each(fix);
+        self.dirs.values_mut().for_each(fix);
+        self.freed.values_mut().for_each(fix);
     }
 
     /// Drops every change in transactions up to `logged`, now in the kernel.
@@ -80,6 +95,7 @@ impl Index {
     /// ([`QUEUED`]: not yet; [`Fresh::created_at`] tells when).
     pub(crate) fn note_created(&self, parent: Ino, name: &[u8], attr: &InodeAttr, at: u64) {
         let mut f = self.fresh();
+        f.queued |= at == QUEUED;
         match attr.kind {
             FileKind::File => {
                 let guard = f
@@ -120,7 +136,27 @@ impl Index {
     /// Notes that `name` in `dir` was freed (unlinked, removed or renamed away) in transaction
     /// `at`.
     pub(crate) fn note_freed(&self, dir: Ino, name: &[u8], at: u64) {
-        self.fresh().freed.insert((dir, name.to_vec()), at);
+        let mut f = self.fresh();
+        f.queued |= at == QUEUED;
+        f.freed.insert((dir, name.to_vec()), at);
+    }
+
+    /// Notes that the queued creation of `ino` is now that of `name` in `parent` (a queued
+    /// rename): its creation record says so, and relies on what that place does.
+    pub(crate) fn note_moved(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let mut f = self.fresh();
+        let guard = f
+            .dirs
+            .get(&parent)
+            .copied()
+            .unwrap_or(0)
+            .max(f.freed.get(&(parent, name.to_vec())).copied().unwrap_or(0));
+        f.queued |= guard == QUEUED;
+        if let Some(file) = f.files.get_mut(&ino) {
+            file.creation.parent = parent;
+            file.creation.name = name.to_vec();
+            file.guard = file.guard.max(guard);
+        }
     }
 
     /// The creation of file `ino`, for a creation record, if the index may lose it to a kill

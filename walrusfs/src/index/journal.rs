@@ -80,6 +80,13 @@ enum Queued {
     Attrs(AttrCommit),
     /// A new file ([`Index::create_file`]).
     Create(Box<NewFile>),
+    /// An inode's ctime, and with `mtime` its mtime, set by a queued rename
+    /// ([`Index::rename_queued`]).
+    Touch {
+        ino: Ino,
+        mtime: Option<Timestamp>,
+        ctime: Timestamp,
+    },
 }
 
 /// Changes queued for the next index transaction, in the order they were made: it applies
@@ -113,16 +120,28 @@ impl Deferred {
         self.items.push(Queued::Attrs(change));
     }
 
+    /// Queues setting `ino`'s ctime, and its mtime if given.
+    pub(super) fn push_touch(&mut self, ino: Ino, mtime: Option<Timestamp>, ctime: Timestamp) {
+        self.items.push(Queued::Touch { ino, mtime, ctime });
+    }
+
+    /// Makes the queued creation of `ino` that of `name` in `parent`; false if there is none.
+    pub(super) fn move_create(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> bool {
+        for q in &mut self.items {
+            if let Queued::Create(f) = q {
+                if f.attr.ino == ino {
+                    f.parent = parent;
+                    f.name = name.to_vec();
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn journal(&self) -> impl Iterator<Item = &JournalCommit> {
         self.items.iter().filter_map(|q| match q {
             Queued::Journal(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    fn creates(&self) -> impl Iterator<Item = &NewFile> {
-        self.items.iter().filter_map(|q| match q {
-            Queued::Create(f) => Some(&**f),
             _ => None,
         })
     }
@@ -265,14 +284,7 @@ impl Index {
     /// lock, under which alone the overlay changes, so nothing it holds came after `d`.
     pub(crate) fn note_applied(&self, d: &Deferred) {
         self.overlay().clear();
-        let mut creates = d.creates().peekable();
-        if creates.peek().is_some() {
-            let at = self.committed();
-            let mut fresh = self.fresh();
-            for c in creates {
-                fresh.created_at(c.attr.ino, at);
-            }
-        }
+        self.fresh().applied(self.committed());
         self.applied_ticket.fetch_max(d.ticket, Ordering::AcqRel);
     }
 
@@ -302,6 +314,7 @@ impl Index {
             let ino = match q {
                 Queued::Journal(c) => c.ino,
                 Queued::Attrs(a) => a.ino,
+                Queued::Touch { ino, .. } => *ino,
                 Queued::Create(f) => {
                     self.apply_create(tx, f)?;
                     continue;
@@ -334,6 +347,12 @@ impl Index {
                     a.set.apply_mode_owner_atime(&mut attr);
                     attr.mtime = a.mtime;
                     attr.ctime = a.ctime;
+                }
+                Queued::Touch { mtime, ctime, .. } => {
+                    if let Some(mtime) = mtime {
+                        attr.mtime = *mtime;
+                    }
+                    attr.ctime = *ctime;
                 }
                 Queued::Create(_) => unreachable!("applied above"),
             }

@@ -388,6 +388,10 @@ impl Index {
         if self.logged.load(Ordering::Acquire) >= mark {
             return Ok(());
         }
+        if mark == fresh::QUEUED {
+            // A change still queued: applied first, so the flush covers it.
+            self.commit_deferred()?;
+        }
         self.flush_log()
     }
 

@@ -1,13 +1,14 @@
 //! What the index's queue will change, as reads must see it before the queue is applied: new
-//! regular files ([`Index::create_file`]) and attribute changes of directories, symlinks and
-//! special files ([`Index::setattr_queued`]), queued with the journal commits and file
-//! attribute changes of the filesystem core (`index::journal`).
+//! regular files ([`Index::create_file`]), their renames while their creation is queued
+//! ([`Index::rename_queued`]) and attribute changes of directories, symlinks and special
+//! files ([`Index::setattr_queued`]), queued with the journal commits and file attribute
+//! changes of the filesystem core (`index::journal`).
 //!
 //! Such a change costs no transaction of its own: the next one applies the whole queue, in
 //! order (the flusher's tick, a full queue, or any mutation, which applies the queue first).
 //! `tar -x` then costs a transaction per directory instead of four per directory and one per
-//! file, a loop of `cp` one per few hundred files, and rsync's create-then-rename one per file
-//! instead of two.
+//! file, and a loop of `cp`, or rsync's write-then-rename of each file, one per few dozen
+//! files instead of one or two per file.
 //!
 //! Until then this overlay answers for what the queue changed: attribute reads and lookups
 //! return the inodes as the queue leaves them, and a create sees the names it took. What
@@ -51,6 +52,21 @@ impl Overlay {
     pub(crate) fn create(&mut self, parent: Ino, name: &[u8], attr: InodeAttr) {
         self.next_ino = self.next_ino.max(attr.ino.saturating_add(1));
         self.names.insert((parent, name.to_vec()), attr.ino);
+        self.attrs.insert(attr.ino, attr);
+    }
+
+    /// Notes the queued rename of the queued new file `parent/name` to `new_parent/new_name`,
+    /// which leaves it as `attr`.
+    pub(crate) fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        attr: InodeAttr,
+    ) {
+        self.names.remove(&(parent, name.to_vec()));
+        self.names.insert((new_parent, new_name.to_vec()), attr.ino);
         self.attrs.insert(attr.ino, attr);
     }
 

@@ -95,6 +95,86 @@ impl Index {
     }
 }
 
+impl Index {
+    /// [`Index::rename`], queued (see `index::overlay`) when all it does is move a new file
+    /// whose creation is still queued to a free name: rsync writes each file under a
+    /// temporary name and renames it when done. The queued creation takes the new name, and
+    /// the times `rename` sets wait in the queue with it. Anything else (a target to replace,
+    /// an exchange, a file already in the index, a full queue) runs [`Index::rename`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_queued(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        now: Timestamp,
+        is_open: &dyn Fn(Ino) -> bool,
+    ) -> Result<RenameOutcome> {
+        if !flags.exchange && validate_name(name).is_ok() && validate_name(new_name).is_ok() {
+            let src = Side { dir: parent, name };
+            let dst = Side {
+                dir: new_parent,
+                name: new_name,
+            };
+            let _w = self.write_lock();
+            if self.queue_rename(src, dst, now)? {
+                return Ok(RenameOutcome::default());
+            }
+        }
+        self.rename(parent, name, new_parent, new_name, flags, now, is_open)
+    }
+
+    /// Queues the rename if [`Index::rename_queued`] may; the writer lock held. The target's
+    /// name is free in the index and in the queue, and only a transaction frees a name (after
+    /// applying the queue), so it was free all along: the creation may take it where it stands
+    /// in the queue.
+    fn queue_rename(&self, src: Side<'_>, dst: Side<'_>, now: Timestamp) -> Result<bool> {
+        let Some(mut file) = self.overlay().lookup(src.dir, src.name) else {
+            return Ok(false);
+        };
+        let Ok(mut to) = self.attr_nolock(dst.dir) else {
+            return Ok(false);
+        };
+        if to.kind != FileKind::Dir
+            || to.nlink == 0
+            || self.dirent_nolock(dst.dir, dst.name)?.is_some()
+        {
+            return Ok(false);
+        }
+        let mut from = self.attr_nolock(src.dir)?;
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if deferred.len() + 3 > super::journal::DEFER_MAX
+            || !deferred.move_create(file.ino, dst.dir, dst.name)
+        {
+            return Ok(false);
+        }
+        // What `rename_tx` sets: the file's ctime, both directories' mtime and ctime.
+        deferred.push_touch(file.ino, None, now);
+        deferred.push_touch(src.dir, Some(now), now);
+        if dst.dir != src.dir {
+            deferred.push_touch(dst.dir, Some(now), now);
+        }
+        let mut overlay = self.overlay();
+        file.ctime = now;
+        overlay.rename(src.dir, src.name, dst.dir, dst.name, file.clone());
+        from.mtime = now;
+        from.ctime = now;
+        overlay.set(from);
+        if dst.dir != src.dir {
+            to.mtime = now;
+            to.ctime = now;
+            overlay.set(to);
+        }
+        drop(overlay);
+        drop(deferred);
+        self.note_moved(file.ino, dst.dir, dst.name);
+        self.note_freed(src.dir, src.name, super::fresh::QUEUED);
+        Ok(true)
+    }
+}
+
 /// The body of the rename transaction, after both parents and the source were found.
 #[allow(clippy::too_many_arguments)]
 fn rename_tx(

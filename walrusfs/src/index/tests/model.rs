@@ -339,7 +339,8 @@ impl Model {
 }
 
 /// Runs one op on both sides and checks they agree. With `queued`, files are created with
-/// [`Index::create_file`] (their creation waits in the queue).
+/// [`Index::create_file`] and renamed with [`Index::rename_queued`] (both wait in the queue
+/// when they may).
 fn step(ix: &Index, m: &mut Model, op: &Op, queued: bool) {
     let open = m.open.clone();
     let is_open = move |ino: Ino| open.contains(&ino);
@@ -441,7 +442,13 @@ fn step(ix: &Index, m: &mut Model, op: &Op, queued: bool) {
                 no_replace: flags & 1 != 0,
                 exchange: flags & 2 != 0,
             };
-            let got = ix.rename(
+            let rename = if queued {
+                Index::rename_queued
+            } else {
+                Index::rename
+            };
+            let got = rename(
+                ix,
                 p,
                 n.as_bytes(),
                 np,

@@ -210,6 +210,85 @@ fn queued_files_are_renamed_linked_and_unlinked_as_committed_ones() {
 }
 
 #[test]
+fn a_new_file_renamed_while_its_creation_waits_moves_in_the_queue_and_its_creation_record_follows()
+{
+    let (_d, ix) = open();
+    let d = mkdir(&ix, ROOT_INO, "d");
+    ix.flush_log().unwrap();
+    let f = queue(&ix, ROOT_INO, ".f.tmp", 20);
+    let before = ix.committed();
+    let out = ix
+        .rename_queued(
+            ROOT_INO,
+            b".f.tmp",
+            d.ino,
+            b"f",
+            RenameFlags::default(),
+            t(21),
+            &closed,
+        )
+        .unwrap();
+    assert_eq!(out, RenameOutcome::default());
+    assert_eq!(ix.committed(), before, "no transaction");
+    assert_err!(ix.lookup(ROOT_INO, b".f.tmp"), IndexError::NotFound);
+    let moved = ix.lookup(d.ino, b"f").unwrap();
+    assert_eq!((moved.ino, moved.ctime, moved.mtime), (f.ino, t(21), t(20)));
+    for dir in [ROOT_INO, d.ino] {
+        let a = ix.get_attr(dir).unwrap();
+        assert_eq!((a.mtime, a.ctime), (t(21), t(21)), "directory {dir}");
+    }
+    // A close now journals the creation under the new name; the old name waits for the
+    // queue: a new file there relies on the rename, so its close applies the queue first.
+    let c = ix.fresh_creation(f.ino).unwrap();
+    assert_eq!((c.parent, c.name.as_slice()), (d.ino, &b"f"[..]));
+    let g = queue(&ix, ROOT_INO, ".f.tmp", 22);
+    assert_eq!(ix.creation_guard(g.ino), crate::index::fresh::QUEUED);
+    ix.flush_log_through(ix.creation_guard(g.ino)).unwrap();
+    assert!(ix.deferred_empty(), "the close's flush applied the queue");
+    assert_eq!(ix.committed(), before + 1);
+    assert!(
+        ix.fresh_creation(g.ino).is_none(),
+        "and handed it to the kernel"
+    );
+    assert_eq!(
+        ix.lookup(d.ino, b"f").unwrap(),
+        moved,
+        "as the overlay said"
+    );
+
+    // Over an existing name, or a file already in the index: a transaction.
+    let h = queue(&ix, ROOT_INO, "h", 23);
+    let before = ix.committed();
+    let out = ix
+        .rename_queued(
+            ROOT_INO,
+            b"h",
+            d.ino,
+            b"f",
+            RenameFlags::default(),
+            t(24),
+            &closed,
+        )
+        .unwrap();
+    assert_eq!(out.replaced.map(|u| (u.ino, u.freed)), Some((f.ino, true)));
+    assert!(ix.committed() > before);
+    assert_eq!(ix.lookup(d.ino, b"f").unwrap().ino, h.ino);
+    let before = ix.committed();
+    ix.rename_queued(
+        d.ino,
+        b"f",
+        ROOT_INO,
+        b"h2",
+        RenameFlags::default(),
+        t(25),
+        &closed,
+    )
+    .unwrap();
+    assert_eq!(ix.committed(), before + 1);
+    ix.check().unwrap();
+}
+
+#[test]
 fn queued_and_committed_creations_never_share_an_inode_number() {
     let (dir, ix) = open();
     let mut inos = vec![];
@@ -335,11 +414,31 @@ mod overlay_property {
 
     #[derive(Debug, Clone)]
     enum Op {
-        File { dir: usize, name: u8 },
-        Mkdir { dir: usize, name: u8 },
-        Chmod { dir: usize, perm: u16 },
-        Times { dir: usize, mtime: i64 },
-        Chown { dir: usize, uid: u32 },
+        File {
+            dir: usize,
+            name: u8,
+        },
+        Mkdir {
+            dir: usize,
+            name: u8,
+        },
+        Chmod {
+            dir: usize,
+            perm: u16,
+        },
+        Times {
+            dir: usize,
+            mtime: i64,
+        },
+        Chown {
+            dir: usize,
+            uid: u32,
+        },
+        /// Rename the `file`-th name to a new name in the `dir`-th directory.
+        Rename {
+            file: usize,
+            dir: usize,
+        },
         Apply,
     }
 
@@ -350,6 +449,7 @@ mod overlay_property {
             2 => (0..8usize, 0..0o7777u16).prop_map(|(dir, perm)| Op::Chmod { dir, perm }),
             2 => (0..8usize, 0..1000i64).prop_map(|(dir, mtime)| Op::Times { dir, mtime }),
             1 => (0..8usize, 0..5u32).prop_map(|(dir, uid)| Op::Chown { dir, uid }),
+            3 => (0..16usize, 0..8usize).prop_map(|(file, dir)| Op::Rename { file, dir }),
             1 => Just(Op::Apply),
         ]
     }
@@ -358,7 +458,8 @@ mod overlay_property {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         /// Whatever the queue holds, the overlay answers what applying it gives: every
-        /// inode's attributes and every name, read before and after the transaction.
+        /// inode's attributes and every name, read before and after the transaction. Renames
+        /// of directories are transactions; those of files made moments before are queued.
         #[test]
         fn the_overlay_answers_what_applying_the_queue_gives(
             ops in proptest::collection::vec(op(), 1..60)
@@ -397,6 +498,30 @@ mod overlay_property {
                     Op::Chown { dir: d, uid } => {
                         let set = SetAttr { uid: Some(uid), ..SetAttr::default() };
                         ix.setattr_queued(dir(d), set, now).unwrap();
+                    }
+                    Op::Rename { file, dir: d } => {
+                        if names.is_empty() {
+                            continue;
+                        }
+                        let k = file % names.len();
+                        let (from, name) = names[k].clone();
+                        let to = dir(d);
+                        let new_name = format!("r{i}").into_bytes();
+                        let got = ix.rename_queued(
+                            from,
+                            &name,
+                            to,
+                            &new_name,
+                            RenameFlags::default(),
+                            now,
+                            &closed,
+                        );
+                        match got {
+                            Ok(_) => names[k] = (to, new_name),
+                            // A directory into itself or below.
+                            Err(IndexError::InvalidArgument(_)) => {}
+                            Err(e) => panic!("{op:?}: {e}"),
+                        }
                     }
                     Op::Apply => ix.commit_deferred().unwrap(),
                 }
