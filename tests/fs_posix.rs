@@ -1145,6 +1145,50 @@ fn permissions_are_enforced_for_other_users() {
 }
 
 #[test]
+fn chowns_drop_setuid_setgid_and_capabilities_of_all_but_directories() {
+    // As Linux's chown does on a local filesystem, which the mount does itself under
+    // FUSE_HANDLE_KILLPRIV_V2 (the kernel flags the chown and leaves the mode alone): a new
+    // owner or group drops setuid, setgid if group-executable, and the capabilities xattr,
+    // whoever makes the change; a directory keeps its mode.
+    let d = m().fresh_dir("chown-killpriv");
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let f = d.join("tool");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+
+    chmod(&f, 0o6755);
+    std::os::unix::fs::chown(&f, Some(NOBODY), None).unwrap();
+    assert_eq!(mode(&f), 0o0755, "a new owner drops setuid and setgid");
+    chmod(&f, 0o6745);
+    std::os::unix::fs::chown(&f, None, Some(NOBODY)).unwrap();
+    assert_eq!(
+        mode(&f),
+        0o2745,
+        "a new group: setgid without group execute stays"
+    );
+    assert_eq!(fs::metadata(&f).unwrap().gid(), NOBODY);
+
+    // struct vfs_cap_data, revision 2: effective, permitted = CAP_NET_RAW (13).
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap.extend_from_slice(&(1u32 << 13).to_le_bytes());
+    cap.extend_from_slice(&[0; 12]);
+    setxattr(&f, "security.capability", &cap, 0).unwrap();
+    std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+    assert_errno(
+        getxattr(&f, "security.capability"),
+        libc::ENODATA,
+        "a chown drops the capabilities",
+    );
+
+    let sub = d.join("shared");
+    fs::create_dir(&sub).unwrap();
+    chmod(&sub, 0o2775);
+    std::os::unix::fs::chown(&sub, Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_eq!(mode(&sub), 0o2775, "a directory keeps setgid");
+}
+
+#[test]
 fn writes_and_truncations_drop_setuid_setgid_and_capabilities() {
     // As Linux does for a local file (`file_remove_privs`), which the mount does itself
     // (FUSE_HANDLE_KILLPRIV_V2): a write or truncation by a caller without CAP_FSETID drops

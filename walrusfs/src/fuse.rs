@@ -292,6 +292,15 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
                 Err(e) => return reply.error(errno(e)),
             }
         }
+        let chown = uid.is_some() || gid.is_some();
+        if chown && perm.is_none() {
+            // Likewise a chown, by anyone, of anything but a directory: the kernel flags it
+            // with FATTR_KILL_SUIDGID and leaves the mode to us.
+            match self.fs.perm_after_chown(ino.0) {
+                Ok(p) => perm = p.or(perm),
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
         let changes = SetAttr {
             perm,
             uid,
@@ -301,7 +310,15 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             mtime: mtime.map(time),
             ctime: ctime.map(Timestamp::from),
         };
-        match self.fs.setattr(ino.0, changes) {
+        let set = self.fs.setattr(ino.0, changes).and_then(|a| {
+            // A chown of anything but a directory drops its capabilities too (Linux's
+            // ATTR_KILL_PRIV).
+            if chown && a.kind != FileKind::Dir {
+                self.fs.drop_capabilities(ino.0)?;
+            }
+            Ok(a)
+        });
+        match set {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
         }

@@ -336,7 +336,7 @@ impl<B: BlobStore> Fs<B> {
     /// two index reads when there is nothing to drop. A file gone meanwhile is left to the
     /// write to report.
     pub fn drop_privileges_for_write(&self, ino: Ino, suidgid: bool) -> FsResult<()> {
-        use crate::index::IndexError::{NoData, NotFound};
+        use crate::index::IndexError::NotFound;
         if suidgid {
             let attr = match self.getattr(ino) {
                 Ok(a) => a,
@@ -354,6 +354,12 @@ impl<B: BlobStore> Fs<B> {
                 )?;
             }
         }
+        self.drop_capabilities(ino)
+    }
+
+    /// Removes `ino`'s capabilities xattr if it has one (a write or a chown drops it).
+    pub fn drop_capabilities(&self, ino: Ino) -> FsResult<()> {
+        use crate::index::IndexError::{NoData, NotFound};
         match self.inner.index.get_xattr(ino, CAPABILITY_XATTR) {
             Ok(_) => match self.removexattr(ino, CAPABILITY_XATTR) {
                 Ok(()) | Err(FsError::Index(NoData | NotFound)) => Ok(()),
@@ -362,6 +368,16 @@ impl<B: BlobStore> Fs<B> {
             Err(NoData | NotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The mode a chown (a new owner or group) leaves `ino` with, or None if it keeps its
+    /// mode: anything but a directory loses setuid, and setgid if group-executable, whoever
+    /// makes the change (Linux's `chown_common`). Under `FUSE_HANDLE_KILLPRIV_V2` the kernel
+    /// leaves this to the filesystem (`FATTR_KILL_SUIDGID`, which fuser does not pass).
+    pub fn perm_after_chown(&self, ino: Ino) -> FsResult<Option<u16>> {
+        let attr = self.getattr(ino)?;
+        let drop = suidgid_to_drop(attr.perm);
+        Ok((attr.kind != FileKind::Dir && drop != 0).then_some(attr.perm & !drop))
     }
 
     /// The mode a truncation of `ino` by a caller without `CAP_FSETID` leaves (setuid, and
