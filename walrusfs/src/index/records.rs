@@ -9,12 +9,17 @@
 //! captures of changes made after it, in order, to an empty index yields that state, because
 //! each entry carries the key's final value at its capture, not an operation.
 
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::{IndexError, Result};
 use super::layout::{change_key, encode, local_key, parse_change_key, TreeId};
 use super::scan::Scan;
 use super::Index;
+
+/// Change stamps [`Index::mark_published`] drops per transaction.
+pub(super) const MARK_BATCH: usize = 512;
 
 /// One key of a published tree: its value at the capture, or `None` if it was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,23 +86,67 @@ impl Index {
     }
 
     /// Records that everything up to change `upto_seq` is published, together with the
-    /// archive layer's `archive_state` (its view of the root record), in one transaction:
-    /// drops the change stamps up to `upto_seq` (later changes of the same keys keep theirs).
+    /// archive layer's `archive_state` (its view of the root record): drops the change stamps
+    /// up to `upto_seq` (later changes of the same keys keep theirs), then saves the state.
+    ///
+    /// The stamps go [`MARK_BATCH`] at a time, each batch in a transaction of its own that
+    /// checks them again: every transaction holds the writer lock, which every lookup and
+    /// create waits for, and one transaction dropping all of them held it for a quarter of
+    /// an `rsync -a` once a few thousand files had changed. A crash part-way leaves some
+    /// stamps of published changes and the old state; the next mount finds its own record in
+    /// the published chain and marks it again (`archive::writer`), as after a crash before
+    /// this call.
     pub fn mark_published(&self, upto_seq: u64, archive_state: &[u8]) -> Result<()> {
-        let _w = self.writer()?;
-        // Scanned under the writer lock, before the transaction (see `scan`).
-        let mut done = Vec::new();
-        for item in self.trees.changes.iter() {
-            let (key, stamp) = item?;
-            if stamp_seq(&stamp)? <= upto_seq {
-                done.push(key);
+        let mut after: Option<sled::IVec> = None;
+        loop {
+            // Scanned under the read lock (see `scan`); the transaction reads each again.
+            let (batch, last) = {
+                let _r = self.read_lock();
+                let iter = match &after {
+                    None => self.trees.changes.iter(),
+                    Some(k) => self
+                        .trees
+                        .changes
+                        .range((Bound::Excluded(k.clone()), Bound::Unbounded)),
+                };
+                let mut batch = Vec::new();
+                let mut last = None;
+                for item in iter {
+                    let (key, stamp) = item?;
+                    if stamp_seq(&stamp)? <= upto_seq {
+                        batch.push(key.clone());
+                    }
+                    last = Some(key);
+                    if batch.len() >= MARK_BATCH {
+                        break;
+                    }
+                }
+                (batch, last)
+            };
+            let full = batch.len() >= MARK_BATCH;
+            if !batch.is_empty() {
+                let _w = self.write_lock();
+                self.transact(&Scan::default(), |tx| {
+                    for key in &batch {
+                        let Some(stamp) = tx.get(TreeId::Changes, key)? else {
+                            continue;
+                        };
+                        // Changed again since the scan: the newer stamp stays.
+                        if super::tx::ok(stamp_seq(&stamp))? <= upto_seq {
+                            tx.del(TreeId::Changes, key)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            match last {
+                Some(key) if full => after = Some(key),
+                _ => break,
             }
         }
         let seq = encode(&upto_seq)?;
+        let _w = self.write_lock();
         self.transact(&Scan::default(), |tx| {
-            for key in &done {
-                tx.del(TreeId::Changes, key)?;
-            }
             tx.put_local(local_key::PUBLISHED_SEQ, seq.as_slice())?;
             tx.put_local(local_key::ARCHIVE_STATE, archive_state)
         })

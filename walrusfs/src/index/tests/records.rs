@@ -120,3 +120,41 @@ fn records_cannot_touch_local_trees() {
     };
     assert_err!(rep.apply_entries(&[bad], true), IndexError::Corrupt(_));
 }
+
+#[test]
+fn marking_many_changes_published_goes_in_batches_and_keeps_later_ones() {
+    let (_d, ix) = open();
+    let files: Vec<InodeAttr> = (0..800)
+        .map(|i| mkfile(&ix, ROOT_INO, &format!("f{i}")))
+        .collect();
+    let capture = ix.capture_changes().unwrap();
+    // Far more stamps than one batch (each file stamps its inode, entry and cookie).
+    assert!(ix.unpublished_changes() > 3 * super::super::records::MARK_BATCH);
+    // Changes made while the capture was being published: the last file's, and a new one.
+    ix.set_xattr(files[799].ino, b"user.k", b"v", XattrFlags::default(), t(9))
+        .unwrap();
+    mkfile(&ix, ROOT_INO, "late");
+    let before = ix.committed();
+    ix.mark_published(capture.upto_seq, b"state").unwrap();
+    assert!(
+        ix.committed() - before > 3,
+        "one transaction per batch, and the state's"
+    );
+    assert_eq!(ix.published_seq().unwrap(), capture.upto_seq);
+    assert_eq!(ix.archive_state().unwrap().as_deref(), Some(&b"state"[..]));
+    let left = ix.changes_after(0).unwrap();
+    assert_eq!(
+        left,
+        ix.changes_after(capture.upto_seq).unwrap(),
+        "only later stamps stay"
+    );
+    assert_eq!(ix.unpublished_changes(), left);
+    let next = ix.capture_changes().unwrap();
+    let xattr_key = next
+        .entries
+        .iter()
+        .any(|e| e.tree == TreeId::Xattrs && e.value.as_deref() == Some(&b"v"[..]));
+    assert!(xattr_key, "the xattr set meanwhile is still to publish");
+    assert!(ix.lookup(ROOT_INO, b"late").is_ok());
+    ix.check().unwrap();
+}
