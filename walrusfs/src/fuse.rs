@@ -297,7 +297,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
             // Likewise a chown, by anyone, of anything but a directory: the kernel flags it
             // with FATTR_KILL_SUIDGID and leaves the mode to us.
             match self.fs.perm_after_chown(ino.0) {
-                Ok(p) => perm = p.or(perm),
+                Ok(p) => perm = p,
                 Err(e) => return reply.error(errno(e)),
             }
         }
