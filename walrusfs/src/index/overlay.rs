@@ -17,8 +17,10 @@
 //!
 //! What a killed mount may lose is what it could lose before (DESIGN 3): a new file that was
 //! closed has a creation record in the journal (see `index::fresh`), written or empty, so the
-//! next mount creates it; an attribute change of a directory is lost if the kill comes before
-//! the flusher's next tick, as a file's queued one is.
+//! next mount creates it; a queued rename, or an attribute change of a directory, is lost if
+//! the kill comes before the flusher's next tick, as an unlogged rename transaction or a
+//! file's queued attribute change is (the renamed file comes back under the name its close
+//! journaled).
 
 use std::collections::HashMap;
 
