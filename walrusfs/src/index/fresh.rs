@@ -77,6 +77,14 @@ impl Fresh {
         self.freed.values_mut().for_each(fix);
     }
 
+    /// What a creation record of a file `name` in `parent` relies on: the directory's
+    /// creation and an earlier removal of the name, if not yet in the kernel.
+    fn guard_at(&self, parent: Ino, name: &[u8]) -> u64 {
+        let dir = self.dirs.get(&parent).copied().unwrap_or(0);
+        let freed = self.freed.get(&(parent, name.to_vec())).copied();
+        dir.max(freed.unwrap_or(0))
+    }
+
     /// Drops every change in transactions up to `logged`, now in the kernel.
     pub(crate) fn prune(&mut self, logged: u64) {
         self.files.retain(|_, f| f.at > logged);
@@ -92,18 +100,13 @@ impl Index {
     }
 
     /// Notes the creation of `attr` as `name` in `parent`, committed as transaction `at`
-    /// ([`QUEUED`]: not yet; [`Fresh::created_at`] tells when).
+    /// ([`QUEUED`]: not yet; [`Fresh::applied`] tells when).
     pub(crate) fn note_created(&self, parent: Ino, name: &[u8], attr: &InodeAttr, at: u64) {
         let mut f = self.fresh();
         f.queued |= at == QUEUED;
         match attr.kind {
             FileKind::File => {
-                let guard = f
-                    .dirs
-                    .get(&parent)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(f.freed.get(&(parent, name.to_vec())).copied().unwrap_or(0));
+                let guard = f.guard_at(parent, name);
                 let creation = Creation {
                     parent,
                     name: name.to_vec(),
@@ -145,13 +148,7 @@ impl Index {
     /// rename): its creation record says so, and relies on what that place does.
     pub(crate) fn note_moved(&self, ino: Ino, parent: Ino, name: &[u8]) {
         let mut f = self.fresh();
-        let guard = f
-            .dirs
-            .get(&parent)
-            .copied()
-            .unwrap_or(0)
-            .max(f.freed.get(&(parent, name.to_vec())).copied().unwrap_or(0));
-        f.queued |= guard == QUEUED;
+        let guard = f.guard_at(parent, name);
         if let Some(file) = f.files.get_mut(&ino) {
             file.creation.parent = parent;
             file.creation.name = name.to_vec();

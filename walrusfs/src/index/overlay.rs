@@ -33,8 +33,9 @@ use super::types::{Ino, InodeAttr};
 pub(crate) struct Overlay {
     /// Inodes as the queued changes leave them.
     attrs: HashMap<Ino, InodeAttr>,
-    /// The entries of the queued new files.
-    names: HashMap<(Ino, Vec<u8>), Ino>,
+    /// The entries of the queued new files, by directory (so a lookup by a borrowed name
+    /// allocates nothing).
+    names: HashMap<Ino, HashMap<Vec<u8>, Ino>>,
     /// One past the highest inode number handed out to a queued new file (0: none).
     next_ino: Ino,
 }
@@ -53,7 +54,10 @@ impl Overlay {
     /// Notes the queued creation of `attr` as `name` in `parent`.
     pub(crate) fn create(&mut self, parent: Ino, name: &[u8], attr: InodeAttr) {
         self.next_ino = self.next_ino.max(attr.ino.saturating_add(1));
-        self.names.insert((parent, name.to_vec()), attr.ino);
+        self.names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), attr.ino);
         self.attrs.insert(attr.ino, attr);
     }
 
@@ -67,9 +71,13 @@ impl Overlay {
         new_name: &[u8],
         attr: InodeAttr,
     ) {
-        self.names.remove(&(parent, name.to_vec()));
-        self.names.insert((new_parent, new_name.to_vec()), attr.ino);
-        self.attrs.insert(attr.ino, attr);
+        if let Some(dir) = self.names.get_mut(&parent) {
+            dir.remove(name);
+            if dir.is_empty() {
+                self.names.remove(&parent);
+            }
+        }
+        self.create(new_parent, new_name, attr);
     }
 
     /// Notes that the queue leaves inode `attr.ino` as `attr`.
@@ -79,7 +87,7 @@ impl Overlay {
 
     /// The queued new file `name` in `parent`, if any.
     pub(crate) fn lookup(&self, parent: Ino, name: &[u8]) -> Option<InodeAttr> {
-        let ino = self.names.get(&(parent, name.to_vec()))?;
+        let ino = self.names.get(&parent)?.get(name)?;
         self.attrs.get(ino).cloned()
     }
 
