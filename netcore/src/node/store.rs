@@ -50,8 +50,8 @@
 //! counting a file twice. The hashing of a put runs before the lock is taken. Reads take no
 //! lock: renames are atomic. One process owns a root at a time (the node owns its `--dir`).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -174,6 +174,8 @@ pub struct SliverStore {
     stats: Mutex<StoreStats>,
     /// Sliver bytes per owner (see the `owner` file in the layout), kept the same way.
     usage: Mutex<std::collections::HashMap<PublicKey, u64>>,
+    /// Large new files go around the page cache (see [`direct`]).
+    direct: direct::DirectWrites,
 }
 
 impl SliverStore {
@@ -203,6 +205,7 @@ impl SliverStore {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             stats: Mutex::new(stats),
             usage: Mutex::new(usage),
+            direct: direct::DirectWrites::new(true),
         })
     }
 
@@ -244,6 +247,7 @@ impl SliverStore {
         // the confirmation was not sent, so the client never relied on it.
         let sliver_file = sliver_name(index);
         let [meta_outcome, sliver_outcome] = store_files(
+            &self.direct,
             &dir,
             [(METADATA_FILE, &encoded_metadata[..]), (&sliver_file, data)],
         )?;
@@ -690,6 +694,7 @@ enum FileOutcome {
 
 /// Makes `dir/name` hold exactly `data`, durably, unless it already does.
 fn store_files<const N: usize>(
+    direct: &direct::DirectWrites,
     dir: &Path,
     files: [(&str, &[u8]); N],
 ) -> Result<[FileOutcome; N], StoreError> {
@@ -701,7 +706,7 @@ fn store_files<const N: usize>(
             to_write.push((*name, *data));
         }
     }
-    write_atomically(dir, &to_write)?;
+    write_atomically(direct, dir, &to_write)?;
     Ok(outcomes)
 }
 
@@ -726,7 +731,11 @@ fn file_outcome(path: &Path, data: &[u8]) -> Result<FileOutcome, StoreError> {
 
 /// Writes each `dir/name` through a temp file, so that at every instant a name holds either
 /// its old content or all of its new data, and returns once the new contents are durable.
-fn write_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), StoreError> {
+fn write_atomically(
+    direct: &direct::DirectWrites,
+    dir: &Path,
+    files: &[(&str, &[u8])],
+) -> Result<(), StoreError> {
     if files.is_empty() {
         return Ok(());
     }
@@ -739,15 +748,14 @@ fn write_atomically(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), StoreErro
                 UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
             temps.push(tmp_path.clone());
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_path)
+            direct
+                .write_new(&tmp_path, data)
                 .map_err(io_error(&tmp_path))?;
-            file.write_all(data).map_err(io_error(&tmp_path))?;
             // INV: the bytes are on disk before the final name points at them; otherwise a
             // crash after the rename could leave a correctly named file with missing content.
-            file.sync_all().map_err(io_error(&tmp_path))?;
+            File::open(&tmp_path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error(&tmp_path))?;
         }
         for ((name, _), tmp_path) in files.iter().zip(&temps) {
             let final_path = dir.join(name);
@@ -972,6 +980,7 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
 }
 
 mod batch;
+mod direct;
 pub use batch::PutItem;
 
 #[cfg(test)]

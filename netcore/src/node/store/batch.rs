@@ -7,8 +7,7 @@
 //! makes the renames durable. Only then does any put of the batch return, so a confirmation is
 //! still signed only for a sliver that is durable (DESIGN invariant 3).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -174,11 +173,7 @@ impl SliverStore {
                 std::process::id(),
                 UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
-            let write = || -> std::io::Result<()> {
-                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-                f.write_all(data)
-            };
-            if let Err(e) = write() {
+            if let Err(e) = self.direct.write_new(&tmp, data) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(io_error(&tmp)(e));
             }

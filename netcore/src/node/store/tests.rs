@@ -1,5 +1,6 @@
 //! Tests of the sliver store: durability, rejection of bad input, damage on disk, restarts.
 use std::collections::BTreeSet;
+use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
