@@ -109,7 +109,7 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         Ok(())
     })?;
-    if data.len() % ALIGN != 0 {
+    if !data.len().is_multiple_of(ALIGN) {
         f.set_len(data.len() as u64)?;
     }
     Ok(())
