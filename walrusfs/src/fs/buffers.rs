@@ -20,6 +20,9 @@ use std::time::Instant;
 
 use crate::index::{SetAttr, Timestamp};
 
+/// A chunk buffer written past this many bytes gets room for the whole chunk at once.
+const FULL_RESERVE_FROM: usize = 512 << 10;
+
 /// Memory held in dirty buffers across the mount.
 #[derive(Debug)]
 pub(crate) struct DirtyBudget {
@@ -249,10 +252,20 @@ impl FileBuffers {
             buf.since = now;
         }
         let bytes = Arc::make_mut(&mut buf.data);
-        if bytes.len() < in_chunk + src.len() {
-            bytes.resize(in_chunk + src.len(), 0);
+        let end = in_chunk + src.len();
+        if end > bytes.capacity() && end >= FULL_RESERVE_FROM.min(cs as usize) {
+            // A chunk written this far will most likely be written to its end (a sequential
+            // writer): room for all of it at once, instead of doubling, which copied 3 MiB of
+            // each 4 MiB chunk (1.5% of the mount's CPU while writing). Small files stay small.
+            bytes.reserve_exact((cs as usize).max(end) - bytes.len());
         }
-        bytes[in_chunk..in_chunk + src.len()].copy_from_slice(src);
+        if bytes.len() < in_chunk {
+            bytes.resize(in_chunk, 0); // a hole before the write reads as zeros
+        }
+        // Over what is there, then appended: the appended part is not zeroed first.
+        let overlap = bytes.len().min(end) - in_chunk;
+        bytes[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
+        bytes.extend_from_slice(&src[overlap..]);
         if bytes.len() as u64 == cs && in_chunk + src.len() == cs as usize {
             out.full.push(idx);
         }
