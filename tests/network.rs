@@ -242,6 +242,50 @@ fn lying_slow_flaky_and_refusing_nodes_cannot_spoil_writes_or_reads() {
     net.up_again();
 }
 
+/// Nodes 0 and 1 (two of the three systematic slivers) announce a whole sliver and end the
+/// stream halfway through it: the reader takes it as the node's failure, asks others, and
+/// returns the right bytes, for whole slivers and for ranges.
+#[test]
+fn nodes_that_end_an_answer_early_are_read_around() {
+    let net = Testnet::up(7);
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes((3 << 20) + 777, 81);
+    let id = net.put_bytes(work.path(), &data);
+    net.wait_all_slivers(&id);
+    misbehave(&net, 0, "short_bodies = true");
+    misbehave(&net, 1, "short_bodies = true");
+    for range in [None, Some((100_000u64, 200_000u64))] {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["blob", "get", "--testnet", net.dir_str(), &id, "-o", "-"])
+            .env("RUST_LOG", "netcore=debug");
+        if let Some((offset, len)) = range {
+            cmd.arg(format!("--range={offset}:{len}"));
+        }
+        let out = cmd.output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{range:?}: {log}");
+        let want = match range {
+            None => &data[..],
+            Some((o, l)) => &data[o as usize..(o + l) as usize],
+        };
+        assert!(out.stdout == want, "{range:?}: wrong bytes");
+        // A whole blob is read from both systematic nodes first; a range from the one
+        // holding it.
+        let liars: &[&str] = match range {
+            None => &["node=0", "node=1"],
+            Some(_) => &["node="],
+        };
+        for node in liars {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(node) && l.contains("ended at")),
+                "{range:?}: {node}'s short answer was not seen:\n{log}"
+            );
+        }
+    }
+    net.up_again();
+}
+
 #[test]
 fn untrusted_clients_cannot_store_or_delete() {
     let net = Testnet::up(7);

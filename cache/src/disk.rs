@@ -5,7 +5,9 @@
 //! place, so a reader sees either the whole old entry, the whole new one, or nothing. There is no
 //! fsync: a crash may lose entries, and may leave a renamed file whose data never reached the
 //! disk; the header's length and checksum catch that, and such an entry is removed and reported
-//! as a miss. Callers still verify content cryptographically before serving it.
+//! as a miss. Callers still verify content cryptographically before serving it. A cache opened
+//! with [`DiskCache::open_unsummed`] leaves the checksum out: its caller's verification is what
+//! catches a zero-filled entry, and it removes the entry then.
 //!
 //! Recency is kept in memory and approximated on disk by file modification times (set on insert
 //! and refreshed on every hit), which [`DiskCache::open`] uses to rebuild the LRU order.
@@ -83,6 +85,9 @@ fn remove_file_if_present(path: &Path) -> Result<(), DiskCacheError> {
 pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
+    /// Whether new entries carry a checksum (format version 1), and entries without one are
+    /// refused.
+    summed: bool,
     inner: Mutex<Inner>,
     next_temp: AtomicU64,
     /// Held for its lock: the directory is ours while this file is open.
@@ -134,7 +139,23 @@ impl DiskCache {
     /// until the total fits `capacity_bytes`. Files with other names are left alone and not
     /// counted. Reading entry contents is deferred to [`get`](Self::get).
     pub fn open(dir: impl AsRef<Path>, capacity_bytes: u64) -> Result<Self, DiskCacheError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_with(dir.as_ref(), capacity_bytes, true)
+    }
+
+    /// As [`open`](Self::open), for a caller that authenticates every value it gets (a MAC,
+    /// an AEAD, a hash it knows): entries are written without a checksum, and read without
+    /// one unless they have it (entries of an older version). Saves a pass over every byte
+    /// inserted and every byte read; a damaged entry of the same length is then served, and
+    /// the caller must [`remove`](Self::remove) it when it fails authentication.
+    pub fn open_unsummed(
+        dir: impl AsRef<Path>,
+        capacity_bytes: u64,
+    ) -> Result<Self, DiskCacheError> {
+        Self::open_with(dir.as_ref(), capacity_bytes, false)
+    }
+
+    fn open_with(dir: &Path, capacity_bytes: u64, summed: bool) -> Result<Self, DiskCacheError> {
+        let dir = dir.to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
@@ -192,6 +213,7 @@ impl DiskCache {
         let cache = Self {
             dir,
             capacity: capacity_bytes,
+            summed,
             inner: Mutex::new(inner),
             next_temp: AtomicU64::new(0),
             _lock: lock,
@@ -218,7 +240,7 @@ impl DiskCache {
         let path = self.entry_path(key);
         // The read runs without the lock; if the entry is evicted or replaced meanwhile, the
         // open file still refers to the complete old entry (rename and unlink are atomic).
-        let read = read_entry(&path);
+        let read = read_entry(&path, self.summed);
         let mut inner = self.lock();
         match read {
             Ok(data) => {
@@ -263,7 +285,7 @@ impl DiskCache {
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = write_entry(&temp, value) {
+        if let Err(e) = write_entry(&temp, value, self.summed) {
             // Best effort: a leftover is deleted by the next `open` anyway.
             let _ = fs::remove_file(&temp);
             return Err(io_err("write", &temp)(e));
@@ -365,16 +387,16 @@ impl std::fmt::Debug for DiskCache {
 }
 
 /// Writes header and payload to a new file at `path` (which must not exist).
-fn write_entry(path: &Path, value: &[u8]) -> io::Result<()> {
+fn write_entry(path: &Path, value: &[u8], summed: bool) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(&encode_header(value))?;
+    file.write_all(&encode_header(value, summed))?;
     file.write_all(value)
 }
 
 /// Reads and checks a whole entry; any failure (including damage, as `InvalidData`) means the
 /// entry must not be served. A good read refreshes the file's modification time, best effort,
-/// so recency survives a restart.
-fn read_entry(path: &Path) -> io::Result<Vec<u8>> {
+/// so recency survives a restart. An entry without a checksum is accepted only if `!summed`.
+fn read_entry(path: &Path, summed: bool) -> io::Result<Vec<u8>> {
     let mut file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut header = [0u8; HEADER_LEN];
@@ -391,8 +413,10 @@ fn read_entry(path: &Path) -> io::Result<Vec<u8>> {
     if data.len() != len {
         return Err(invalid("file changed size while reading"));
     }
-    if format::checksum(&data) != sum {
-        return Err(invalid("checksum mismatch"));
+    match sum {
+        Some(sum) if format::checksum(&data) != sum => return Err(invalid("checksum mismatch")),
+        None if summed => return Err(invalid("no checksum in a checksummed cache")),
+        _ => {}
     }
     let _ = file.set_modified(SystemTime::now());
     Ok(data)

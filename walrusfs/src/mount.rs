@@ -596,7 +596,7 @@ fn serve(
     let disk_cache = match args.disk_cache_mib {
         0 => None,
         mib => Some(
-            cache::DiskCache::open(state.join("cache"), mib << 20)
+            cache::DiskCache::open_unsummed(state.join("cache"), mib << 20)
                 .context("cannot open the chunk cache")?,
         ),
     };

@@ -5,15 +5,20 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     8  magic  b"WFSCACH1" (format version in the last byte)
+//!      0     8  magic  b"WFSCACH1" or b"WFSCACH2" (format version in the last byte)
 //!      8     8  payload length in bytes
-//!     16     8  checksum of the payload (see `checksum`)
+//!     16     8  version 1: checksum of the payload (see `checksum`); version 2: zero
 //!     24     n  payload
 //! ```
 //!
 //! The checksum only catches accidents (a crash between rename and writeback leaving a short or
 //! zero-filled file, a stray edit). It is not cryptographic: content served from the cache must
 //! still be verified by the caller against the blob's commitments.
+//!
+//! Version 2 entries have no checksum: they are written by a cache whose caller authenticates
+//! every payload it reads anyway (walrusfs: sealed chunks, opened with their AEAD), where the
+//! checksum was a second pass over every byte written and read, for nothing. Only such a cache
+//! accepts them; a version 1 entry is checked wherever it is read.
 
 use std::fmt;
 use std::io;
@@ -22,7 +27,10 @@ use std::io;
 pub(crate) const HEADER_LEN: usize = 24;
 
 /// Identifies the entry format; the last byte is the version, bumped on any layout change.
-const MAGIC: [u8; 8] = *b"WFSCACH1";
+/// Version 1: with a checksum of the payload.
+const MAGIC_SUMMED: [u8; 8] = *b"WFSCACH1";
+/// Version 2: without one (the caller authenticates payloads).
+const MAGIC_UNSUMMED: [u8; 8] = *b"WFSCACH2";
 
 /// Length of a file name made by [`DiskKey::file_name`]: 64 hex digits, `-`, 16 hex digits.
 const FILE_NAME_LEN: usize = 64 + 1 + 16;
@@ -105,22 +113,31 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
     }
 }
 
-/// The header to write in front of `payload`.
-pub(crate) fn encode_header(payload: &[u8]) -> [u8; HEADER_LEN] {
+/// The header to write in front of `payload`: version 1 with its checksum if `summed`, else
+/// version 2.
+pub(crate) fn encode_header(payload: &[u8], summed: bool) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
-    header[..8].copy_from_slice(&MAGIC);
     header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[16..24].copy_from_slice(&checksum(payload).to_le_bytes());
+    if summed {
+        header[..8].copy_from_slice(&MAGIC_SUMMED);
+        header[16..24].copy_from_slice(&checksum(payload).to_le_bytes());
+    } else {
+        header[..8].copy_from_slice(&MAGIC_UNSUMMED);
+    }
     header
 }
 
-/// Reads a header: `(payload length, checksum)`, or an `InvalidData` error for a foreign or
-/// damaged file.
-pub(crate) fn decode_header(header: &[u8; HEADER_LEN]) -> io::Result<(u64, u64)> {
-    if header[..8] != MAGIC {
-        return Err(invalid("bad magic"));
+/// Reads a header: `(payload length, its checksum if the entry has one)`, or an
+/// `InvalidData` error for a foreign or damaged file.
+pub(crate) fn decode_header(header: &[u8; HEADER_LEN]) -> io::Result<(u64, Option<u64>)> {
+    let len = read_u64(&header[8..16]);
+    if header[..8] == MAGIC_SUMMED {
+        Ok((len, Some(read_u64(&header[16..24]))))
+    } else if header[..8] == MAGIC_UNSUMMED {
+        Ok((len, None))
+    } else {
+        Err(invalid("bad magic"))
     }
-    Ok((read_u64(&header[8..16]), read_u64(&header[16..24])))
 }
 
 /// An `InvalidData` error: the entry exists but is not a whole, intact entry.
@@ -207,12 +224,17 @@ mod tests {
     #[test]
     fn header_round_trips_and_rejects_bad_magic() {
         let payload = b"some sliver bytes";
-        let mut header = encode_header(payload);
+        let mut header = encode_header(payload, true);
         let (len, sum) = decode_header(&header).expect("valid header");
         assert_eq!(len, payload.len() as u64);
-        assert_eq!(sum, checksum(payload));
-        header[7] = b'2';
+        assert_eq!(sum, Some(checksum(payload)));
+        header[7] = b'3';
         assert!(decode_header(&header).is_err());
+        let header = encode_header(payload, false);
+        assert_eq!(
+            decode_header(&header).expect("valid header"),
+            (payload.len() as u64, None)
+        );
     }
 
     #[test]

@@ -234,6 +234,65 @@ fn damage_found_after_reopen_is_a_miss() {
     assert!(cache.is_empty() && !path.exists());
 }
 
+/// A cache whose caller authenticates values writes no checksum (format version 2): damage of
+/// the same length reaches the caller, which removes the entry; everything the length and the
+/// header show is still a miss. Entries of version 1 keep being checked in it, and a
+/// checksummed cache refuses version 2 entries.
+#[test]
+fn an_unsummed_cache_leaves_same_length_damage_to_its_caller_and_reads_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let payload: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    {
+        let summed = DiskCache::open(tmp.path(), 1 << 20).unwrap();
+        summed.insert(key(1), &payload).unwrap(); // version 1, checked
+        summed.insert(key(2), &payload).unwrap(); // version 1, to be damaged
+    }
+    let cache = DiskCache::open_unsummed(tmp.path(), 1 << 20).unwrap();
+    cache.insert(key(3), &payload).unwrap();
+    let header = fs::read(cache.entry_path(&key(3))).unwrap();
+    assert_eq!(&header[..8], b"WFSCACH2");
+    assert_eq!(&header[16..24], &[0; 8], "no checksum");
+    assert_eq!(cache.get(&key(3)).unwrap().as_deref(), Some(&payload[..]));
+    assert_eq!(cache.get(&key(1)).unwrap().as_deref(), Some(&payload[..]));
+    let zero_tail = |p: &Path| {
+        let mut bytes = fs::read(p).unwrap();
+        bytes[4096..].fill(0);
+        fs::write(p, bytes).unwrap();
+    };
+    zero_tail(&cache.entry_path(&key(2)));
+    assert_eq!(
+        cache.get(&key(2)).unwrap(),
+        None,
+        "a version 1 entry is checked"
+    );
+    zero_tail(&cache.entry_path(&key(3)));
+    let served = cache
+        .get(&key(3))
+        .unwrap()
+        .expect("same length, no checksum: served");
+    assert_ne!(served, payload);
+    assert!(
+        cache.remove(&key(3)).unwrap(),
+        "the caller removes what fails its check"
+    );
+    File::options()
+        .write(true)
+        .open(cache.entry_path(&key(1)))
+        .unwrap()
+        .set_len(entry(5_000))
+        .unwrap();
+    assert_eq!(cache.get(&key(1)).unwrap(), None, "truncated");
+    cache.insert(key(4), &payload).unwrap();
+    drop(cache);
+    let summed = DiskCache::open(tmp.path(), 1 << 20).unwrap();
+    assert_eq!(
+        summed.get(&key(4)).unwrap(),
+        None,
+        "version 2 in a checksummed cache"
+    );
+    assert!(summed.is_empty());
+}
+
 #[test]
 fn a_directory_has_one_owner_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();

@@ -30,6 +30,10 @@ pub struct FaultConfig {
     /// Serve another blob's sliver (of the same length where there is one) as the one asked for.
     #[serde(default)]
     pub wrong_slivers: bool,
+    /// Announce a sliver's or range's full length, send only the first half of it, and end
+    /// the stream (a node that crashes or cheats mid-answer).
+    #[serde(default)]
+    pub short_bodies: bool,
     /// Close the connection instead of answering every this-many-th request (0: never).
     #[serde(default)]
     pub drop_every: u32,

@@ -397,6 +397,12 @@ async fn serve_stream(
         if let Some(body) = &mut body {
             // Handed to QUIC without a copy: the one buffer is what the budget counts.
             let data = bytes::Bytes::from(std::mem::take(&mut body.data));
+            #[cfg(feature = "faults")]
+            let data = if state.config.faults.short_bodies {
+                data.slice(..data.len() / 2)
+            } else {
+                data
+            };
             send.write_chunk(data)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -738,6 +738,59 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
 }
 
+/// The mount's disk cache keeps no checksum (the AEAD authenticates every chunk read from
+/// it): an entry damaged on disk at the same length is caught by the AEAD, removed, and the
+/// chunk fetched from the network again.
+#[test]
+fn a_damaged_disk_cache_entry_fails_authentication_and_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::default());
+    let open = |store: Arc<MemoryStore>| {
+        let disk = cache::DiskCache::open_unsummed(dir.path().join("cache"), 64 << 20).unwrap();
+        open_fs_with(dir.path(), store, &rt, config(), Some(disk))
+    };
+    let data = pattern(2 * CHUNK as usize, 5);
+    let ino = store_file(open(store.clone()), b"f", &data);
+    let fs = open(store.clone());
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    fs.settle_cache_writes(Duration::from_secs(10));
+    fs.release(fh).unwrap();
+    crash(fs);
+    // Flip one byte in the middle of every entry's payload: same length, no checksum to see it.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "LOCK" {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged >= 2, "{damaged} cache entries");
+    let gets = store.gets.load(Ordering::SeqCst);
+    let fs = open(store.clone());
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    assert!(
+        store.gets.load(Ordering::SeqCst) >= gets + 2,
+        "the damaged chunks were not fetched again"
+    );
+    fs.settle_cache_writes(Duration::from_secs(10));
+    fs.release(fh).unwrap();
+    crash(fs);
+    // Cached again, intact: served with the network failing.
+    store.fail_gets.store(true, Ordering::SeqCst);
+    let fs = open(store.clone());
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+}
+
 #[test]
 fn a_read_sees_stored_chunks_beside_a_rewritten_journaled_one() {
     // A chunk rewritten after it was journaled is in a buffer and in the journal at once; a
