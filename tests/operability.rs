@@ -696,3 +696,45 @@ fn a_listing_answers_the_stats_that_follow_it_without_a_request_per_entry() {
         "{asked} lookups and getattrs for {N} stats after a listing"
     );
 }
+
+/// A symlink's target is kept by the kernel (`FUSE_CACHE_SYMLINKS`): paths resolved through it
+/// again and again cost no readlink each, and the target read is the right one, also after the
+/// link is replaced by another under the same name.
+#[test]
+fn symlink_targets_are_read_once_and_a_replaced_link_shows_its_new_target() {
+    let port = free_port();
+    let extra: &'static [&'static str] = Box::leak(Box::new([
+        "--metrics",
+        Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
+    ]));
+    let m = Mount::with_options(Options {
+        extra,
+        ..Options::default()
+    });
+    std::fs::write(m.join("target-a"), b"aaa").unwrap();
+    std::fs::write(m.join("target-b"), b"bbbb").unwrap();
+    std::os::unix::fs::symlink("target-a", m.join("link")).unwrap();
+    let readlinks = |text: &str| sum(text, "walrusfs_fuse_ops_total", &["op=\"readlink\""]);
+    let before = scrape(port);
+    for _ in 0..50 {
+        assert_eq!(std::fs::read(m.join("link")).unwrap(), b"aaa");
+        assert_eq!(
+            std::fs::read_link(m.join("link")).unwrap(),
+            std::path::Path::new("target-a")
+        );
+    }
+    let after = scrape(port);
+    let asked = readlinks(&after) - readlinks(&before);
+    assert!(
+        asked <= 2.0,
+        "{asked} readlinks for 100 uses of one symlink"
+    );
+    // Replaced: a new inode, whose target the kernel has not seen.
+    std::os::unix::fs::symlink("target-b", m.join("link.new")).unwrap();
+    std::fs::rename(m.join("link.new"), m.join("link")).unwrap();
+    assert_eq!(std::fs::read(m.join("link")).unwrap(), b"bbbb");
+    assert_eq!(
+        std::fs::read_link(m.join("link")).unwrap(),
+        std::path::Path::new("target-b")
+    );
+}

@@ -226,6 +226,9 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
+        // A symlink's target never changes (a new target is a new inode), so the kernel may
+        // keep it: one readlink round trip per symlink, not per path resolution through it.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
         // The filesystem drops setuid, setgid and capabilities on write (`write`, `setattr`):
         // otherwise the kernel asks for `security.capability` before every write, a round trip
         // each (as many as the writes themselves for `tar -x`).
