@@ -21,7 +21,7 @@ mod format;
 mod tests;
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -88,6 +88,9 @@ pub struct DiskCache {
     /// Whether new entries carry a checksum (format version 1), and entries without one are
     /// refused.
     summed: bool,
+    /// Entries are written around the page cache: a chunk read through the mount is in the
+    /// kernel's cache already, in plaintext; its ciphertext need not be there too.
+    direct: crate::direct::DirectWrites,
     inner: Mutex<Inner>,
     next_temp: AtomicU64,
     /// Held for its lock: the directory is ours while this file is open.
@@ -214,6 +217,7 @@ impl DiskCache {
             dir,
             capacity: capacity_bytes,
             summed,
+            direct: crate::direct::DirectWrites::new(true),
             inner: Mutex::new(inner),
             next_temp: AtomicU64::new(0),
             _lock: lock,
@@ -285,7 +289,7 @@ impl DiskCache {
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = write_entry(&temp, value, self.summed) {
+        if let Err(e) = write_entry(&self.direct, &temp, value, self.summed) {
             // Best effort: a leftover is deleted by the next `open` anyway.
             let _ = fs::remove_file(&temp);
             return Err(io_err("write", &temp)(e));
@@ -386,11 +390,15 @@ impl std::fmt::Debug for DiskCache {
     }
 }
 
-/// Writes header and payload to a new file at `path` (which must not exist).
-fn write_entry(path: &Path, value: &[u8], summed: bool) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(&encode_header(value, summed))?;
-    file.write_all(value)
+/// Writes header and payload to a new file at `path` (which must not exist), around the page
+/// cache when large (see [`crate::direct`]).
+fn write_entry(
+    direct: &crate::direct::DirectWrites,
+    path: &Path,
+    value: &[u8],
+    summed: bool,
+) -> io::Result<()> {
+    direct.write_new(path, &[&encode_header(value, summed), value])
 }
 
 /// Reads and checks a whole entry; any failure (including damage, as `InvalidData`) means the

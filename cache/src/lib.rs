@@ -17,6 +17,7 @@
 //! a length and a cheap checksum so a torn write is detected and dropped, but callers must still
 //! verify content against the blob's commitments before serving it (design invariant 2).
 
+pub mod direct;
 mod disk;
 pub mod memory;
 mod stats;

@@ -293,6 +293,37 @@ fn an_unsummed_cache_leaves_same_length_damage_to_its_caller_and_reads_both_vers
     assert!(summed.is_empty());
 }
 
+/// Entries past `direct::DIRECT_MIN` are written around the page cache: they read back whole,
+/// survive a reopen, and damage to them is still caught.
+#[test]
+fn large_entries_written_around_the_page_cache_read_back_and_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..crate::direct::DIRECT_MIN * 3 + 5)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    {
+        let cache = DiskCache::open(tmp.path(), 64 << 20).unwrap();
+        cache.insert(key(1), &big).unwrap();
+        cache.insert(key(2), &big).unwrap();
+        assert_eq!(cache.get(&key(1)).unwrap().as_deref(), Some(&big[..]));
+        assert_eq!(
+            fs::metadata(cache.entry_path(&key(1))).unwrap().len(),
+            entry(big.len())
+        );
+    }
+    let cache = DiskCache::open(tmp.path(), 64 << 20).unwrap();
+    assert_eq!(cache.get(&key(2)).unwrap().as_deref(), Some(&big[..]));
+    let path = cache.entry_path(&key(1));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[HEADER_LEN + 100_000] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        cache.get(&key(1)).unwrap(),
+        None,
+        "a flipped bit in a large entry"
+    );
+}
+
 #[test]
 fn a_directory_has_one_owner_at_a_time() {
     let tmp = tempfile::tempdir().unwrap();

@@ -174,8 +174,8 @@ pub struct SliverStore {
     stats: Mutex<StoreStats>,
     /// Sliver bytes per owner (see the `owner` file in the layout), kept the same way.
     usage: Mutex<std::collections::HashMap<PublicKey, u64>>,
-    /// Large new files go around the page cache (see [`direct`]).
-    direct: direct::DirectWrites,
+    /// Large new files go around the page cache (see [`cache::direct`]).
+    direct: cache::direct::DirectWrites,
 }
 
 impl SliverStore {
@@ -205,7 +205,7 @@ impl SliverStore {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             stats: Mutex::new(stats),
             usage: Mutex::new(usage),
-            direct: direct::DirectWrites::new(true),
+            direct: cache::direct::DirectWrites::new(true),
         })
     }
 
@@ -694,7 +694,7 @@ enum FileOutcome {
 
 /// Makes `dir/name` hold exactly `data`, durably, unless it already does.
 fn store_files<const N: usize>(
-    direct: &direct::DirectWrites,
+    direct: &cache::direct::DirectWrites,
     dir: &Path,
     files: [(&str, &[u8]); N],
 ) -> Result<[FileOutcome; N], StoreError> {
@@ -732,7 +732,7 @@ fn file_outcome(path: &Path, data: &[u8]) -> Result<FileOutcome, StoreError> {
 /// Writes each `dir/name` through a temp file, so that at every instant a name holds either
 /// its old content or all of its new data, and returns once the new contents are durable.
 fn write_atomically(
-    direct: &direct::DirectWrites,
+    direct: &cache::direct::DirectWrites,
     dir: &Path,
     files: &[(&str, &[u8])],
 ) -> Result<(), StoreError> {
@@ -749,7 +749,7 @@ fn write_atomically(
             ));
             temps.push(tmp_path.clone());
             direct
-                .write_new(&tmp_path, data)
+                .write_new(&tmp_path, &[data])
                 .map_err(io_error(&tmp_path))?;
             // INV: the bytes are on disk before the final name points at them; otherwise a
             // crash after the rename could leave a correctly named file with missing content.
@@ -980,7 +980,6 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
 }
 
 mod batch;
-mod direct;
 pub use batch::PutItem;
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ impl SliverStore {
                 std::process::id(),
                 UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
-            if let Err(e) = self.direct.write_new(&tmp, data) {
+            if let Err(e) = self.direct.write_new(&tmp, &[data]) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(io_error(&tmp)(e));
             }

@@ -1,25 +1,26 @@
-//! Writing a new sliver file around the page cache (`O_DIRECT`).
+//! Writing new files around the page cache (`O_DIRECT`), for data written once and read back
+//! rarely: a storage node's slivers, the mount's on-disk chunk cache.
 //!
-//! A node writes each sliver once, makes it durable at once, and reads it back rarely (a
-//! client reads a chunk from `k` of `n` nodes, the scrubber once in a while). Written through
-//! the page cache, every byte is first copied into a freshly allocated cache page, then
-//! written back by the sync, and the page then sits in memory pushing out what is worth
-//! caching. That copy into fresh pages was the nodes' largest cost while a mount wrote: 31% of
-//! a node's CPU in `copy_folio_from_iter_atomic`. On the development VM a GiB written through
-//! the page cache costs 2.3-2.8 s of kernel CPU, against 0.13 s with `O_DIRECT` (`dd` of 1 GiB
-//! with and without `oflag=direct`), and a node stores 7/3 of every byte a mount writes.
+//! Through the page cache, every byte is first copied into a freshly allocated cache page,
+//! written back later, and the page then sits in memory pushing out what is worth caching;
+//! for the chunk cache it even duplicates what the kernel already caches of the file itself,
+//! in plaintext. That copy into fresh pages was the largest cost of a node while a mount wrote
+//! (31% of its CPU in `copy_folio_from_iter_atomic`), and of the mount while it filled its
+//! chunk cache during a cold read (20% with two nodes down). On the development VM a GiB
+//! written through the page cache costs 2.3-2.8 s of kernel CPU, against 0.13 s with
+//! `O_DIRECT` (`dd` of 1 GiB with and without `oflag=direct`).
 //!
 //! `O_DIRECT` wants the buffer, the file offset and the length aligned to the device's logical
 //! block size; 4 KiB covers every common device. The data is copied piece by piece into an
 //! aligned buffer kept per thread (a copy within the CPU cache, far cheaper than the page
 //! cache's), the last piece padded with zeros, and the file then cut to its true length.
 //!
-//! Durability does not change: the caller still syncs (`syncfs` or `fsync`) before the rename
-//! that publishes the file, which also makes the file's size and extents durable.
+//! Durability is the caller's, as with a buffered write: `O_DIRECT` alone does not make the
+//! file's size or the device's cache durable, so a caller that needs that still syncs.
 //!
 //! A filesystem that refuses `O_DIRECT` (`EINVAL`: tmpfs before Linux 6.6, some FUSE and
 //! network filesystems) gets the buffered write, for this file and, from then on, every file
-//! of the store.
+//! of the same [`DirectWrites`].
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
@@ -28,14 +29,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::warn;
-
 /// Alignment of buffer, offsets and lengths for `O_DIRECT`: a multiple of any common logical
 /// block size (512 bytes or 4 KiB).
 const ALIGN: usize = 4096;
-/// Files smaller than this are written through the page cache: metadata, owner, outboard and
-/// the slivers of tiny blobs, where the alignment padding would cost more than it saves.
-pub(super) const DIRECT_MIN: usize = 64 << 10;
+/// Files smaller than this are written through the page cache (a node's metadata and the
+/// slivers of tiny blobs, small cache entries), where the alignment padding would cost more
+/// than it saves.
+pub const DIRECT_MIN: usize = 64 << 10;
 /// Size of the aligned buffer the data is copied through.
 const PIECE: usize = 1 << 20;
 
@@ -45,34 +45,37 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether new files of a store go around the page cache.
+/// Writes new files around the page cache while the filesystem allows it.
 #[derive(Debug)]
-pub(super) struct DirectWrites {
+pub struct DirectWrites {
     on: AtomicBool,
 }
 
 impl DirectWrites {
-    /// On unless the filesystem refuses it (found at the first large file).
-    pub(super) fn new(on: bool) -> Self {
+    /// Around the page cache if `on`, until the filesystem refuses it (found at the first
+    /// large file).
+    pub fn new(on: bool) -> Self {
         Self {
             on: AtomicBool::new(on),
         }
     }
 
     /// Whether large files still go around the page cache.
-    pub(super) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }
 
-    /// Creates `path` (which must not exist) holding exactly `data`. Not durable: the caller
-    /// syncs. On error the file may exist, partly written; the caller removes it.
-    pub(super) fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        if data.len() >= DIRECT_MIN && self.enabled() {
-            match write_direct(path, data) {
+    /// Creates `path` (which must not exist) holding the concatenation of `parts`. Not
+    /// durable: the caller syncs if it needs to. On error the file may exist, partly written;
+    /// the caller removes it.
+    pub fn write_new(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len >= DIRECT_MIN && self.enabled() {
+            match write_direct(path, parts, len) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     if self.on.swap(false, Ordering::Relaxed) {
-                        warn!(path = %path.display(), "the filesystem refuses O_DIRECT: slivers are written through the page cache");
+                        tracing::warn!(path = %path.display(), "the filesystem refuses O_DIRECT: files are written through the page cache");
                     }
                     let _ = fs::remove_file(path);
                 }
@@ -80,12 +83,15 @@ impl DirectWrites {
             }
         }
         let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-        f.write_all(data)
+        for part in parts {
+            f.write_all(part)?;
+        }
+        Ok(())
     }
 }
 
-/// `data` into a new file at `path`, with `O_DIRECT`.
-fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
+/// The `len` bytes of `parts` into a new file at `path`, with `O_DIRECT`.
+fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> io::Result<()> {
     let f: File = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -98,19 +104,31 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         let start = buf.as_ptr().align_offset(ALIGN);
         let piece = &mut buf[start..start + PIECE];
-        let mut off = 0;
-        while off < data.len() {
-            let n = (data.len() - off).min(PIECE);
-            piece[..n].copy_from_slice(&data[off..off + n]);
-            let padded = n.next_multiple_of(ALIGN);
-            piece[n..padded].fill(0);
-            f.write_all_at(&piece[..padded], off as u64)?;
-            off += n;
+        let mut filled = 0; // bytes of `piece` holding data
+        let mut offset = 0u64; // file offset of `piece`
+        for part in parts {
+            let mut part: &[u8] = part;
+            while !part.is_empty() {
+                let n = part.len().min(PIECE - filled);
+                piece[filled..filled + n].copy_from_slice(&part[..n]);
+                filled += n;
+                part = &part[n..];
+                if filled == PIECE {
+                    f.write_all_at(piece, offset)?;
+                    offset += PIECE as u64;
+                    filled = 0;
+                }
+            }
+        }
+        if filled > 0 {
+            let padded = filled.next_multiple_of(ALIGN);
+            piece[filled..padded].fill(0);
+            f.write_all_at(&piece[..padded], offset)?;
         }
         Ok(())
     })?;
-    if !data.len().is_multiple_of(ALIGN) {
-        f.set_len(data.len() as u64)?;
+    if !len.is_multiple_of(ALIGN) {
+        f.set_len(len as u64)?;
     }
     Ok(())
 }
@@ -145,7 +163,7 @@ mod tests {
         for (i, &len) in sizes.iter().enumerate() {
             let data = bytes(len, i as u8);
             let path = dir.path().join(format!("f{i}"));
-            direct.write_new(&path, &data).unwrap();
+            direct.write_new(&path, &[&data]).unwrap();
             assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
         }
         // Where the filesystem takes O_DIRECT (ext4, xfs, btrfs), the path above was the direct
@@ -159,12 +177,23 @@ mod tests {
     }
 
     #[test]
+    fn parts_are_written_back_to_back_across_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = DirectWrites::new(true);
+        let (a, b, c) = (bytes(24, 1), bytes(PIECE + 5, 2), bytes(ALIGN * 3 + 1, 3));
+        direct
+            .write_new(&dir.path().join("f"), &[&a, &[], &b, &c])
+            .unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), [a, b, c].concat());
+    }
+
+    #[test]
     fn an_existing_file_is_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"old").unwrap();
         let err = DirectWrites::new(true)
-            .write_new(&path, &bytes(DIRECT_MIN * 2, 1))
+            .write_new(&path, &[&bytes(DIRECT_MIN * 2, 1)])
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&path).unwrap(), b"old");
@@ -175,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let buffered = DirectWrites::new(false);
         let data = bytes(PIECE + 7, 3);
-        buffered.write_new(&dir.path().join("f"), &data).unwrap();
+        buffered.write_new(&dir.path().join("f"), &[&data]).unwrap();
         assert_eq!(fs::read(dir.path().join("f")).unwrap(), data);
     }
 }
