@@ -13,9 +13,14 @@
 //!
 //! Both report [`CacheStats`] (hits, misses, inserts, evictions, bytes, entries).
 //!
+//! [`direct`] writes new files around the page cache; the disk cache and the storage node's
+//! sliver store use it.
+//!
 //! This crate depends on no other walrusfs crate and does no cryptography. Entries on disk carry
-//! a length and a cheap checksum so a torn write is detected and dropped, but callers must still
-//! verify content against the blob's commitments before serving it (design invariant 2).
+//! a length and, unless the cache is opened for a caller that authenticates what it reads
+//! ([`DiskCache::open_unsummed`], as the mount does), a cheap checksum, so a torn write is
+//! detected and dropped; callers must still verify content against the blob's commitments
+//! before serving it (design invariant 2).
 
 pub mod direct;
 mod disk;
