@@ -28,8 +28,8 @@
 //! Every file is written to a temp file in its final directory, fsynced, renamed into place, and
 //! the directory is fsynced (slivers of 64 KiB and more are written around the page cache,
 //! see [`cache::direct`]: the node rarely reads a sliver back soon, and the copy into fresh
-//! cache pages was its largest cost); a newly created directory is made durable in its parent before
-//! anything is written in it. A put returns only after all of that, so an acknowledged sliver
+//! cache pages was its largest cost); a newly created directory is made durable in its parent
+//! before anything is written in it. A put returns only after all of that, so an acknowledged sliver
 //! survives a crash, and a crash at any point leaves either the whole old file, the whole new file
 //! or no file under the final name (never a partial one). A blob's metadata is durable before
 //! any of its slivers, so a stored sliver can always be length-checked. A delete renames the
