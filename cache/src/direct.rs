@@ -199,6 +199,50 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"old");
     }
 
+    /// A ramfs mounted for the test, unmounted when dropped (also when the test panics).
+    struct Ramfs(tempfile::TempDir);
+
+    impl Drop for Ramfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// ramfs refuses `O_DIRECT` (`EINVAL` at open): the write falls back to the page cache,
+    /// the data is whole, and later files of the same `DirectWrites` go buffered at once.
+    /// Mounting needs root (as `scripts/test` runs in CI); skipped otherwise.
+    #[test]
+    fn a_filesystem_refusing_o_direct_gets_buffered_writes_with_the_same_data() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a ramfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "ramfs", "none"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -t ramfs failed");
+        let ramfs = Ramfs(dir);
+        let direct = DirectWrites::new(true);
+        let data = bytes(PIECE + 4097, 5);
+        direct
+            .write_new(&ramfs.0.path().join("a"), &[&data])
+            .unwrap();
+        assert!(!direct.enabled(), "ramfs took O_DIRECT?");
+        assert_eq!(fs::read(ramfs.0.path().join("a")).unwrap(), data);
+        direct
+            .write_new(
+                &ramfs.0.path().join("b"),
+                &[&data[..DIRECT_MIN], &data[DIRECT_MIN..]],
+            )
+            .unwrap();
+        assert_eq!(fs::read(ramfs.0.path().join("b")).unwrap(), data);
+    }
+
     #[test]
     fn buffered_writes_when_direct_is_off_hold_the_same_data() {
         let dir = tempfile::tempdir().unwrap();
