@@ -220,9 +220,10 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         // Listings carry each entry's attributes (fuser does not ask for this by itself), so
-        // `ls -l`, `du`, `find -size` and rsync's walk of a destination stat each entry from
-        // the kernel's cache instead of one lookup round trip per entry. AUTO lets the kernel
-        // fall back to plain readdir for a listing that is not followed by stats.
+        // `ls -l`, `du` and `find -size` stat each entry from the kernel's cache instead of one
+        // lookup round trip per entry (rsync stats destination files by name, without a
+        // listing, and gains nothing). AUTO lets the kernel fall back to plain readdir for a
+        // listing that is not followed by stats.
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
