@@ -224,7 +224,7 @@ mod tests {
             .args(["-t", "ramfs", "none"])
             .arg(dir.path())
             .status();
-        if !mounted.is_ok_and(|s| s.success()) {
+        if !mounted.as_ref().is_ok_and(|s| s.success()) {
             eprintln!("skipped: mount -t ramfs failed here ({mounted:?})");
             return;
         }
