@@ -87,6 +87,20 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A mount serving Prometheus metrics, and the port they are on.
+fn mount_with_metrics() -> (Mount, u16) {
+    let port = free_port();
+    let extra: &'static [&'static str] = Box::leak(Box::new([
+        "--metrics",
+        Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
+    ]));
+    let m = Mount::with_options(Options {
+        extra,
+        ..Options::default()
+    });
+    (m, port)
+}
+
 /// A node process started by a test (not by `testnet up`), killed when dropped.
 struct NodeProcess(Child);
 
@@ -157,15 +171,7 @@ fn status_shows_data_waiting_through_an_outage_and_nodes_that_fail() {
 
 #[test]
 fn metrics_of_a_mount_and_a_node_move_with_traffic() {
-    let mount_port = free_port();
-    let extra: &'static [&'static str] = Box::leak(Box::new([
-        "--metrics",
-        Box::leak(format!("127.0.0.1:{mount_port}").into_boxed_str()) as &str,
-    ]));
-    let m = Mount::with_options(Options {
-        extra,
-        ..Options::default()
-    });
+    let (m, mount_port) = mount_with_metrics();
     // Node 0 serves again with metrics, started by hand.
     m.net().kill(0);
     let node_port = free_port();
@@ -653,15 +659,7 @@ fn a_command_whose_reader_goes_away_ends_quietly() {
 #[test]
 fn a_listing_answers_the_stats_that_follow_it_without_a_request_per_entry() {
     const N: usize = 300;
-    let port = free_port();
-    let extra: &'static [&'static str] = Box::leak(Box::new([
-        "--metrics",
-        Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
-    ]));
-    let m = Mount::with_options(Options {
-        extra,
-        ..Options::default()
-    });
+    let (m, port) = mount_with_metrics();
     let dir = m.join("many");
     std::fs::create_dir(&dir).unwrap();
     for i in 0..N {
@@ -702,15 +700,7 @@ fn a_listing_answers_the_stats_that_follow_it_without_a_request_per_entry() {
 /// link is replaced by another under the same name.
 #[test]
 fn symlink_targets_are_read_once_and_a_replaced_link_shows_its_new_target() {
-    let port = free_port();
-    let extra: &'static [&'static str] = Box::leak(Box::new([
-        "--metrics",
-        Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
-    ]));
-    let m = Mount::with_options(Options {
-        extra,
-        ..Options::default()
-    });
+    let (m, port) = mount_with_metrics();
     std::fs::write(m.join("target-a"), b"aaa").unwrap();
     std::fs::write(m.join("target-b"), b"bbbb").unwrap();
     std::os::unix::fs::symlink("target-a", m.join("link")).unwrap();

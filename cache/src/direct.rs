@@ -65,14 +65,14 @@ impl DirectWrites {
         self.on.load(Ordering::Relaxed)
     }
 
-    /// Creates `path` (which must not exist) holding the concatenation of `parts`. Not
-    /// durable: the caller syncs if it needs to. On error the file may exist, partly written;
-    /// the caller removes it.
-    pub fn write_new(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    /// Creates `path` (which must not exist) holding the concatenation of `parts`, and
+    /// returns it open for writing. Not durable: the caller syncs if it needs to. On error
+    /// the file may exist, partly written; the caller removes it.
+    pub fn write_new(&self, path: &Path, parts: &[&[u8]]) -> io::Result<File> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len >= DIRECT_MIN && self.enabled() {
             match write_direct(path, parts, len) {
-                Ok(()) => return Ok(()),
+                Ok(f) => return Ok(f),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     if self.on.swap(false, Ordering::Relaxed) {
                         tracing::warn!(path = %path.display(), "the filesystem refuses O_DIRECT: files are written through the page cache");
@@ -86,12 +86,12 @@ impl DirectWrites {
         for part in parts {
             f.write_all(part)?;
         }
-        Ok(())
+        Ok(f)
     }
 }
 
 /// The `len` bytes of `parts` into a new file at `path`, with `O_DIRECT`.
-fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> io::Result<()> {
+fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> io::Result<File> {
     let f: File = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -130,7 +130,7 @@ fn write_direct(path: &Path, parts: &[&[u8]], len: usize) -> io::Result<()> {
     if !len.is_multiple_of(ALIGN) {
         f.set_len(len as u64)?;
     }
-    Ok(())
+    Ok(f)
 }
 
 #[cfg(test)]

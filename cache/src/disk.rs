@@ -398,7 +398,9 @@ fn write_entry(
     value: &[u8],
     summed: bool,
 ) -> io::Result<()> {
-    direct.write_new(path, &[&encode_header(value, summed), value])
+    direct
+        .write_new(path, &[&encode_header(value, summed), value])
+        .map(drop)
 }
 
 /// Reads and checks a whole entry; any failure (including damage, as `InvalidData`) means the

@@ -750,14 +750,12 @@ fn write_atomically(
                 UNIQUE_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
             temps.push(tmp_path.clone());
-            direct
+            let file = direct
                 .write_new(&tmp_path, &[data])
                 .map_err(io_error(&tmp_path))?;
             // INV: the bytes are on disk before the final name points at them; otherwise a
             // crash after the rename could leave a correctly named file with missing content.
-            File::open(&tmp_path)
-                .and_then(|f| f.sync_all())
-                .map_err(io_error(&tmp_path))?;
+            file.sync_all().map_err(io_error(&tmp_path))?;
         }
         for ((name, _), tmp_path) in files.iter().zip(&temps) {
             let final_path = dir.join(name);

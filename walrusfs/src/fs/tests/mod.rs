@@ -709,32 +709,50 @@ fn dirty_memory_is_bounded_for_a_big_sequential_write() {
     );
 }
 
+/// A filesystem over `store` with an on-disk chunk cache in `dir/cache`, as the mount opens it
+/// (no checksum of its own: the AEAD authenticates what it returns).
+fn open_with_disk_cache(
+    dir: &std::path::Path,
+    store: &Arc<MemoryStore>,
+    rt: &tokio::runtime::Runtime,
+) -> Fs<MemoryStore> {
+    let disk = cache::DiskCache::open_unsummed(dir.join("cache"), 64 << 20).unwrap();
+    open_fs_with(dir, store.clone(), rt, config(), Some(disk))
+}
+
+/// Reads all of `ino` (which must hold `data`) in `fs`, waits until the chunks fetched are in
+/// the disk cache (filled off the reader's path), and crashes `fs`. Returns the cache's stats.
+fn read_to_fill_the_disk_cache(fs: Fs<MemoryStore>, ino: u64, data: &[u8]) -> cache::CacheStats {
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    fs.settle_cache_writes(Duration::from_secs(10));
+    let stats = fs.disk_cache_stats().unwrap();
+    fs.release(fh).unwrap();
+    crash(fs);
+    stats
+}
+
+/// Reads all of `ino` with every get from the network failing: it must come from the cache.
+fn read_with_the_network_failing(fs: &Fs<MemoryStore>, store: &MemoryStore, ino: u64, data: &[u8]) {
+    store.fail_gets.store(true, Ordering::SeqCst);
+    let fh = fs.open(ino, false).unwrap();
+    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+}
+
 #[test]
 fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
-    let open = |store: Arc<MemoryStore>| {
-        let disk = cache::DiskCache::open(dir.path().join("cache"), 64 << 20).unwrap();
-        open_fs_with(dir.path(), store, &rt, config(), Some(disk))
-    };
     let data = pattern(2 * CHUNK as usize, 1);
-    let ino = store_file(open(store.clone()), b"f", &data);
+    let ino = store_file(open_with_disk_cache(dir.path(), &store, &rt), b"f", &data);
     // First cold read fills the disk cache from the store.
-    let fs = open(store.clone());
-    let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
-    // Filled off the reader's path: wait for it.
-    fs.settle_cache_writes(Duration::from_secs(10));
-    let disk = fs.disk_cache_stats().unwrap();
+    let disk =
+        read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
     assert!(disk.inserts >= 2, "{disk:?}");
-    fs.release(fh).unwrap();
-    crash(fs);
     // With the network failing, a fresh process still reads from the disk cache.
-    store.fail_gets.store(true, Ordering::SeqCst);
-    let fs = open(store.clone());
-    let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    let fs = open_with_disk_cache(dir.path(), &store, &rt);
+    read_with_the_network_failing(&fs, &store, ino, &data);
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
 }
 
@@ -746,24 +764,14 @@ fn a_damaged_disk_cache_entry_fails_authentication_and_is_fetched_again() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
-    let open = |store: Arc<MemoryStore>| {
-        let disk = cache::DiskCache::open_unsummed(dir.path().join("cache"), 64 << 20).unwrap();
-        open_fs_with(dir.path(), store, &rt, config(), Some(disk))
-    };
     let data = pattern(2 * CHUNK as usize, 5);
-    let ino = store_file(open(store.clone()), b"f", &data);
-    let fs = open(store.clone());
-    let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
-    fs.settle_cache_writes(Duration::from_secs(10));
-    fs.release(fh).unwrap();
-    crash(fs);
+    let ino = store_file(open_with_disk_cache(dir.path(), &store, &rt), b"f", &data);
+    read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
     // Flip one byte in the middle of every entry's payload: same length, no checksum to see it.
     let mut damaged = 0;
     for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name == "LOCK" {
+        if path.file_name().is_some_and(|n| n == "LOCK") {
             continue;
         }
         let mut bytes = std::fs::read(&path).unwrap();
@@ -774,21 +782,14 @@ fn a_damaged_disk_cache_entry_fails_authentication_and_is_fetched_again() {
     }
     assert!(damaged >= 2, "{damaged} cache entries");
     let gets = store.gets.load(Ordering::SeqCst);
-    let fs = open(store.clone());
-    let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
     assert!(
         store.gets.load(Ordering::SeqCst) >= gets + 2,
         "the damaged chunks were not fetched again"
     );
-    fs.settle_cache_writes(Duration::from_secs(10));
-    fs.release(fh).unwrap();
-    crash(fs);
     // Cached again, intact: served with the network failing.
-    store.fail_gets.store(true, Ordering::SeqCst);
-    let fs = open(store.clone());
-    let fh = fs.open(ino, false).unwrap();
-    assert_eq!(fs.read(fh, 0, u32::MAX).unwrap(), data);
+    let fs = open_with_disk_cache(dir.path(), &store, &rt);
+    read_with_the_network_failing(&fs, &store, ino, &data);
 }
 
 #[test]
