@@ -524,8 +524,13 @@ fn serve(
 ) -> anyhow::Result<()> {
     let (committee, client_key) = args.net.paths()?;
     walrusfs::faults::arm_from(state);
+    // The runtime's threads run QUIC (the connections to the nodes); sealing, coding and
+    // hashing run on its blocking threads, and FUSE's requests on FUSE's. Half the cores:
+    // on 2 cores one runtime thread answered random 4 KiB reads 10-13% sooner than two (a
+    // request then wakes no second runtime thread) and wrote and read 768 MiB as fast.
+    let workers = (std::thread::available_parallelism().map_or(2, usize::from) / 2).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start async runtime")?;

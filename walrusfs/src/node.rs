@@ -33,6 +33,11 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9465), at /metrics.
     #[arg(long, value_name = "ADDR", conflicts_with = "init")]
     metrics: Option<SocketAddr>,
+    /// Threads serving requests (QUIC, hashing); default: one per core. Set it lower where
+    /// several nodes share a machine (`walrusfs testnet up` gives each node its share of the
+    /// cores): threads beyond the node's share only hand each request from one to another.
+    #[arg(long, value_name = "N", conflicts_with = "init", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 fn parse_slot(s: &str) -> Result<CommitteeSlot, String> {
@@ -69,7 +74,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let mut node = Node::open(&args.dir)
         .with_context(|| format!("cannot open node directory {}", args.dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        rt.worker_threads(usize::from(threads));
+    }
+    let rt = rt
         .enable_all()
         .build()
         .context("cannot start async runtime")?;

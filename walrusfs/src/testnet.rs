@@ -97,6 +97,12 @@ pub fn up(dir: &Path, nodes: Option<u16>, listen_ip: std::net::IpAddr) -> anyhow
         create(dir, nodes.unwrap_or(DEFAULT_NODES), listen_ip)?
     };
     let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
+    // The nodes share this machine's cores: each gets its share as threads (at least one).
+    // More threads than that only pass each request between threads (on 2 cores, 7 nodes of
+    // one thread each answered random 4 KiB reads ~10% sooner than with 2 each, and stored
+    // and served 768 MiB as fast).
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = (cores / committee.nodes.len().max(1)).max(1);
     for node in &committee.nodes {
         let ndir = node_dir(dir, node.index);
         if running_pid(&ndir).is_some() {
@@ -108,7 +114,11 @@ pub fn up(dir: &Path, nodes: Option<u16>, listen_ip: std::net::IpAddr) -> anyhow
             .open(ndir.join("node.log"))
             .with_context(|| format!("cannot open log in {}", ndir.display()))?;
         let mut cmd = Command::new(&exe);
-        cmd.arg("node").arg("--dir").arg(&ndir);
+        cmd.arg("node")
+            .arg("--dir")
+            .arg(&ndir)
+            .arg("--threads")
+            .arg(threads.to_string());
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
