@@ -231,6 +231,8 @@ pub struct MemoryStore {
     pub max_gets_in_flight: std::sync::atomic::AtomicU64,
     /// Range gets served.
     pub range_gets: std::sync::atomic::AtomicU64,
+    /// Bytes served by range gets.
+    pub range_bytes: std::sync::atomic::AtomicU64,
     /// When set, deletes fail (the node cannot be reached).
     pub fail_deletes: AtomicBool,
     /// When set, root reads and writes fail (fewer than `n - f` nodes reachable).
@@ -329,9 +331,12 @@ impl BlobStore for MemoryStore {
             .get(&blob_id)
             .ok_or_else(|| StoreError::new(format!("no blob {blob_id}")))?;
         let end = offset.saturating_add(len);
-        blob.get(offset as usize..end as usize)
+        let range = blob
+            .get(offset as usize..end as usize)
             .map(<[u8]>::to_vec)
-            .ok_or_else(|| StoreError::new(format!("range {offset}..{end} past blob {blob_id}")))
+            .ok_or_else(|| StoreError::new(format!("range {offset}..{end} past blob {blob_id}")))?;
+        self.range_bytes.fetch_add(len, Ordering::SeqCst);
+        Ok(range)
     }
 
     async fn get_by_id(&self, blob_id: BlobId) -> Result<Vec<u8>, StoreError> {

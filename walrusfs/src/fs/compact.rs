@@ -46,6 +46,7 @@ impl<B: BlobStore> Fs<B> {
                 .push((ino, chunk, r));
         }
         // The live chunks' sealed bytes, pack by pack.
+        let segments = self.inner.index.segments();
         let mut live: Vec<(Move, Vec<u8>)> = Vec::new();
         for (blob, info) in &candidates {
             let Some(refs) = by_blob.remove(blob) else {
@@ -59,7 +60,7 @@ impl<B: BlobStore> Fs<B> {
                 .map_err(|e| FsError::Network(e.message))?;
             for (ino, chunk, r) in refs {
                 let from = r.offset as usize;
-                let to = from + r.sealed_len() as usize;
+                let to = from + r.sealed_len(segments) as usize;
                 let Some(sealed) = data.get(from..to) else {
                     tracing::warn!(blob = %blob, "a chunk ref lies beyond its pack; not compacted");
                     continue;

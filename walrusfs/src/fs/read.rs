@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::files::{Handle, OpenFile};
 use super::{ChunkKey, FetchError, Fs, FsError, FsResult};
-use crate::data::crypto::{self, ChunkPlace};
+use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
 use crate::index::types::{ChunkRef, JChunk};
 use crate::journal::{JournalError, Loc};
@@ -339,9 +339,10 @@ impl<B: BlobStore> Fs<B> {
         if from >= to {
             return None;
         }
-        let total = crypto::segments(r.stored_len as usize);
-        let first = from as usize / crypto::SEGMENT;
-        let last = (to as usize - 1) / crypto::SEGMENT;
+        let segments = self.inner.index.segments();
+        let total = segments.count(r.stored_len as usize);
+        let first = from as usize / segments.plain();
+        let last = (to as usize - 1) / segments.plain();
         if 2 * (last - first + 1) > total {
             return None;
         }
@@ -373,9 +374,10 @@ impl<B: BlobStore> Fs<B> {
         (first, last): (usize, usize),
     ) -> FsResult<(u64, Arc<Vec<u8>>)> {
         let plain_len = r.stored_len as usize;
-        let sealed_len = r.sealed_len();
-        let start = (first * crypto::SEALED_SEGMENT) as u64;
-        let end = (((last + 1) * crypto::SEALED_SEGMENT) as u64).min(sealed_len);
+        let segments = self.inner.index.segments();
+        let sealed_len = r.sealed_len(segments);
+        let start = (first * segments.sealed()) as u64;
+        let end = (((last + 1) * segments.sealed()) as u64).min(sealed_len);
         let info = self
             .inner
             .index
@@ -393,9 +395,9 @@ impl<B: BlobStore> Fs<B> {
         let plain = self
             .inner
             .key
-            .open_segments(&place, plain_len, first, sealed)
+            .open_segments(segments, &place, plain_len, first, sealed)
             .map_err(|e| FsError::Integrity(format!("chunk {idx} of inode {ino}: {e}")))?;
-        Ok(((first * crypto::SEGMENT) as u64, Arc::new(plain)))
+        Ok(((first * segments.plain()) as u64, Arc::new(plain)))
     }
 
     /// A journal chunk's plaintext (its `stored_len` bytes), read from the journal and opened.
@@ -415,7 +417,12 @@ impl<B: BlobStore> Fs<B> {
         let plain = self
             .inner
             .key
-            .open(&place, j.stored_len as usize, sealed)
+            .open(
+                self.inner.index.segments(),
+                &place,
+                j.stored_len as usize,
+                sealed,
+            )
             .map_err(|e| FsError::Integrity(format!("journal record {}: {e}", j.seq)))?;
         Ok(Arc::new(plain))
     }
@@ -512,11 +519,12 @@ impl<B: BlobStore> Fs<B> {
         let place = r.place(ino, idx);
         let key: ChunkKey = (r.blob_id, r.offset);
         let plain_len = r.stored_len as usize;
+        let segments = self.inner.index.segments();
         let disk_key = cache::DiskKey::new(r.blob_id.0, r.offset);
         if let Some(disk) = &self.inner.disk_cache {
             if let Ok(Some(sealed)) = disk.get(&disk_key) {
                 // INV: a cached sealed chunk is used only if it authenticates.
-                match self.inner.key.open(&place, plain_len, sealed) {
+                match self.inner.key.open(segments, &place, plain_len, sealed) {
                     Ok(plain) => {
                         let plain = Arc::new(plain);
                         self.inner.chunk_cache.insert(key, plain.clone());
@@ -550,7 +558,7 @@ impl<B: BlobStore> Fs<B> {
             .map_err(|e| FetchError::Network(e.to_string()))?;
         let (from, to) = (
             r.offset as usize,
-            r.offset as usize + r.sealed_len() as usize,
+            r.offset as usize + r.sealed_len(segments) as usize,
         );
         if blob.len() < to {
             return Err(FetchError::Integrity(format!(
@@ -570,7 +578,7 @@ impl<B: BlobStore> Fs<B> {
         let plain = self
             .inner
             .key
-            .open(&place, plain_len, sealed)
+            .open(segments, &place, plain_len, sealed)
             .map_err(|e| FetchError::Integrity(e.to_string()))?;
         let plain = Arc::new(plain);
         self.inner.chunk_cache.insert(key, plain.clone());

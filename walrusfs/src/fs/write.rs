@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::buffers::{self, FileBuffers, Locked};
 use super::files::{FileState, OpenFile};
 use super::{Fs, FsError, FsResult};
-use crate::data::crypto::{sealed_len, ChunkPlace};
+use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
 use crate::index::types::{JChunk, Timestamp};
 use crate::index::{Index, JournalCommit, SetAttr};
@@ -354,7 +354,7 @@ impl<B: BlobStore> Fs<B> {
                 Journal::needed(
                     dirty
                         .iter()
-                        .map(|(_, d)| sealed_len(d.len()))
+                        .map(|(_, d)| self.inner.index.segments().sealed_len(d.len()))
                         .chain(creation),
                 )
             };
@@ -421,6 +421,7 @@ impl<B: BlobStore> Fs<B> {
             Some(v) => v,
             None => self.inner.index.reserve_versions(ino, dirty.len() as u64)?,
         };
+        let segments = self.inner.index.segments();
         let sealed: Vec<(u64, ChunkPlace, u32, Vec<u8>)> = dirty
             .iter()
             .enumerate()
@@ -435,7 +436,7 @@ impl<B: BlobStore> Fs<B> {
                     *idx,
                     place,
                     data.len() as u32,
-                    self.inner.key.seal(&place, data),
+                    self.inner.key.seal(segments, &place, data),
                 )
             })
             .collect();
@@ -623,6 +624,7 @@ fn commit_of(h: &EntryHeader, seq: u64, loc: &crate::journal::Loc) -> JournalCom
 /// in order: what a crash between a record's append and its commit left. Returns how many.
 pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
     let mark = index.journal_mark()?;
+    let segments = index.segments();
     let todo: Vec<&Record> = records.iter().filter(|r| r.header.seq > mark).collect();
     // First the files whose creation the index lost (see `index::fresh`), so their data,
     // whichever record carries it, has a file to go in; chunk versions past any their records
@@ -658,7 +660,7 @@ pub(crate) fn replay(index: &Index, records: &[Record]) -> FsResult<usize> {
             // Creation records were done above; a chunk record's body is its sealed chunk.
             .filter(|r| {
                 r.creation.is_none()
-                    && r.loc.len as usize == sealed_len(r.header.stored_len as usize)
+                    && r.loc.len as usize == segments.sealed_len(r.header.stored_len as usize)
             })
             .map(|r| JournalCommit {
                 set: r.attrs.as_ref().map(set_of),

@@ -214,7 +214,7 @@ impl Index {
             })?;
             let counted = refs.entry(c.blob_id).or_insert((0, 0));
             counted.0 += 1;
-            counted.1 += c.sealed_len();
+            counted.1 += c.sealed_len(self.segments());
             report.chunks += 1;
         }
         // Journal chunks: within their file, listed in the queue under their record.

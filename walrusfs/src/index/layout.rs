@@ -16,8 +16,11 @@ use super::types::{FileKind, Ino};
 /// (blob, offset, segmented sealing), GC entries stamped with a change sequence number, and the
 /// change log and local records that publishing needs; 3, the `proofs` tree (storage
 /// confirmations per blob). A format-2 index reads as format 3 with no proofs, and a writer
-/// opening one marks it 3.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// opening one marks it 3. 4, the meta record `segment_size` (chunks are sealed in segments of
+/// that many bytes; new indexes: 4 KiB). An index without one (format 3 and earlier) has 64 KiB
+/// segments, and keeps them when a writer marks it 4; an older release refuses a format-4
+/// index instead of misreading its chunks.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// Oldest format version still opened.
 pub(crate) const MIN_FORMAT_VERSION: u32 = 2;
 
@@ -135,6 +138,10 @@ pub(crate) mod meta_key {
     pub const FS_ID: &[u8] = b"fs_id";
     /// `u32`: chunk size in bytes, fixed at creation.
     pub const CHUNK_SIZE: &[u8] = b"chunk_size";
+    /// `u32`: plaintext bytes per sealed segment of every chunk
+    /// ([`Segments`](crate::data::crypto::Segments)), fixed at creation; absent in indexes
+    /// created before format 4, whose chunks have 64 KiB segments.
+    pub const SEGMENT_SIZE: &[u8] = b"segment_size";
     /// [`Counters`](super::Counters).
     pub const COUNTERS: &[u8] = b"counters";
 }

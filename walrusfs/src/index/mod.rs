@@ -28,6 +28,7 @@
 //! | `meta`       | `format_version`                 | `u32` format version                |
 //! |              | `fs_id`                          | `[u8; 16]`, random, made at creation|
 //! |              | `chunk_size`                     | `u32`, fixed at creation            |
+//! |              | `segment_size`                   | `u32`, fixed at creation (format 4; absent: 65536) |
 //! |              | `counters`                       | `Counters { next_ino, next_cookie, inodes, bytes }` |
 //!
 //! Invariants (each is kept inside the transactions that touch it, marked `// INV:`):
@@ -73,6 +74,8 @@ mod tests;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+
+use crate::data::crypto::Segments;
 
 pub use check::CheckReport;
 pub use error::{IndexError, Result};
@@ -123,6 +126,8 @@ pub struct Index {
     overlay: Mutex<overlay::Overlay>,
     /// From `meta` (0 until an index being restored has one).
     chunk_size: AtomicU32,
+    /// Plaintext bytes per sealed segment (0 until the meta records are loaded).
+    segment_size: AtomicU32,
     /// From `meta`.
     fs_id: Mutex<[u8; 16]>,
 }
@@ -196,6 +201,7 @@ impl Index {
             }
         }
         self.chunk_size.store(0, Ordering::Relaxed);
+        self.segment_size.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -208,6 +214,22 @@ impl Index {
             index.load_meta()?;
         }
         Ok(index)
+    }
+
+    /// Turns this index into one as a release before format 4 made it: format 3, no segment
+    /// size (so its chunks are sealed in 64 KiB segments).
+    #[cfg(test)]
+    pub(crate) fn make_format_3(&self) {
+        #![allow(clippy::unwrap_used)]
+        let three = encode(&3u32).unwrap();
+        self.transact(&Scan::default(), |tx| {
+            tx.put(TreeId::Meta, meta_key::FORMAT, three.as_slice())?;
+            tx.del(TreeId::Meta, meta_key::SEGMENT_SIZE)?;
+            Ok(())
+        })
+        .unwrap();
+        self.flush().unwrap();
+        self.load_meta().unwrap();
     }
 
     /// Whether the index has its meta records (a replica being restored has none yet).
@@ -239,6 +261,7 @@ impl Index {
             lock: RwLock::new(()),
             flush_lock: Mutex::new(()),
             chunk_size: AtomicU32::new(0),
+            segment_size: AtomicU32::new(0),
             fs_id: Mutex::new([0; 16]),
         })
     }
@@ -259,7 +282,18 @@ impl Index {
             return Err(IndexError::Corrupt("chunk size 0".into()));
         }
         let fs_id: [u8; 16] = decode(&required(meta, meta_key::FS_ID)?, "filesystem id")?;
+        let segments = match meta.get(meta_key::SEGMENT_SIZE)? {
+            None => Segments::LEGACY,
+            Some(v) => {
+                let bytes: u32 = decode(&v, "segment size")?;
+                Segments::new(bytes)
+                    .ok_or_else(|| IndexError::Corrupt(format!("segment size {bytes}")))?
+            }
+        };
         self.trees.counters()?;
+        // `plain() <= Segments::MAX`, a u32.
+        self.segment_size
+            .store(segments.plain() as u32, Ordering::Relaxed);
         self.chunk_size.store(chunk_size, Ordering::Relaxed);
         *self.fs_id.lock().unwrap_or_else(|p| p.into_inner()) = fs_id;
         Ok(())
@@ -294,6 +328,8 @@ impl Index {
         };
         let format = encode(&FORMAT_VERSION)?;
         let chunk_size = encode(&options.chunk_size)?;
+        // `plain() <= Segments::MAX`, a u32.
+        let segment_size = encode(&(Segments::DEFAULT.plain() as u32))?;
         let fs_id = encode(&fs_id)?;
         self.transact(&Scan::default(), |tx| {
             // INV: the format version is written in the same transaction as everything else,
@@ -302,6 +338,11 @@ impl Index {
             tx.put_counters(&counters)?;
             tx.put(TreeId::Meta, meta_key::FORMAT, format.as_slice())?;
             tx.put(TreeId::Meta, meta_key::CHUNK_SIZE, chunk_size.as_slice())?;
+            tx.put(
+                TreeId::Meta,
+                meta_key::SEGMENT_SIZE,
+                segment_size.as_slice(),
+            )?;
             tx.put(TreeId::Meta, meta_key::FS_ID, fs_id.as_slice())?;
             tx.put_inode(&root)?;
             tx.set_parent(ROOT_INO, ROOT_INO)
@@ -398,6 +439,12 @@ impl Index {
     /// The chunk size fixed at creation.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size.load(Ordering::Relaxed)
+    }
+
+    /// How this index's chunks are sealed ([`Segments::LEGACY`] before the meta records are
+    /// loaded, which is also what an index created before format 4 has).
+    pub fn segments(&self) -> Segments {
+        Segments::new(self.segment_size.load(Ordering::Relaxed)).unwrap_or(Segments::LEGACY)
     }
 
     /// The random 16-byte filesystem id created with the index.

@@ -24,6 +24,7 @@ use super::layout::{
 use super::scan::Scan;
 use super::types::{BlobInfo, ChunkRef, FileKind, GcEntry, Ino, InodeAttr, JChunk, Timestamp};
 use super::Index;
+use crate::data::crypto::Segments;
 
 /// Result inside a transaction closure.
 pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<IndexError>>;
@@ -139,6 +140,8 @@ pub(crate) struct Tx<'a> {
     trees: &'a [TransactionalTree],
     /// This transaction's sequence number, taken at its first change.
     seq: Cell<Option<u64>>,
+    /// How the index's chunks are sealed (for the sealed bytes a chunk ref holds in its blob).
+    segments: Segments,
 }
 
 impl Index {
@@ -209,6 +212,7 @@ impl Index {
         f: impl Fn(&Tx<'_>) -> TxResult<R>,
     ) -> Result<R> {
         let trees: Vec<&Tree> = self.trees.all.iter().collect();
+        let segments = self.segments();
         trees
             .as_slice()
             .transaction(|views: &Vec<TransactionalTree>| {
@@ -216,6 +220,7 @@ impl Index {
                     scan,
                     trees: views,
                     seq: Cell::new(None),
+                    segments,
                 })
             })
             .map_err(|e| match e {
@@ -612,7 +617,7 @@ impl Tx<'_> {
         for index in ok(self.scan.chunks_from(ino, first))? {
             if let Some(old) = self.del(TreeId::Chunks, &pair_key(ino, index))? {
                 let old: ChunkRef = ok(decode(&old, "chunk ref"))?;
-                self.unref_blob(&old.blob_id, old.sealed_len())?;
+                self.unref_blob(&old.blob_id, old.sealed_len(self.segments))?;
             }
         }
         let journal: Vec<u64> = ok(self.scan.jchunks_from(ino, first))?.collect();
@@ -686,10 +691,10 @@ impl Tx<'_> {
     pub fn put_chunk(&self, ino: Ino, index: u64, c: &ChunkRef) -> TxResult<()> {
         let key = pair_key(ino, index);
         // Count the new ref before dropping the old one: both may point into one blob.
-        self.ref_blob(&c.blob_id, c.sealed_len())?;
+        self.ref_blob(&c.blob_id, c.sealed_len(self.segments))?;
         if let Some(old) = self.put(TreeId::Chunks, &key, ok(encode(c))?)? {
             let old: ChunkRef = ok(decode(&old, "chunk ref"))?;
-            self.unref_blob(&old.blob_id, old.sealed_len())?;
+            self.unref_blob(&old.blob_id, old.sealed_len(self.segments))?;
         }
         Ok(())
     }

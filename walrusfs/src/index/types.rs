@@ -123,7 +123,8 @@ pub struct ChunkRef {
     /// Offset of the sealed chunk in the blob.
     pub offset: u64,
     /// Plaintext bytes that were sealed; the sealed chunk is
-    /// [`sealed_len`](crate::data::crypto::sealed_len)`(stored_len)` bytes long.
+    /// [`Segments::sealed_len`](crate::data::crypto::Segments::sealed_len)`(stored_len)` bytes
+    /// long, in the index's segments.
     pub stored_len: u32,
     /// Plaintext bytes of the chunk that are valid, at most `stored_len`. Bytes of the chunk
     /// beyond this (up to the chunk size) read as zeros; truncation shortens it without
@@ -136,9 +137,9 @@ pub struct ChunkRef {
 }
 
 impl ChunkRef {
-    /// Sealed bytes this ref occupies in its blob.
-    pub fn sealed_len(&self) -> u64 {
-        crate::data::crypto::sealed_len(self.stored_len as usize) as u64
+    /// Sealed bytes this ref occupies in its blob, sealed in `segments` (the index's).
+    pub fn sealed_len(&self, segments: crate::data::crypto::Segments) -> u64 {
+        segments.sealed_len(self.stored_len as usize) as u64
     }
 
     /// Where the chunk was sealed: chunk `index` of inode `ino`, with this ref's version and

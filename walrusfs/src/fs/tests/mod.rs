@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Fs, FsConfig, FsError, FsParts, RequestCtx};
-use crate::data::crypto::DataKey;
+use crate::data::crypto::{DataKey, Segments};
 use crate::data::store::MemoryStore;
 use crate::index::{FileKind, Index, IndexOptions, SetAttr, ROOT_INO};
 
@@ -398,12 +398,30 @@ fn overwritten_chunks_are_garbage_collected() {
 
 /// Reads that seek fetch only the segments they need, as ranges of the blob; reads that go on
 /// from the one before fetch whole chunks; a failed range read falls back to the whole chunk.
+/// In a new index (4 KiB segments) and in one from before segment sizes (64 KiB).
 #[test]
 fn seeking_reads_fetch_ranges_and_sequential_reads_whole_chunks() {
-    const BIG: u32 = 1 << 20; // 16 segments a chunk
+    for legacy in [false, true] {
+        seeking_reads_in(legacy);
+    }
+}
+
+fn seeking_reads_in(legacy: bool) {
+    const BIG: u32 = 1 << 20; // 256 segments a chunk (16 of 64 KiB)
     let Setup { fs, dir, rt, .. } = setup();
     crash(fs);
     let dir = tempfile::tempdir_in(dir.path()).unwrap(); // an index made with BIG chunks
+    let options = IndexOptions {
+        chunk_size: BIG,
+        ..index_options()
+    };
+    let segments = if legacy {
+        let index = Index::open(&dir.path().join("index"), options).unwrap();
+        index.make_format_3();
+        Segments::LEGACY
+    } else {
+        Segments::DEFAULT
+    };
     let store = Arc::new(MemoryStore::default());
     let open =
         |store: Arc<MemoryStore>| open_fs_chunked(dir.path(), store, &rt, config(), None, BIG);
@@ -417,9 +435,14 @@ fn seeking_reads_fetch_ranges_and_sequential_reads_whole_chunks() {
         let got = fs.read(fh, offset as u64, len as u32).unwrap();
         assert!(got == data[offset..offset + len], "{offset}+{len}");
     };
-    // A seek into the middle of chunk 1: one range.
-    check(1_300_000, 4096);
+    // A seek into the middle of chunk 1: one range, the one segment holding it.
+    check(1_300_000 - 1_300_000 % 4096, 4096);
     assert_eq!(ranges(), 1);
+    assert_eq!(
+        store.range_bytes.load(Ordering::SeqCst),
+        segments.sealed() as u64,
+        "legacy {legacy}"
+    );
     // Across a segment boundary, and across a chunk boundary (a range of each chunk).
     check(BIG as usize + 2 * 65_536 - 100, 300);
     assert_eq!(ranges(), 2);
@@ -440,6 +463,9 @@ fn seeking_reads_fetch_ranges_and_sequential_reads_whole_chunks() {
     store.fail_ranges.store(true, Ordering::SeqCst);
     check(2 * BIG as usize + 70_000, 1000);
     assert_eq!(ranges(), 5);
+    // Written, and read back whole and in ranges, in the index's segments.
+    assert_eq!(fs.inner.index.segments(), segments);
+    fs.inner.index.check().unwrap();
     crash(fs);
 }
 
@@ -479,9 +505,10 @@ fn reads_and_writes_that_need_the_network_are_handed_back_by_the_nowait_calls() 
         fs.write_nowait(fh, second, b"abc"),
         Err(FsError::WouldBlock)
     ));
+    // Reading the whole chunk caches it (a few bytes of it would be fetched as a range).
     assert_eq!(
-        fs.read(fh, second, 3).unwrap(),
-        data[second as usize..][..3],
+        fs.read(fh, u64::from(CHUNK), CHUNK).unwrap(),
+        data[CHUNK as usize..][..CHUNK as usize],
         "nothing written"
     );
     // ... but not once it is cached, nor a whole chunk, nor a chunk with a buffer.

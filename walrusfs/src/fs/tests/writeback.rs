@@ -56,7 +56,7 @@ fn records_appended_but_never_committed_are_replayed() {
         salt: [4; 16],
     };
     let plain = pattern(CHUNK as usize, 8);
-    let sealed = key.seal(&place, &plain);
+    let sealed = key.seal(crate::data::crypto::Segments::DEFAULT, &place, &plain);
     {
         let (journal, _) = Journal::open(&dir.path().join("journal"), 1 << 30).unwrap();
         let header = EntryHeader {

@@ -389,7 +389,7 @@ fn a_blobs_proofs_are_kept_with_it_published_and_dropped_with_it() {
 }
 
 #[test]
-fn a_format_2_index_opens_and_is_marked_format_3() {
+fn a_format_2_index_opens_and_is_marked_current() {
     let (dir, ix) = open();
     let two = layout::encode(&2u32).unwrap();
     ix.transact(&Scan::default(), |tx| {
@@ -415,4 +415,86 @@ fn a_format_2_index_opens_and_is_marked_format_3() {
     drop(ix);
     let e = Index::open(&dir.path().join("index"), opts()).unwrap_err();
     assert!(matches!(e, IndexError::Format { found: 1, .. }), "{e}");
+}
+
+#[test]
+fn a_new_index_seals_in_4_kib_segments_and_one_from_before_keeps_64_kib() {
+    let (dir, ix) = open();
+    assert_eq!(ix.segments(), Segments::DEFAULT);
+    assert!(ix.trees.meta.get(meta_key::SEGMENT_SIZE).unwrap().is_some());
+    // Reopened: the same.
+    drop(ix);
+    let ix = reopen(&dir);
+    assert_eq!(ix.segments(), Segments::DEFAULT);
+
+    // An index made before segment sizes were recorded: its chunks have 64 KiB segments, and
+    // opening it (which marks it format 4) must not give it the new size.
+    ix.make_format_3();
+    drop(ix);
+    for _ in 0..2 {
+        let ix = reopen(&dir);
+        assert_eq!(ix.segments(), Segments::LEGACY);
+        let format: u32 = layout::decode(
+            &ix.trees.meta.get(meta_key::FORMAT).unwrap().unwrap(),
+            "format",
+        )
+        .unwrap();
+        assert_eq!(format, FORMAT_VERSION);
+        assert!(ix.trees.meta.get(meta_key::SEGMENT_SIZE).unwrap().is_none());
+        ix.check().unwrap();
+    }
+
+    // A segment size that is not one is damage, named as such.
+    let ix = reopen(&dir);
+    let bad = layout::encode(&3000u32).unwrap();
+    ix.transact(&Scan::default(), |tx| {
+        tx.put(TreeId::Meta, meta_key::SEGMENT_SIZE, bad.as_slice())
+    })
+    .unwrap();
+    ix.flush().unwrap();
+    drop(ix);
+    let e = Index::open(&dir.path().join("index"), opts()).unwrap_err();
+    assert!(
+        matches!(&e, IndexError::Corrupt(m) if m.contains("segment size 3000")),
+        "{e}"
+    );
+}
+
+#[test]
+fn live_bytes_of_a_blob_count_each_chunk_in_the_index_segments() {
+    const BIG: u32 = 1 << 20;
+    for legacy in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = IndexOptions {
+            chunk_size: BIG,
+            ..opts()
+        };
+        let mut ix = Index::open(&dir.path().join("index"), options).unwrap();
+        if legacy {
+            ix.make_format_3();
+            drop(ix);
+            ix = Index::open(&dir.path().join("index"), options).unwrap();
+        }
+        let want = if legacy {
+            Segments::LEGACY
+        } else {
+            Segments::DEFAULT
+        };
+        assert_eq!(ix.segments(), want);
+        let f = mkfile(&ix, ROOT_INO, "f");
+        let r = chunk_ref(BIG);
+        let sealed = want.sealed_len(BIG as usize) as u64;
+        ix.commit(f.ino, vec![(0, r.clone())], u64::from(BIG), t(1), t(1))
+            .unwrap();
+        assert_eq!(ix.blob(&r.blob_id).unwrap().unwrap().live_bytes, sealed);
+        ix.check().unwrap();
+        // Dropping the ref takes the same bytes off again (the blob goes with its last ref).
+        let size = SetAttr {
+            size: Some(0),
+            ..Default::default()
+        };
+        ix.setattr(f.ino, size, t(2)).unwrap();
+        assert!(ix.blob(&r.blob_id).unwrap().is_none());
+        ix.check().unwrap();
+    }
 }

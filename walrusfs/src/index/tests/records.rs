@@ -34,6 +34,7 @@ fn full_then_deltas_rebuild_the_same_index() {
     rep.apply_entries(&full.entries, true).unwrap();
     assert!(rep.is_initialized());
     assert_eq!(rep.chunk_size(), CS);
+    assert_eq!(rep.segments(), writer.segments());
     assert_eq!(published(&rep), published(&writer));
     rep.check().unwrap();
 
@@ -157,4 +158,23 @@ fn marking_many_changes_published_goes_in_batches_and_keeps_later_ones() {
     assert!(xattr_key, "the xattr set meanwhile is still to publish");
     assert!(ix.lookup(ROOT_INO, b"late").is_ok());
     ix.check().unwrap();
+}
+
+#[test]
+fn a_replica_seals_and_opens_in_the_segments_of_the_index_it_copies() {
+    for legacy in [false, true] {
+        let (_d, writer) = open();
+        if legacy {
+            writer.make_format_3();
+        }
+        let (_r, rep) = replica();
+        rep.apply_entries(&writer.capture_full().unwrap().entries, true)
+            .unwrap();
+        let want = if legacy {
+            Segments::LEGACY
+        } else {
+            Segments::DEFAULT
+        };
+        assert_eq!(rep.segments(), want, "legacy {legacy}");
+    }
 }
