@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -90,15 +91,19 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// A mount serving Prometheus metrics, and the port they are on.
 fn mount_with_metrics() -> (Mount, u16) {
     let port = free_port();
+    (Mount::with_options(metrics_on(port)), port)
+}
+
+/// Mount options serving Prometheus metrics on `port`.
+fn metrics_on(port: u16) -> Options {
     let extra: &'static [&'static str] = Box::leak(Box::new([
         "--metrics",
         Box::leak(format!("127.0.0.1:{port}").into_boxed_str()) as &str,
     ]));
-    let m = Mount::with_options(Options {
+    Options {
         extra,
         ..Options::default()
-    });
-    (m, port)
+    }
 }
 
 /// A node process started by a test (not by `testnet up`), killed when dropped.
@@ -726,5 +731,51 @@ fn symlink_targets_are_read_once_and_a_replaced_link_shows_its_new_target() {
     assert_eq!(
         std::fs::read_link(m.join("link")).unwrap(),
         std::path::Path::new("target-b")
+    );
+}
+
+/// A read that seeks moves the 4 KiB sealed segment it needs (one or two 16 KiB granules of
+/// one sliver, with their proof), not its chunk, nor the 64 KiB segments of indexes made
+/// before format 4 (80-96 KiB per read): what the mount receives from the nodes over 64
+/// random 4 KiB reads of a cold 16 MiB file stays under 40 KiB a read.
+#[test]
+fn a_seeking_read_moves_its_segment_not_its_chunk() {
+    use std::os::unix::fs::FileExt;
+    let (m, port) = mount_with_metrics();
+    let data = random_bytes(16 << 20, 21);
+    std::fs::write(m.join("f"), &data).unwrap();
+    sync(&m);
+    // Cold: a new mount process has nothing cached (the kernel's cache goes with the mount).
+    m.remount_with(metrics_on(port));
+    let before = scrape(port);
+    let f = File::open(m.join("f")).unwrap();
+    // As fio and databases do: no readahead, so each read reaches the mount as it was made.
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM).unwrap();
+    const READS: u64 = 64;
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..READS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % ((16 << 20) / 4096)) * 4096;
+        f.read_exact_at(&mut buf, at).unwrap();
+        assert!(buf == data[at as usize..][..4096], "read at {at}");
+    }
+    let after = scrape(port);
+    let name = "walrusfs_client_received_bytes_total";
+    let received = sum(&after, name, &[]) - sum(&before, name, &[]);
+    let ranges = |t: &str| sum(t, "walrusfs_client_get_range_seconds_count", &[]);
+    eprintln!(
+        "{received} bytes received for {READS} reads ({} ranged)",
+        ranges(&after) - ranges(&before)
+    );
+    assert!(
+        ranges(&after) - ranges(&before) >= READS as f64 / 2.0,
+        "the reads were not ranged:\n{after}"
+    );
+    assert!(
+        received >= (READS * 4096) as f64 && received <= (READS * 40 * 1024) as f64,
+        "{received} bytes received for {READS} reads of 4 KiB"
     );
 }

@@ -291,6 +291,7 @@ impl NodeConn {
                     self.traffic
                         .sent
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::CLIENT_SENT_BYTES).increment(n as u64);
                 }
             }
             let _ = send.finish();
@@ -316,10 +317,11 @@ impl NodeConn {
                                 ))
                             })?;
                         data.extend_from_slice(&chunk.bytes);
-                        self.traffic.received.fetch_add(
-                            chunk.bytes.len() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        let n = chunk.bytes.len() as u64;
+                        self.traffic
+                            .received
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        metrics::counter!(crate::metrics::CLIENT_RECEIVED_BYTES).increment(n);
                     }
                     Some(data)
                 }
