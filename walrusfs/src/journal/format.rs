@@ -2,7 +2,7 @@
 //! a state directory written by one version is replayed by the next.
 //!
 //! ```text
-//! segment  = magic "WFSJRN01" (8) ++ segment number (u64 LE) ++ record*
+//! segment  = magic "WFSJRN02" (8) ++ segment number (u64 LE) ++ first seq (u64 LE) ++ record*
 //! record   = body_len (u32 LE) ++ header_len (u32 LE) ++ checksum (8) ++ header ++ body
 //! checksum = first 8 bytes of blake3(body_len ++ header_len ++ header ++ body)
 //! header   = postcard(EntryHeader) ++ [postcard(RecordAttrs)]
@@ -25,15 +25,27 @@
 //!
 //! A record whose checksum does not match, or that runs past the end of its segment, is a
 //! write the crash interrupted: it and everything after it in the segment are cut off at replay.
+//!
+//! A segment file whose records are all dead is reused for a later segment (its pages are then
+//! still in the kernel's cache: writing into them is cheap, where fresh pages cost this VM more
+//! kernel time than the rest of the write): its header is rewritten and new records overwrite
+//! the old ones from the start. Records left over from its earlier use follow the new ones, with
+//! valid checksums, so a record whose sequence number is below the header's first seq, or not
+//! above the record before it, ends the segment too. Format 1 (magic "WFSJRN01", no first seq;
+//! segments were never reused) is still replayed.
 
 use serde::{Deserialize, Serialize};
 
 use crate::index::{Timestamp, NAME_MAX};
 
 /// Segment magic; the last two bytes are the format version.
-pub const MAGIC: [u8; 8] = *b"WFSJRN01";
+pub const MAGIC: [u8; 8] = *b"WFSJRN02";
+/// Segment magic of format 1 (segments never reused; replayed, never written).
+pub const MAGIC_V1: [u8; 8] = *b"WFSJRN01";
 /// Bytes of a segment header.
-pub const SEGMENT_HEADER: usize = 16;
+pub const SEGMENT_HEADER: usize = 24;
+/// Bytes of a format-1 segment header.
+pub const SEGMENT_HEADER_V1: usize = 16;
 /// Bytes in front of each record's header.
 pub const RECORD_PREFIX: usize = 16;
 /// Largest header accepted (a few varints and a salt; anything bigger is damage).
@@ -182,12 +194,31 @@ pub fn record_prefix(header: &EntryHeader, attrs: Option<&RecordAttrs>, body: &[
     out
 }
 
-/// A segment's header.
-pub fn segment_header(number: u64) -> [u8; SEGMENT_HEADER] {
+/// The header of segment `number`, whose records have sequence numbers from `first_seq` on.
+pub fn segment_header(number: u64, first_seq: u64) -> [u8; SEGMENT_HEADER] {
     let mut out = [0u8; SEGMENT_HEADER];
     out[..8].copy_from_slice(&MAGIC);
-    out[8..].copy_from_slice(&number.to_le_bytes());
+    out[8..16].copy_from_slice(&number.to_le_bytes());
+    out[16..].copy_from_slice(&first_seq.to_le_bytes());
     out
+}
+
+/// Parses the start of segment `number`: its header's length and the lowest sequence number
+/// its records may have (0 in format 1). None if `head` (at least [`SEGMENT_HEADER`] bytes, or
+/// all the file has) is not a header of that segment.
+pub fn parse_segment_header(head: &[u8], number: u64) -> Option<(usize, u64)> {
+    let magic = head.get(..8)?;
+    if head.get(8..16)? != number.to_le_bytes() {
+        return None;
+    }
+    if magic == MAGIC {
+        let first = u64::from_le_bytes(head.get(16..24)?.try_into().ok()?);
+        Some((SEGMENT_HEADER, first))
+    } else if magic == MAGIC_V1 {
+        Some((SEGMENT_HEADER_V1, 0))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +251,19 @@ mod tests {
         assert_eq!(&rec[8..16], &checksum(4, &header, b"body"));
         assert_eq!(&rec[16..16 + header.len()], &header[..]);
         assert_eq!(&rec[16 + header.len()..], b"body");
-        assert_eq!(&segment_header(3)[..], b"WFSJRN01\x03\0\0\0\0\0\0\0");
+        assert_eq!(
+            &segment_header(3, 9)[..],
+            b"WFSJRN02\x03\0\0\0\0\0\0\0\x09\0\0\0\0\0\0\0"
+        );
+        assert_eq!(
+            parse_segment_header(&segment_header(3, 9), 3),
+            Some((SEGMENT_HEADER, 9))
+        );
+        assert_eq!(parse_segment_header(&segment_header(3, 9), 4), None);
+        let v1 = b"WFSJRN01\x03\0\0\0\0\0\0\0";
+        assert_eq!(parse_segment_header(v1, 3), Some((SEGMENT_HEADER_V1, 0)));
+        assert_eq!(parse_segment_header(b"WFSJRN03\x03\0\0\0\0\0\0\0", 3), None);
+        assert_eq!(parse_segment_header(b"WFSJRN02\x03", 3), None, "cut short");
         assert_eq!(decode_header(&header), Some((h, None)), "no extension");
 
         let attrs = RecordAttrs {

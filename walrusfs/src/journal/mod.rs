@@ -33,15 +33,15 @@ pub mod format;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, IoSlice, Read, Write};
+use std::io::{BufReader, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use format::{
-    checksum, decode_header, record_prefix, segment_header, CREATION, MAGIC, MAX_HEADER,
-    RECORD_PREFIX, SEGMENT_HEADER,
+    checksum, decode_header, parse_segment_header, record_prefix, segment_header, CREATION,
+    MAX_HEADER, RECORD_PREFIX, SEGMENT_HEADER,
 };
 pub use format::{Creation, EntryHeader, RecordAttrs, MAX_CREATION};
 
@@ -52,6 +52,12 @@ const SEGMENT_MAX: u64 = 64 << 20;
 const MAX_BODY: u64 = (64 << 20) + (64 << 20) / 4096;
 /// Extension of segment files.
 const EXT: &str = "wj";
+/// Extension of spare segment files: dead segments kept to be reused (see [`format`]), named
+/// `LAST-NUMBER.wjs` (hex) after the highest sequence number in them and their old number.
+const SPARE_EXT: &str = "wjs";
+/// Dead segment files kept for reuse at most (each up to [`SEGMENT_MAX`] on disk, beside the
+/// journal's own bytes).
+const MAX_SPARES: usize = 2;
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +142,8 @@ struct State {
     next_segment: u64,
     bytes: u64,
     readers: HashMap<u64, Arc<File>>,
+    /// Dead segment files to reuse, newest last.
+    spares: Vec<PathBuf>,
 }
 
 /// The journal in one directory. `Send + Sync`; blocking file I/O.
@@ -183,6 +191,7 @@ impl Journal {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, Vec<Record>), JournalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut numbers: Vec<u64> = Vec::new();
+        let mut spares: Vec<(u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -191,13 +200,27 @@ impl Journal {
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
             {
                 numbers.push(n);
+            } else if let Some(stem) = name.strip_suffix(&format!(".{SPARE_EXT}")) {
+                match stem
+                    .split_once('-')
+                    .and_then(|(last, _)| u64::from_str_radix(last, 16).ok())
+                {
+                    Some(last) if spares.len() < MAX_SPARES => spares.push((last, entry.path())),
+                    _ => {
+                        let path = entry.path();
+                        std::fs::remove_file(&path).map_err(io(&path))?;
+                    }
+                }
             }
         }
         numbers.sort_unstable();
         let mut segments = BTreeMap::new();
         let mut records = Vec::new();
         let mut bytes = 0;
-        let mut next_seq = 1;
+        // INV: new records get sequence numbers above every record in a spare file, so a reused
+        // file's leftovers are told apart at replay (see `format`) whatever the caller does.
+        let mut next_seq = spares.iter().map(|(last, _)| last + 1).max().unwrap_or(1);
+        let spares: Vec<PathBuf> = spares.into_iter().map(|(_, p)| p).collect();
         for n in numbers {
             let path = segment_path(dir, n);
             let (found, len) = scan_segment(&path, n)?;
@@ -226,6 +249,7 @@ impl Journal {
                 next_segment,
                 bytes,
                 readers: HashMap::new(),
+                spares,
             }),
             order: Mutex::new(()),
             space: Condvar::new(),
@@ -342,7 +366,12 @@ impl Journal {
                 .as_mut()
                 .unwrap_or_else(|| unreachable!("rotate made a current segment"));
             let path = segment_path(&self.dir, cur.number);
-            write_all_both(&mut cur.file, &prefix, item.body).map_err(io(&path))?;
+            if let Err(e) = write_all_both(&mut cur.file, &prefix, item.body) {
+                // The next record goes where this one started, over whatever part of it was
+                // written (a replay would stop at that torn record, and lose what follows).
+                let _ = cur.file.seek(SeekFrom::Start(cur.len));
+                return Err(io(&path)(e));
+            }
             let body_offset = cur.len + prefix.len() as u64;
             cur.len += record_len;
             let number = cur.number;
@@ -370,12 +399,33 @@ impl Journal {
         let number = st.next_segment;
         st.next_segment += 1;
         let path = segment_path(&self.dir, number);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
+        // A spare first: its pages are likely still cached. Renamed before its header is
+        // rewritten, so a crash in between leaves a segment with another number in its header,
+        // which a replay empties.
+        let reused = st.spares.pop().and_then(|spare| {
+            let reuse = std::fs::rename(&spare, &path)
+                .and_then(|()| OpenOptions::new().write(true).open(&path));
+            match reuse {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    tracing::debug!(spare = %spare.display(), "journal spare not reused: {e}");
+                    let _ = std::fs::remove_file(&spare);
+                    None
+                }
+            }
+        });
+        let mut file = match reused {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?,
+        };
+        // Records from here on have sequence numbers from `next_seq` up; a reused file's older
+        // records, below it, end the segment at replay.
+        file.write_all(&segment_header(number, st.next_seq))
             .map_err(io(&path))?;
-        file.write_all(&segment_header(number)).map_err(io(&path))?;
         st.segments.insert(
             number,
             Segment {
@@ -450,7 +500,8 @@ impl Journal {
     }
 
     /// Deletes every segment whose records all have sequence numbers below `keep_from` (the
-    /// oldest record a chunk still points at, in the durable index). Returns the bytes freed.
+    /// oldest record a chunk still points at, in the durable index), keeping up to
+    /// [`MAX_SPARES`] of their files to reuse for new segments. Returns the bytes freed.
     pub fn reclaim(&self, keep_from: u64) -> Result<u64, JournalError> {
         let mut st = self.lock();
         let cur = st.current.as_ref().map(|c| c.number);
@@ -462,6 +513,24 @@ impl Journal {
                 st.current = None;
             }
             if let Some(seg) = st.segments.remove(&n) {
+                // Reused only if no read holds the file open (a reader that took it before
+                // could otherwise read the next segment's bytes); new readers find the segment
+                // gone, as they would a deleted one.
+                let unread = st
+                    .readers
+                    .remove(&n)
+                    .is_none_or(|f| Arc::strong_count(&f) == 1);
+                if unread && st.spares.len() < MAX_SPARES {
+                    let spare = self
+                        .dir
+                        .join(format!("{:016x}-{n:016x}.{SPARE_EXT}", seg.last_seq));
+                    if std::fs::rename(&seg.path, &spare).is_ok() {
+                        st.spares.push(spare);
+                        st.bytes = st.bytes.saturating_sub(seg.bytes);
+                        freed += seg.bytes;
+                        continue;
+                    }
+                }
                 match std::fs::remove_file(&seg.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -503,29 +572,33 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016x}.{EXT}"))
 }
 
-/// Reads a segment's records, truncating it at the first torn one. Returns the records and
-/// the segment's length after that.
+/// Reads a segment's records, truncating it at the first torn one (or, in a reused file, at the
+/// first left over from its earlier use). Returns the records and the segment's length after
+/// that.
 fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalError> {
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(io(path))?;
     let total = file.metadata().map_err(io(path))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, &file);
     let mut head = [0u8; SEGMENT_HEADER];
-    let good_header =
-        r.read_exact(&mut head).is_ok() && head[..8] == MAGIC && head[8..] == number.to_le_bytes();
-    if !good_header {
-        // A segment whose header never made it to disk holds nothing.
+    let got = read_up_to(&file, &mut head).map_err(io(path))?;
+    let Some((header_len, first_seq)) = parse_segment_header(&head[..got], number) else {
+        // A segment whose header never made it to disk holds nothing (nor does a reused file
+        // whose new header did not).
         tracing::warn!(path = %path.display(), "journal segment without a valid header: emptied");
         file.set_len(0).map_err(io(path))?;
-        file.write_all_at(&segment_header(number), 0)
+        file.write_all_at(&segment_header(number, 0), 0)
             .map_err(io(path))?;
         return Ok((Vec::new(), SEGMENT_HEADER as u64));
-    }
-    let mut pos = SEGMENT_HEADER as u64;
-    let mut records = Vec::new();
+    };
+    file.seek(SeekFrom::Start(header_len as u64))
+        .map_err(io(path))?;
+    let mut r = BufReader::with_capacity(1 << 20, &file);
+    let mut pos = header_len as u64;
+    let mut records: Vec<Record> = Vec::new();
+    let mut leftover = false;
     loop {
         let mut prefix = [0u8; RECORD_PREFIX];
         if total - pos < RECORD_PREFIX as u64 || r.read_exact(&mut prefix).is_err() {
@@ -549,6 +622,12 @@ fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalE
         let Some((h, attrs)) = decode_header(&header) else {
             break;
         };
+        // INV: a segment's records have increasing sequence numbers from its header's first
+        // seq on; anything else is a record of the file's earlier use.
+        if h.seq < first_seq || records.last().is_some_and(|p| h.seq <= p.header.seq) {
+            leftover = true;
+            break;
+        }
         let creation = if h.stored_len == CREATION {
             let Some(c) = Creation::decode(&body) else {
                 break;
@@ -570,10 +649,32 @@ fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalE
         pos += size;
     }
     if pos < total {
-        tracing::warn!(path = %path.display(), cut = total - pos, "journal segment ends in a torn record: cut off");
+        if first_seq == 0 {
+            tracing::warn!(path = %path.display(), cut = total - pos, "journal segment ends in a torn record: cut off");
+        } else {
+            // A reused file has its earlier records after the new ones, complete (`leftover`)
+            // or not: the end of the segment, not damage (a record torn by a crash was never
+            // acknowledged either way).
+            tracing::debug!(path = %path.display(), cut = total - pos, leftover, "journal segment ends: the rest cut off");
+        }
         file.set_len(pos).map_err(io(path))?;
     }
     Ok((records, pos))
+}
+
+/// Reads from the start of `file` into `buf` until it is full or the file ends; returns the
+/// bytes read.
+fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
