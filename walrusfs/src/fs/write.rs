@@ -351,10 +351,11 @@ impl<B: BlobStore> Fs<B> {
                 // The dirty chunks, and a creation record in case one goes ahead of them.
                 let dirty = st.buf.dirty(only);
                 let creation = (!dirty.is_empty()).then_some(crate::journal::MAX_CREATION);
+                let segments = self.inner.index.segments();
                 Journal::needed(
                     dirty
                         .iter()
-                        .map(|(_, d)| self.inner.index.segments().sealed_len(d.len()))
+                        .map(|(_, d)| segments.sealed_len(d.len()))
                         .chain(creation),
                 )
             };

@@ -541,7 +541,6 @@ impl Journal {
                 }
                 st.bytes = st.bytes.saturating_sub(seg.bytes);
                 freed += seg.bytes;
-                st.readers.remove(&n);
             }
         }
         drop(st);

@@ -388,30 +388,34 @@ fn a_blobs_proofs_are_kept_with_it_published_and_dropped_with_it() {
     ix.check().unwrap();
 }
 
-#[test]
-fn a_format_2_index_opens_and_is_marked_current() {
-    let (dir, ix) = open();
-    let two = layout::encode(&2u32).unwrap();
+/// Sets meta record `key` of `ix` to `value` and flushes.
+fn put_meta(ix: &Index, key: &[u8], value: u32) {
+    let value = layout::encode(&value).unwrap();
     ix.transact(&Scan::default(), |tx| {
-        tx.put(TreeId::Meta, meta_key::FORMAT, two.as_slice())
+        tx.put(TreeId::Meta, key, value.as_slice())
     })
     .unwrap();
     ix.flush().unwrap();
-    drop(ix);
-    let ix = reopen(&dir);
-    let format: u32 = layout::decode(
+}
+
+/// The format version `ix` records.
+fn stored_format(ix: &Index) -> u32 {
+    layout::decode(
         &ix.trees.meta.get(meta_key::FORMAT).unwrap().unwrap(),
         "format",
     )
-    .unwrap();
-    assert_eq!(format, FORMAT_VERSION);
+    .unwrap()
+}
+
+#[test]
+fn a_format_2_index_opens_and_is_marked_current() {
+    let (dir, ix) = open();
+    put_meta(&ix, meta_key::FORMAT, 2);
+    drop(ix);
+    let ix = reopen(&dir);
+    assert_eq!(stored_format(&ix), FORMAT_VERSION);
     // One older than that is refused with the format named.
-    let one = layout::encode(&1u32).unwrap();
-    ix.transact(&Scan::default(), |tx| {
-        tx.put(TreeId::Meta, meta_key::FORMAT, one.as_slice())
-    })
-    .unwrap();
-    ix.flush().unwrap();
+    put_meta(&ix, meta_key::FORMAT, 1);
     drop(ix);
     let e = Index::open(&dir.path().join("index"), opts()).unwrap_err();
     assert!(matches!(e, IndexError::Format { found: 1, .. }), "{e}");
@@ -434,24 +438,14 @@ fn a_new_index_seals_in_4_kib_segments_and_one_from_before_keeps_64_kib() {
     for _ in 0..2 {
         let ix = reopen(&dir);
         assert_eq!(ix.segments(), Segments::LEGACY);
-        let format: u32 = layout::decode(
-            &ix.trees.meta.get(meta_key::FORMAT).unwrap().unwrap(),
-            "format",
-        )
-        .unwrap();
-        assert_eq!(format, FORMAT_VERSION);
+        assert_eq!(stored_format(&ix), FORMAT_VERSION);
         assert!(ix.trees.meta.get(meta_key::SEGMENT_SIZE).unwrap().is_none());
         ix.check().unwrap();
     }
 
     // A segment size that is not one is damage, named as such.
     let ix = reopen(&dir);
-    let bad = layout::encode(&3000u32).unwrap();
-    ix.transact(&Scan::default(), |tx| {
-        tx.put(TreeId::Meta, meta_key::SEGMENT_SIZE, bad.as_slice())
-    })
-    .unwrap();
-    ix.flush().unwrap();
+    put_meta(&ix, meta_key::SEGMENT_SIZE, 3000);
     drop(ix);
     let e = Index::open(&dir.path().join("index"), opts()).unwrap_err();
     assert!(
