@@ -9,6 +9,7 @@
 //! - [`root`]: signed, versioned root records, the one mutable thing nodes keep per archive;
 //! - [`node`]: the storage node daemon and its durable on-disk sliver and root store.
 
+pub mod buffers;
 pub mod client;
 pub mod codec;
 pub mod committee;

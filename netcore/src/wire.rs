@@ -384,9 +384,28 @@ const FRAME_PREALLOC: usize = 1024;
 /// Reads a raw body of exactly `len` bytes; the caller has already checked `len` against its
 /// limit.
 pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::new();
+    read_body_into(r, &mut body, len).await?;
     Ok(body)
+}
+
+/// Reads a raw body of exactly `len` bytes, appended to `buf`. The bytes are copied into
+/// `buf`'s spare capacity as they arrive, without zeroing it first (a reused buffer is then
+/// neither zeroed nor faulted in again).
+pub async fn read_body_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), FrameError> {
+    buf.reserve_exact(len);
+    let end = buf.len() + len;
+    let mut rest = AsyncReadExt::take(&mut *r, len as u64);
+    while buf.len() < end {
+        if rest.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -424,6 +443,35 @@ mod tests {
             let mut bytes: &[u8] = &[0, 0, 0, 9, 1];
             let err = read_frame::<_, RequestFrame>(&mut bytes).await.unwrap_err();
             assert!(matches!(err, FrameError::Io(_)), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_body_is_appended_exactly_and_the_rest_left_unread() {
+        rt().block_on(async {
+            let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+            let mut r: &[u8] = &data;
+            let mut buf = vec![1, 2, 3];
+            read_body_into(&mut r, &mut buf, 9_000).await.unwrap();
+            assert_eq!(&buf[..3], &[1, 2, 3]);
+            assert_eq!(&buf[3..], &data[..9_000]);
+            assert_eq!(
+                r,
+                &data[9_000..],
+                "bytes beyond the body stay in the stream"
+            );
+        });
+    }
+
+    #[test]
+    fn a_short_body_is_an_error() {
+        rt().block_on(async {
+            let mut r: &[u8] = &[5; 100];
+            let err = read_body(&mut r, 101).await.unwrap_err();
+            assert!(
+                matches!(&err, FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{err}"
+            );
         });
     }
 

@@ -121,7 +121,14 @@ struct State {
     commits: tokio::sync::mpsc::Sender<CommitJob>,
     /// Granule hashes of recently read slivers, for ranged reads.
     outboards: outboards::Outboards,
+    /// Buffers of stored slivers' bodies, reused ([`POOL_BYTES`] at most).
+    buffers: Arc<crate::buffers::BufferPool>,
 }
+
+/// Freed sliver buffers a node keeps for reuse at most: enough for the slivers of a few
+/// dozen 4 MiB chunks in flight, and at most a quarter of the in-flight budget (the memory a
+/// node may hold beyond its budget stays small when the budget is).
+const POOL_BYTES: u64 = 64 << 20;
 
 /// A storage node ready to serve.
 pub struct Node {
@@ -158,6 +165,8 @@ impl Node {
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
         let (commits, commit_queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        let pool_bytes =
+            usize::try_from(POOL_BYTES.min(config.max_inflight_bytes / 4)).unwrap_or(usize::MAX);
         Ok(Node {
             on_ready: None,
             dir: dir.to_owned(),
@@ -184,6 +193,7 @@ impl Node {
                 started: Instant::now(),
                 requests: std::sync::atomic::AtomicU64::new(0),
                 outboards: outboards::Outboards::new(),
+                buffers: crate::buffers::BufferPool::new(pool_bytes),
             }),
         })
     }
@@ -396,7 +406,8 @@ async fn serve_stream(
         wire::write_frame(&mut send, &response).await?;
         if let Some(body) = &mut body {
             // Handed to QUIC without a copy: the one buffer is what the budget counts.
-            let data = bytes::Bytes::from(std::mem::take(&mut body.data));
+            // The pooled buffer goes back to the pool when QUIC drops its last slice of it.
+            let data = bytes::Bytes::from_owner(body.data.take());
             #[cfg(feature = "faults")]
             let data = if state.config.faults.short_bodies {
                 data.slice(..data.len() / 2)

@@ -290,7 +290,8 @@ impl SliverStore {
                 format!("{len} bytes, too large for metadata"),
             ));
         }
-        let bytes = read_to_len(file, &path, len)?;
+        let mut bytes = Vec::new();
+        read_to_len(file, &path, len, &mut bytes)?;
         let (metadata, rest) = postcard::take_from_bytes::<BlobMetadata>(&bytes)
             .map_err(|e| corrupt(&path, format!("does not decode: {e}")))?;
         if !rest.is_empty() {
@@ -314,8 +315,21 @@ impl SliverStore {
     /// so hashing on the node too would double the CPU cost of a read for no added safety.
     /// Length is checked because it is free and catches the common damage, truncation.
     pub fn get_sliver(&self, blob_id: &BlobId, index: SliverIndex) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        self.get_sliver_into(blob_id, index, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`SliverStore::get_sliver`] into `buf` (emptied first; a reused buffer's pages are
+    /// neither zeroed nor faulted in again).
+    pub fn get_sliver_into(
+        &self,
+        blob_id: &BlobId,
+        index: SliverIndex,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         let (file, path, len, _) = self.open_sliver(blob_id, index)?;
-        read_to_len(file, &path, len)
+        read_to_len(file, &path, len, buf)
     }
 
     /// Bytes `start..end` of sliver `index` of `blob_id` (checked like
@@ -720,8 +734,10 @@ fn file_outcome(path: &Path, data: &[u8]) -> Result<FileOutcome, StoreError> {
             let old_len = file.metadata().map_err(io_error(path))?.len();
             // Comparing bytes (not just lengths) costs a read only on the rare retried put, and
             // heals a same-length bit flip that reads, which only check length, cannot see.
+            let mut old = Vec::new();
             if old_len == data.len() as u64
-                && read_to_len(file, path, old_len).ok().as_deref() == Some(data)
+                && read_to_len(file, path, old_len, &mut old).is_ok()
+                && old == data
             {
                 return Ok(FileOutcome::Unchanged);
             }
@@ -823,12 +839,13 @@ fn read_range(
 
 /// Reads all of `file`, which its metadata said is `len` bytes long; a different length (the
 /// file changed under us) is [`StoreError::Corrupt`].
-fn read_to_len(file: File, path: &Path, len: u64) -> Result<Vec<u8>, StoreError> {
+fn read_to_len(file: File, path: &Path, len: u64, buf: &mut Vec<u8>) -> Result<(), StoreError> {
     let capacity = usize::try_from(len).map_err(|_| corrupt(path, format!("{len} bytes")))?;
-    let mut buf = Vec::with_capacity(capacity);
+    buf.clear();
+    buf.reserve_exact(capacity);
     // Reading one byte past `len` detects a file that grew, without reading it all.
     file.take(len.saturating_add(1))
-        .read_to_end(&mut buf)
+        .read_to_end(buf)
         .map_err(io_error(path))?;
     if buf.len() as u64 != len {
         return Err(corrupt(
@@ -836,7 +853,7 @@ fn read_to_len(file: File, path: &Path, len: u64) -> Result<Vec<u8>, StoreError>
             format!("changed while read: {} bytes, expected {len}", buf.len()),
         ));
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Removes every entry of the trash directory (blobs whose delete was interrupted).

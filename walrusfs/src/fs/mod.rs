@@ -181,6 +181,8 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) disk_cache: Option<cache::DiskCache>,
     /// Writes into `disk_cache` in flight (they run off the readers' path).
     pub(crate) cache_writes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The buffers those writes copy sealed chunks into, reused (see `read::cache_on_disk`).
+    pub(crate) cache_buffers: Arc<netcore::buffers::BufferPool>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
     /// Whole chunks fetched from the network at once at most (see `read::fetch_slots`).
@@ -274,6 +276,9 @@ impl<B: BlobStore> Fs<B> {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
                 cache_writes: Default::default(),
+                cache_buffers: netcore::buffers::BufferPool::new(read::cache_buffer_bytes(
+                    chunk_size,
+                )),
                 read_only: AtomicBool::new(cfg.read_only),
                 network_free: AtomicU64::new(u64::MAX),
                 durable: Arc::new(tokio::sync::Notify::new()),

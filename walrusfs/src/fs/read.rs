@@ -43,6 +43,15 @@ fn moved_meanwhile(e: &FsError) -> bool {
 }
 /// Sealed chunks waiting to be written into the on-disk cache at most (see `cache_on_disk`).
 const MAX_CACHE_WRITES: usize = 4;
+
+/// Bytes of copy buffers kept for those writes: one sealed chunk of `chunk_size` bytes (in
+/// the smallest segments, so the most tags) per write that may wait.
+pub(crate) fn cache_buffer_bytes(chunk_size: u64) -> usize {
+    let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
+    let smallest = crate::data::crypto::Segments::new(crate::data::crypto::Segments::MIN)
+        .map_or(chunk, |s| s.sealed_len(chunk));
+    smallest.saturating_mul(MAX_CACHE_WRITES)
+}
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
 /// Each holds about three chunks of memory while it is decoded and opened, and reads waiting
 /// for the network do not hold FUSE's threads, so without a bound parallel readers take
@@ -483,7 +492,12 @@ impl<B: BlobStore> Fs<B> {
         }
         let fs = self.clone();
         let pending = pending.clone();
-        let sealed = sealed.to_vec();
+        // The chunk is opened in place next, so the cache gets a copy: into a buffer of an
+        // earlier write, not a fresh one whose pages the kernel would fault in and zero (half
+        // of the mount's page faults in a cold read).
+        let mut copy = self.inner.cache_buffers.take(sealed.len());
+        copy.vec_mut().extend_from_slice(sealed);
+        let sealed = copy;
         self.inner.rt.spawn_blocking(move || {
             if let Some(disk) = &fs.inner.disk_cache {
                 if let Err(e) = disk.insert(key, &sealed) {

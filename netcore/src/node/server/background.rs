@@ -16,7 +16,8 @@ pub(super) struct CommitJob {
     pub(super) blob_id: BlobId,
     pub(super) metadata: crate::codec::BlobMetadata,
     pub(super) index: SliverIndex,
-    pub(super) body: Vec<u8>,
+    /// Returns to the node's buffer pool once the batch is stored.
+    pub(super) body: crate::buffers::Pooled,
     /// The storing client (its quota is charged).
     pub(super) owner: Option<crate::identity::PublicKey>,
     pub(super) reply: tokio::sync::oneshot::Sender<Result<(), WireError>>,

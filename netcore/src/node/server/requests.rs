@@ -19,7 +19,8 @@ use super::background::CommitJob;
 
 /// A sliver being served, with the budget it holds.
 pub(super) struct Body<'a> {
-    pub(super) data: Vec<u8>,
+    /// Whole slivers come from the node's buffer pool and go back to it once sent.
+    pub(super) data: crate::buffers::Pooled,
     _budget: Budget<'a>,
 }
 
@@ -254,7 +255,8 @@ async fn store_sliver(
     }
     // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
     let _permit = acquire_budget(state, len, true).await?;
-    let body = wire::read_body(recv, len as usize)
+    let mut body = state.buffers.take(len as usize);
+    wire::read_body_into(recv, body.vec_mut(), len as usize)
         .await
         .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
     metrics::counter!(crate::metrics::NODE_RECEIVED_BYTES).increment(len);
@@ -330,7 +332,7 @@ async fn get_range(
     metrics::counter!(crate::metrics::NODE_SERVED_BYTES).increment(data.len() as u64);
     Ok((
         Body {
-            data,
+            data: crate::buffers::Pooled::unpooled(data),
             _budget: budget,
         },
         proof,
@@ -399,7 +401,11 @@ async fn get_sliver(
         .sliver_len()
         .map_err(|e| WireError::Corrupt(e.to_string()))? as u64;
     let budget = acquire_budget(state, len, trusted).await?;
-    let data = blocking(state, |s| s.get_sliver(&blob_id, index)).await?;
+    let mut data = state.buffers.take(len as usize);
+    blocking(state, |s| {
+        s.get_sliver_into(&blob_id, index, data.vec_mut())
+    })
+    .await?;
     #[cfg(feature = "faults")]
     let data = {
         let f = &state.config.faults;
@@ -419,7 +425,15 @@ async fn get_sliver(
         } else {
             None
         };
-        crate::node::faults::damage_sliver(f, data, other)
+        if f.is_none() {
+            data
+        } else {
+            crate::buffers::Pooled::unpooled(crate::node::faults::damage_sliver(
+                f,
+                data.to_vec(),
+                other,
+            ))
+        }
     };
     metrics::counter!(crate::metrics::NODE_SERVED_BYTES).increment(data.len() as u64);
     Ok(Body {
