@@ -6,12 +6,18 @@
 //! go back to the system at once), and its pages are faulted in and zeroed by the kernel as
 //! the bytes are copied in: a fifth of a node's CPU while it stores (perf, 768 MiB written to
 //! a 7-node testnet). A [`BufferPool`] keeps a bounded number of bytes of freed buffers and
-//! hands them out again; a buffer is filled by appending, so nothing zeroes it either.
+//! hands them out again; a buffer is filled by appending, so nothing zeroes it either. An
+//! idle pool lets its buffers go ([`BufferPool::release_when_idle`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Buffers kept at most, whatever their size.
 const MAX_BUFFERS: usize = 64;
+
+/// How long a pool of a long-running process keeps its buffers unused before it frees them
+/// (see [`BufferPool::release_when_idle`]).
+pub const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
 /// Freed buffers, ready to be handed out again. Bounded in bytes (their capacity), so a pool
 /// adds at most that much to the node's resident memory beyond what bodies in flight hold.
@@ -25,6 +31,8 @@ pub struct BufferPool {
 struct Free {
     buffers: Vec<Vec<u8>>,
     bytes: usize,
+    /// When a buffer was last taken or given back.
+    used: Option<Instant>,
 }
 
 impl BufferPool {
@@ -39,25 +47,43 @@ impl BufferPool {
     /// An empty buffer with room for `len` bytes: a kept one that fits without wasting more
     /// than its own size, else a new one.
     pub fn take(self: &Arc<Self>, len: usize) -> Pooled {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            // Best fit: the smallest kept buffer that holds `len`, if it is at most twice that.
-            let best = free
-                .buffers
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| {
-                let b = free.buffers.swap_remove(i);
-                free.bytes -= b.capacity();
-                b
-            })
-        };
-        let mut data = reused.unwrap_or_default();
+        let mut data = self.pick(len).unwrap_or_default();
         data.clear();
         data.reserve_exact(len);
+        self.adopt(data)
+    }
+
+    /// A buffer of exactly `len` bytes to be overwritten: a kept one holds what it held
+    /// before (only bytes it never held are zeroed), a new one zeros.
+    pub fn take_filled(self: &Arc<Self>, len: usize) -> Pooled {
+        let mut data = self.pick(len).unwrap_or_default();
+        if data.len() >= len {
+            data.truncate(len);
+        } else {
+            data.reserve_exact(len - data.len());
+            data.resize(len, 0);
+        }
+        self.adopt(data)
+    }
+
+    /// The smallest kept buffer that holds `len` bytes, if it is at most twice that.
+    fn pick(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.used = Some(Instant::now());
+        let best = free
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)?;
+        let b = free.buffers.swap_remove(best);
+        free.bytes -= b.capacity();
+        Some(b)
+    }
+
+    /// `data` as this pool's: it comes back to the pool when dropped.
+    pub fn adopt(self: &Arc<Self>, data: Vec<u8>) -> Pooled {
         Pooled {
             data,
             pool: Arc::downgrade(self),
@@ -71,10 +97,37 @@ impl BufferPool {
             return;
         }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.used = Some(Instant::now());
         if free.bytes + cap <= self.max_bytes && free.buffers.len() < MAX_BUFFERS {
             free.bytes += cap;
             free.buffers.push(buffer);
         }
+    }
+
+    /// Frees every kept buffer if none was taken or given back for `idle`; returns the bytes
+    /// freed. A process that stopped storing and reading does not keep the pool's memory.
+    pub fn release_idle(&self, idle: Duration) -> usize {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.used.is_some_and(|t| t.elapsed() < idle) {
+            return 0;
+        }
+        free.buffers = Vec::new();
+        std::mem::take(&mut free.bytes)
+    }
+
+    /// Calls [`BufferPool::release_idle`] every `idle / 2` on `rt`, for as long as the pool
+    /// exists.
+    pub fn release_when_idle(self: &Arc<Self>, rt: &tokio::runtime::Handle, idle: Duration) {
+        let pool = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(idle / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { break };
+                pool.release_idle(idle);
+            }
+        });
     }
 
     /// Bytes held by kept buffers.
@@ -108,6 +161,11 @@ impl Pooled {
     /// Moves the buffer out, leaving an empty one of no pool.
     pub fn take(&mut self) -> Pooled {
         std::mem::replace(self, Pooled::unpooled(Vec::new()))
+    }
+
+    /// The buffer, no longer the pool's (see [`BufferPool::adopt`] to hand it back).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.data)
     }
 }
 
@@ -151,6 +209,30 @@ mod tests {
     }
 
     #[test]
+    fn a_filled_buffer_has_the_length_asked_and_reuses_the_bytes_it_held() {
+        let pool = BufferPool::new(8 << 20);
+        let fresh = pool.take_filled(3000);
+        assert_eq!(fresh.len(), 3000);
+        assert!(fresh.iter().all(|b| *b == 0), "a new buffer is zeroed");
+        let mut a = pool.take(5000);
+        a.vec_mut().extend_from_slice(&[9; 4000]);
+        drop(a);
+        let b = pool.take_filled(4500);
+        assert_eq!(b.len(), 4500);
+        assert!(
+            b[..4000].iter().all(|x| *x == 9),
+            "bytes held before are not zeroed"
+        );
+        assert!(
+            b[4000..].iter().all(|x| *x == 0),
+            "bytes never held are zeroed"
+        );
+        drop(b);
+        let c = pool.take_filled(2600);
+        assert_eq!(c.len(), 2600);
+    }
+
+    #[test]
     fn a_buffer_much_larger_than_asked_is_not_handed_out() {
         let pool = BufferPool::new(8 << 20);
         drop(pool.take(4 << 20));
@@ -174,6 +256,45 @@ mod tests {
         let free = pool.free.lock().unwrap();
         assert!(free.buffers.len() <= MAX_BUFFERS);
         assert!(free.bytes <= 3 << 20);
+    }
+
+    #[test]
+    fn an_idle_pool_frees_what_it_kept() {
+        let pool = BufferPool::new(8 << 20);
+        drop(pool.take(1 << 20));
+        assert_eq!(
+            pool.release_idle(Duration::from_secs(60)),
+            0,
+            "used just now"
+        );
+        assert_eq!(pool.kept_bytes(), 1 << 20);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pool.release_idle(Duration::from_millis(10)), 1 << 20);
+        assert_eq!(pool.kept_bytes(), 0);
+    }
+
+    #[test]
+    fn the_idle_release_runs_on_its_own_and_ends_with_the_pool() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let pool = BufferPool::new(8 << 20);
+        rt.block_on(async {
+            pool.release_when_idle(&tokio::runtime::Handle::current(), Duration::from_secs(10));
+            drop(pool.take(1 << 20));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(pool.kept_bytes(), 1 << 20);
+        });
+        // The pool's clock is the real one: make the buffer old, then let the task tick.
+        pool.free.lock().unwrap().used = Some(Instant::now() - Duration::from_secs(11));
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert_eq!(pool.kept_bytes(), 0, "released by the task");
+        });
+        drop(pool);
+        rt.block_on(async { tokio::time::sleep(Duration::from_secs(6)).await });
     }
 
     #[test]

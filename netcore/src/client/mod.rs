@@ -108,6 +108,9 @@ pub(crate) struct Inner {
     /// Reusable Reed-Solomon work buffers: a fresh codec per call spends as long zeroing new
     /// memory as coding (4 MiB blob: 6.3 ms fresh vs 1.6 ms reused, see the codec benches).
     codecs: std::sync::Mutex<Vec<crate::codec::Codec>>,
+    /// Buffers of slivers being stored, reused once QUIC lets go of them ([`SLIVER_POOL_BYTES`]
+    /// at most): fresh ones cost a page fault and a zeroed page per 4 KiB.
+    pub(crate) sliver_buffers: std::sync::Arc<crate::buffers::BufferPool>,
     /// Blobs whose reads met a node without a valid sliver (missing, damaged, forged), for
     /// whoever repairs them in the background ([`Client::take_damaged`]).
     damaged: std::sync::Mutex<std::collections::BTreeSet<BlobId>>,
@@ -125,6 +128,11 @@ pub struct Traffic {
 
 /// Blobs remembered as damaged at most; more are dropped (a repair walk finds them anyway).
 const MAX_DAMAGED: usize = 10_000;
+
+/// Bytes of freed sliver buffers kept for reuse (until the client stops storing for
+/// [`IDLE_RELEASE`](crate::buffers::IDLE_RELEASE)): the slivers of six 4 MiB chunks at
+/// k = 3 (seven of 1.4 MiB each).
+const SLIVER_POOL_BYTES: usize = 64 << 20;
 
 /// Codecs kept for reuse; beyond this many concurrent users, extra ones are dropped after use.
 const MAX_POOLED_CODECS: usize = 4;
@@ -170,6 +178,11 @@ impl Client {
         identity: &Identity,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        let sliver_buffers = crate::buffers::BufferPool::new(SLIVER_POOL_BYTES);
+        sliver_buffers.release_when_idle(
+            &tokio::runtime::Handle::current(),
+            crate::buffers::IDLE_RELEASE,
+        );
         let endpoint =
             crate::transport::endpoint(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None)
                 .map_err(ClientError::Endpoint)?;
@@ -203,6 +216,7 @@ impl Client {
                 traffic,
                 background: Default::default(),
                 codecs: Default::default(),
+                sliver_buffers,
                 damaged: Default::default(),
             }),
         })

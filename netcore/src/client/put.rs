@@ -50,9 +50,11 @@ impl Client {
         announce: impl FnOnce(&BlobId) -> Result<(), String>,
     ) -> Result<PutOutcome, ClientError> {
         let params = self.inner.committee.params();
+        let pool = &self.inner.sliver_buffers;
         let encoded = cpu_bound(|| {
-            self.inner
-                .with_codec(data.len() as u64, |c| c.encode(params, data))
+            self.inner.with_codec(data.len() as u64, |c| {
+                c.encode_with(params, data, &mut |len| pool.take(len).into_vec())
+            })
         })?;
         let blob_id = encoded.blob_id;
         announce(&blob_id).map_err(ClientError::Announce)?;
@@ -143,14 +145,11 @@ pub(super) async fn store_one(
         len,
     };
     let deadline = inner.config.request_deadline(len);
-    // Handed to QUIC as shared slices of this one buffer: no copy before the packets.
+    // Handed to QUIC as shared slices of this one buffer: no copy before the packets. The
+    // buffer goes back to the pool when QUIC drops the last of them.
+    let body = bytes::Bytes::from_owner(inner.sliver_buffers.adopt(sliver));
     let (resp, _) = node
-        .request(
-            &inner.config,
-            request,
-            Some(bytes::Bytes::from(sliver)),
-            deadline,
-        )
+        .request(&inner.config, request, Some(body), deadline)
         .await?;
     match resp {
         Response::Stored(c) if c.verify(&blob_id, index, &node.info.public_key) => Ok(c),

@@ -32,10 +32,12 @@ impl EncodedBlob {
     }
 }
 
-/// Copies `src` into a new sliver of `len` bytes (zero-padded) and hashes it in the same pass.
-fn copy_and_hash(src: &[u8], len: usize) -> (Vec<u8>, SliverHash) {
+/// Copies `src` into `sliver` (empty), zero-padded to `len` bytes, and hashes it in the same
+/// pass.
+fn copy_and_hash(src: &[u8], len: usize, mut sliver: Vec<u8>) -> (Vec<u8>, SliverHash) {
     debug_assert!(src.len() <= len);
-    let mut sliver = Vec::with_capacity(len);
+    sliver.clear();
+    sliver.reserve_exact(len);
     let mut hasher = sliver_hasher();
     for block in src.chunks(FUSED_BLOCK) {
         sliver.extend_from_slice(block);
@@ -66,6 +68,17 @@ impl Codec {
         params: EncodingParams,
         data: &[u8],
     ) -> Result<EncodedBlob, CodecError> {
+        self.encode_with(params, data, &mut |len| Vec::with_capacity(len))
+    }
+
+    /// Same as [`Codec::encode`], with each sliver written into a buffer from `buffer`
+    /// (called with the sliver length; what it returns is emptied first), e.g. a reused one.
+    pub fn encode_with(
+        &mut self,
+        params: EncodingParams,
+        data: &[u8],
+        buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+    ) -> Result<EncodedBlob, CodecError> {
         let blob_len = u64::try_from(data.len()).map_err(|_| CodecError::BlobTooLarge(u64::MAX))?;
         let sliver_len = params.sliver_len(blob_len)?;
         let n = usize::from(params.n);
@@ -85,7 +98,8 @@ impl Codec {
         // larger than a sliver, and the missing ones are all padding.
         let mut chunks = data.chunks(sliver_len);
         for _ in 0..k {
-            let (sliver, hash) = copy_and_hash(chunks.next().unwrap_or(&[]), sliver_len);
+            let (sliver, hash) =
+                copy_and_hash(chunks.next().unwrap_or(&[]), sliver_len, buffer(sliver_len));
             if let Some(encoder) = encoder.as_mut() {
                 // Fed right after the copy, while the sliver is still (partly) in cache.
                 encoder.add_original_shard(&sliver).map_err(rs_error)?;
@@ -97,7 +111,7 @@ impl Codec {
         if let Some(encoder) = encoder.as_mut() {
             let result = encoder.encode().map_err(rs_error)?;
             for shard in result.recovery_iter() {
-                let (sliver, hash) = copy_and_hash(shard, sliver_len);
+                let (sliver, hash) = copy_and_hash(shard, sliver_len, buffer(sliver_len));
                 slivers.push(sliver);
                 sliver_hashes.push(hash);
             }

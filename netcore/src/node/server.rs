@@ -214,6 +214,10 @@ impl Node {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let state = self.state;
         let committer = tokio::spawn(committer(state.clone(), self.commit_queue));
+        state.buffers.release_when_idle(
+            &tokio::runtime::Handle::current(),
+            crate::buffers::IDLE_RELEASE,
+        );
         let scrubber = tokio::spawn(scrubber(state.clone()));
         let gauges = tokio::spawn(update_gauges(state.clone()));
         let tls = state

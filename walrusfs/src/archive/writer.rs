@@ -515,7 +515,7 @@ impl<B: BlobStore> Writer<B> {
         let mut bytes = 0;
         for part in parts {
             bytes += part.len() as u64;
-            let stored = self.store.put(part).await.map_err(|e| {
+            let stored = self.store.put(&part).await.map_err(|e| {
                 if let Some(b) = e.partial_blob {
                     st.local.pending_blobs.push(b);
                 }

@@ -136,9 +136,22 @@ impl DataKey {
 
     /// Encrypts `plaintext` for `place` in the sealed chunk format, cut into `segments`.
     pub fn seal(&self, segments: Segments, place: &ChunkPlace, plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_into(segments, place, plaintext, &mut out);
+        out
+    }
+
+    /// [`DataKey::seal`], appending the sealed chunk to `out` (e.g. a reused buffer).
+    pub fn seal_into(
+        &self,
+        segments: Segments,
+        place: &ChunkPlace,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let cipher = self.cipher(place);
         let n = segments.count(plaintext.len());
-        let mut out = Vec::with_capacity(segments.sealed_len(plaintext.len()));
+        out.reserve_exact(segments.sealed_len(plaintext.len()));
         for seg in 0..n {
             let from = seg * segments.plain();
             let to = (from + segments.plain()).min(plaintext.len());
@@ -155,7 +168,6 @@ impl DataKey {
                 .expect("a segment far below 256 GiB");
             out.extend_from_slice(tag.as_ref());
         }
-        out
     }
 
     /// Decrypts a whole sealed chunk of `plain_len` plaintext bytes for `place`, cut into

@@ -71,14 +71,14 @@ pub struct RootWriteError {
 /// Where sealed chunks and archive roots go. Implementations verify what they return.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores a blob durably (for the network: `n - f` confirmations).
-    fn put(&self, data: Vec<u8>) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send {
+    fn put(&self, data: &[u8]) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send {
         self.put_announced(data, |_| Ok(()))
     }
     /// [`BlobStore::put`], calling `announce` with the blob's id before any of it is stored
     /// anywhere; an error from `announce` stops the put.
     fn put_announced(
         &self,
-        data: Vec<u8>,
+        data: &[u8],
         announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
     ) -> impl Future<Output = Result<StoredBlob, StoreError>> + Send;
     /// Reads a blob back, verified against `metadata` and `blob_id`.
@@ -141,10 +141,10 @@ impl NetworkStore {
 impl BlobStore for NetworkStore {
     async fn put_announced(
         &self,
-        data: Vec<u8>,
+        data: &[u8],
         announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
     ) -> Result<StoredBlob, StoreError> {
-        let out = self.client.put_announced(&data, announce).await?;
+        let out = self.client.put_announced(data, announce).await?;
         Ok(StoredBlob {
             blob_id: out.blob_id,
             metadata: out.metadata,
@@ -268,12 +268,12 @@ impl MemoryStore {
 impl BlobStore for MemoryStore {
     async fn put_announced(
         &self,
-        data: Vec<u8>,
+        data: &[u8],
         announce: impl FnOnce(&BlobId) -> Result<(), String> + Send,
     ) -> Result<StoredBlob, StoreError> {
         let params = EncodingParams::new(4, 2).map_err(|e| StoreError::new(e.to_string()))?;
         let enc =
-            netcore::codec::encode(params, &data).map_err(|e| StoreError::new(e.to_string()))?;
+            netcore::codec::encode(params, data).map_err(|e| StoreError::new(e.to_string()))?;
         announce(&enc.blob_id).map_err(StoreError::new)?;
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(StoreError {
@@ -282,7 +282,7 @@ impl BlobStore for MemoryStore {
             });
         }
         let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
-        blobs.insert(enc.blob_id, data);
+        blobs.insert(enc.blob_id, data.to_vec());
         if self.partial_puts.load(Ordering::SeqCst) {
             return Err(StoreError {
                 message: "injected partial put".into(),

@@ -105,7 +105,7 @@ impl<B: BlobStore> Fs<B> {
         let stored = self
             .inner
             .store
-            .put_announced(bytes, |id| super::upload::intend(&index, id))
+            .put_announced(&bytes, |id| super::upload::intend(&index, id))
             .await
             .map_err(|e| FsError::Network(e.message))?;
         let index = self.inner.index.clone();

@@ -183,6 +183,8 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) cache_writes: Arc<std::sync::atomic::AtomicUsize>,
     /// The buffers those writes copy sealed chunks into, reused (see `read::cache_on_disk`).
     pub(crate) cache_buffers: Arc<netcore::buffers::BufferPool>,
+    /// Buffers written data is sealed into on its way to the journal, reused.
+    pub(crate) seal_buffers: Arc<netcore::buffers::BufferPool>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
     /// Whole chunks fetched from the network at once at most (see `read::fetch_slots`).
@@ -279,13 +281,16 @@ impl<B: BlobStore> Fs<B> {
                 cache_buffers: netcore::buffers::BufferPool::new(read::cache_buffer_bytes(
                     chunk_size,
                 )),
+                seal_buffers: netcore::buffers::BufferPool::new(read::cache_buffer_bytes(
+                    chunk_size,
+                )),
                 read_only: AtomicBool::new(cfg.read_only),
                 network_free: AtomicU64::new(u64::MAX),
                 durable: Arc::new(tokio::sync::Notify::new()),
                 journal: Arc::new(journal),
                 dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
                 awaiting: Mutex::default(),
-                uploads: upload::Uploads::new(cfg.upload_concurrency),
+                uploads: upload::Uploads::new(cfg.upload_concurrency, chunk_size),
                 fetch_slots: tokio::sync::Semaphore::new(read::fetch_slots()),
                 index,
                 store,
@@ -303,6 +308,13 @@ impl<B: BlobStore> Fs<B> {
                 background: Mutex::new(None),
             }),
         };
+        for pool in [
+            &fs.inner.cache_buffers,
+            &fs.inner.seal_buffers,
+            &fs.inner.uploads.buffers,
+        ] {
+            pool.release_when_idle(&fs.inner.rt, netcore::buffers::IDLE_RELEASE);
+        }
         if !fs.inner.cfg.read_only {
             let bg = background::Background::start(&fs);
             *fs.inner

@@ -52,6 +52,9 @@ pub(crate) struct Uploads {
     pub(crate) wake: std::sync::Arc<tokio::sync::Notify>,
     /// Blob uploads in flight at once.
     slots: tokio::sync::Semaphore,
+    /// Buffers of blobs being uploaded, reused: one blob of at most [`PACK_BYTES`] or a
+    /// sealed chunk per slot.
+    pub(crate) buffers: std::sync::Arc<netcore::buffers::BufferPool>,
     /// Permits `slots` was made with.
     concurrency: usize,
     /// The last upload failure, for status and logs.
@@ -66,8 +69,13 @@ impl Uploads {
         self.orphans.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn new(concurrency: usize) -> Self {
+    pub(crate) fn new(concurrency: usize, chunk_size: u64) -> Self {
+        let blob = chunk_size.max(PACK_BYTES) + chunk_size / 64;
         Uploads {
+            buffers: netcore::buffers::BufferPool::new(
+                usize::try_from(blob.saturating_mul(concurrency.max(1) as u64))
+                    .unwrap_or(usize::MAX),
+            ),
             claimed: Mutex::new(HashSet::new()),
             released: tokio::sync::Notify::new(),
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
@@ -251,18 +259,21 @@ impl<B: BlobStore> Fs<B> {
             .map_err(|_| FsError::Network("shutting down".into()))?;
         let journal = self.inner.journal.clone();
         let records = plan.records.clone();
-        let bytes = plan.bytes;
+        let offsets = plan.offsets.clone();
+        // The blob is gathered into a buffer of an earlier upload, overwritten in place: a
+        // fresh one would be zeroed, and its pages faulted in, for every blob.
+        let mut blob = self.inner.uploads.buffers.take_filled(plan.bytes as usize);
         // Reading the records is file I/O: off the async workers.
         let blob = tokio::task::spawn_blocking(move || {
-            let mut blob = Vec::with_capacity(bytes as usize);
-            for r in &records {
+            for (r, &at) in records.iter().zip(&offsets) {
                 let j = &r.jchunk;
                 let loc = Loc {
                     segment: j.segment,
                     offset: j.offset,
                     len: j.sealed_len,
                 };
-                journal.read_into(&loc, &mut blob)?;
+                let at = at as usize;
+                journal.read_at(&loc, &mut blob.vec_mut()[at..at + j.sealed_len as usize])?;
             }
             Ok::<_, crate::journal::JournalError>(blob)
         })
@@ -281,7 +292,7 @@ impl<B: BlobStore> Fs<B> {
         let stored = match self
             .inner
             .store
-            .put_announced(blob, |id| intend(&index, id))
+            .put_announced(&blob, |id| intend(&index, id))
             .await
         {
             Ok(s) => s,
@@ -436,7 +447,7 @@ mod tests {
 
     #[test]
     fn claims_are_exclusive() {
-        let u = Uploads::new(1);
+        let u = Uploads::new(1, 4 << 20);
         let a = u.claim(vec![rec(1, 1), rec(2, 1)]);
         assert_eq!(a.len(), 2);
         let b = u.claim(vec![rec(2, 1), rec(3, 1)]);

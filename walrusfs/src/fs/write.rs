@@ -423,7 +423,8 @@ impl<B: BlobStore> Fs<B> {
             None => self.inner.index.reserve_versions(ino, dirty.len() as u64)?,
         };
         let segments = self.inner.index.segments();
-        let sealed: Vec<(u64, ChunkPlace, u32, Vec<u8>)> = dirty
+        // Sealed into reused buffers, which go back once the records are in the journal.
+        let sealed: Vec<(u64, ChunkPlace, u32, netcore::buffers::Pooled)> = dirty
             .iter()
             .enumerate()
             .map(|(i, (idx, data))| {
@@ -433,12 +434,14 @@ impl<B: BlobStore> Fs<B> {
                     version: first_version + i as u64,
                     salt: rand::random(),
                 };
-                (
-                    *idx,
-                    place,
-                    data.len() as u32,
-                    self.inner.key.seal(segments, &place, data),
-                )
+                let mut body = self
+                    .inner
+                    .seal_buffers
+                    .take(segments.sealed_len(data.len()));
+                self.inner
+                    .key
+                    .seal_into(segments, &place, data, body.vec_mut());
+                (*idx, place, data.len() as u32, body)
             })
             .collect();
         crate::faults::crash_point("spill.sealed");

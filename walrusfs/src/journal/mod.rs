@@ -450,9 +450,34 @@ impl Journal {
         Ok(buf)
     }
 
-    /// Appends a record's body to `out` (the uploader gathers a blob's records this way,
-    /// without a buffer and a copy per record). On error `out` is as it was.
+    /// Appends a record's body to `out`. On error `out` is as it was.
     pub fn read_into(&self, loc: &Loc, out: &mut Vec<u8>) -> Result<(), JournalError> {
+        let start = out.len();
+        out.resize(start + loc.len as usize, 0);
+        if let Err(e) = self.read_at(loc, &mut out[start..]) {
+            out.truncate(start);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Reads a record's body into `out`, which must be exactly its length (the uploader
+    /// gathers a blob's records into one reused buffer this way, without zeroing it first
+    /// or a copy per record).
+    pub fn read_at(&self, loc: &Loc, out: &mut [u8]) -> Result<(), JournalError> {
+        if out.len() != loc.len as usize {
+            return Err(JournalError::Io {
+                path: segment_path(&self.dir, loc.segment),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a record of {} bytes read into {} bytes",
+                        loc.len,
+                        out.len()
+                    ),
+                ),
+            });
+        }
         let file = {
             let mut st = self.lock();
             match st.readers.get(&loc.segment) {
@@ -468,13 +493,8 @@ impl Journal {
                 }
             }
         };
-        let start = out.len();
-        out.resize(start + loc.len as usize, 0);
-        if let Err(e) = file.read_exact_at(&mut out[start..], loc.offset) {
-            out.truncate(start);
-            return Err(io(&segment_path(&self.dir, loc.segment))(e));
-        }
-        Ok(())
+        file.read_exact_at(out, loc.offset)
+            .map_err(io(&segment_path(&self.dir, loc.segment)))
     }
 
     /// Runs `f` with the next record's sequence number while no append is in progress (every

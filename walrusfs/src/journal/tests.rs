@@ -90,6 +90,35 @@ fn records_are_gathered_into_one_buffer_and_a_failed_read_leaves_it_as_it_was() 
 }
 
 #[test]
+fn records_are_read_in_place_into_a_buffer_of_their_length_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), 1 << 30).unwrap();
+    let a = append(&j, &[b"first", b"second"]);
+    // A reused buffer: what it held is overwritten, not appended to.
+    let mut blob = *b"xxxxxxxxxxx";
+    j.read_at(&a[1].1, &mut blob[..6]).unwrap();
+    j.read_at(&a[0].1, &mut blob[6..]).unwrap();
+    assert_eq!(&blob, b"secondfirst");
+    // A buffer of another length than the record is refused, and left alone.
+    for wrong in [4, 6] {
+        let mut short = vec![7u8; wrong];
+        assert!(matches!(
+            j.read_at(&a[0].1, &mut short),
+            Err(JournalError::Io { .. })
+        ));
+        assert!(short.iter().all(|b| *b == 7));
+    }
+    let gone = Loc {
+        segment: a[0].1.segment + 100,
+        ..a[0].1
+    };
+    assert!(matches!(
+        j.read_at(&gone, &mut blob[6..]),
+        Err(JournalError::Gone(_))
+    ));
+}
+
+#[test]
 fn a_torn_record_and_what_follows_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = Journal::open(dir.path(), 1 << 30).unwrap();
