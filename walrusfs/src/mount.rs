@@ -539,7 +539,13 @@ fn serve(
         if let Some(addr) = args.metrics {
             crate::telemetry::serve_metrics(addr)?;
         }
-        crate::network::connect(&committee, &client_key)?
+        // Slivers in flight follow the dirty budget (uploads in flight hold at most as much
+        // again, coded n / k times over); freed ones kept for the next blobs, a quarter of it.
+        let config = netcore::client::ClientConfig {
+            sliver_pool_bytes: usize::try_from((args.dirty_mib << 20) / 4).unwrap_or(usize::MAX),
+            ..Default::default()
+        };
+        crate::network::connect_with(&committee, &client_key, config)?
     };
     let store = Arc::new(NetworkStore::new(client.clone()));
     let index_dir = state.join(INDEX_DIR);

@@ -48,9 +48,14 @@ impl NetworkArgs {
 
 /// Builds a client from a committee file and a key file.
 pub fn connect(committee: &Path, key: &Path) -> anyhow::Result<Client> {
+    connect_with(committee, key, ClientConfig::default())
+}
+
+/// [`connect`] with a client configuration of the caller's.
+pub fn connect_with(committee: &Path, key: &Path, config: ClientConfig) -> anyhow::Result<Client> {
     let committee = Committee::load(committee)?;
     let identity = Identity::load(key).context("cannot load the client key")?;
-    Ok(Client::new(committee, &identity, ClientConfig::default())?)
+    Ok(Client::new(committee, &identity, config)?)
 }
 
 /// A multi-threaded runtime for a command's network work.

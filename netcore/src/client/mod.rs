@@ -57,6 +57,10 @@ pub struct ClientConfig {
     pub backoff: Duration,
     /// Concurrent requests per node connection.
     pub max_streams_per_node: u32,
+    /// Bytes of freed sliver buffers kept to encode the next blobs into (see
+    /// [`crate::buffers`]); freed after [`IDLE_RELEASE`](crate::buffers::IDLE_RELEASE)
+    /// without a store. A writer storing `b` bytes at once holds `b * n / k` of slivers.
+    pub sliver_pool_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +73,7 @@ impl Default for ClientConfig {
             hedge_throughput_bytes_per_sec: 50 << 20,
             backoff: Duration::from_secs(2),
             max_streams_per_node: 64,
+            sliver_pool_bytes: 32 << 20,
         }
     }
 }
@@ -108,8 +113,9 @@ pub(crate) struct Inner {
     /// Reusable Reed-Solomon work buffers: a fresh codec per call spends as long zeroing new
     /// memory as coding (4 MiB blob: 6.3 ms fresh vs 1.6 ms reused, see the codec benches).
     codecs: std::sync::Mutex<Vec<crate::codec::Codec>>,
-    /// Buffers of slivers being stored, reused once QUIC lets go of them ([`SLIVER_POOL_BYTES`]
-    /// at most): fresh ones cost a page fault and a zeroed page per 4 KiB.
+    /// Buffers of slivers being stored, reused once QUIC lets go of them
+    /// ([`ClientConfig::sliver_pool_bytes`] at most): fresh ones cost a page fault and a
+    /// zeroed page per 4 KiB.
     pub(crate) sliver_buffers: std::sync::Arc<crate::buffers::BufferPool>,
     /// Blobs whose reads met a node without a valid sliver (missing, damaged, forged), for
     /// whoever repairs them in the background ([`Client::take_damaged`]).
@@ -128,11 +134,6 @@ pub struct Traffic {
 
 /// Blobs remembered as damaged at most; more are dropped (a repair walk finds them anyway).
 const MAX_DAMAGED: usize = 10_000;
-
-/// Bytes of freed sliver buffers kept for reuse (until the client stops storing for
-/// [`IDLE_RELEASE`](crate::buffers::IDLE_RELEASE)): the slivers of six 4 MiB chunks at
-/// k = 3 (seven of 1.4 MiB each).
-const SLIVER_POOL_BYTES: usize = 64 << 20;
 
 /// Codecs kept for reuse; beyond this many concurrent users, extra ones are dropped after use.
 const MAX_POOLED_CODECS: usize = 4;
@@ -178,7 +179,7 @@ impl Client {
         identity: &Identity,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
-        let sliver_buffers = crate::buffers::BufferPool::new(SLIVER_POOL_BYTES);
+        let sliver_buffers = crate::buffers::BufferPool::new(config.sliver_pool_bytes);
         sliver_buffers.release_when_idle(
             &tokio::runtime::Handle::current(),
             crate::buffers::IDLE_RELEASE,
