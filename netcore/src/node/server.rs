@@ -121,7 +121,7 @@ struct State {
     commits: tokio::sync::mpsc::Sender<CommitJob>,
     /// Granule hashes of recently read slivers, for ranged reads.
     outboards: outboards::Outboards,
-    /// Buffers of stored slivers' bodies, reused ([`POOL_BYTES`] at most).
+    /// Buffers of sliver bodies, stored and served, reused ([`POOL_BYTES`] at most).
     buffers: Arc<crate::buffers::BufferPool>,
 }
 

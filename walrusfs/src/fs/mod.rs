@@ -278,10 +278,10 @@ impl<B: BlobStore> Fs<B> {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
                 cache_writes: Default::default(),
-                cache_buffers: netcore::buffers::BufferPool::new(read::cache_buffer_bytes(
+                cache_buffers: netcore::buffers::BufferPool::new(read::sealed_chunks_bytes(
                     chunk_size,
                 )),
-                seal_buffers: netcore::buffers::BufferPool::new(read::cache_buffer_bytes(
+                seal_buffers: netcore::buffers::BufferPool::new(read::sealed_chunks_bytes(
                     chunk_size,
                 )),
                 read_only: AtomicBool::new(cfg.read_only),

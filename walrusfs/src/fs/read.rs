@@ -44,9 +44,10 @@ fn moved_meanwhile(e: &FsError) -> bool {
 /// Sealed chunks waiting to be written into the on-disk cache at most (see `cache_on_disk`).
 const MAX_CACHE_WRITES: usize = 4;
 
-/// Bytes of copy buffers kept for those writes: one sealed chunk of `chunk_size` bytes (in
-/// the smallest segments, so the most tags) per write that may wait.
-pub(crate) fn cache_buffer_bytes(chunk_size: u64) -> usize {
+/// Bytes a pool of sealed-chunk buffers keeps: [`MAX_CACHE_WRITES`] sealed chunks of
+/// `chunk_size` bytes (in the smallest segments, so the most tags). The disk cache's copies
+/// wait in at most that many writes; written data is sealed by as many writers at once.
+pub(crate) fn sealed_chunks_bytes(chunk_size: u64) -> usize {
     let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
     let smallest = crate::data::crypto::Segments::new(crate::data::crypto::Segments::MIN)
         .map_or(chunk, |s| s.sealed_len(chunk));
