@@ -5,9 +5,10 @@
 //! buffer is a fresh mapping (the node pins glibc's mmap threshold low, so that freed bodies
 //! go back to the system at once), and its pages are faulted in and zeroed by the kernel as
 //! the bytes are copied in: a fifth of a node's CPU while it stores (perf, 768 MiB written to
-//! a 7-node testnet). A [`BufferPool`] keeps a bounded number of bytes of freed buffers and
-//! hands them out again; a buffer is filled by appending, so nothing zeroes it either. An
-//! idle pool lets its buffers go ([`BufferPool::release_when_idle`]).
+//! a 7-node testnet). The mount's sealed chunks, blobs and slivers cost it the same way. A
+//! [`BufferPool`] keeps a bounded number of bytes of freed buffers and hands them out again;
+//! a buffer is filled by appending, so nothing zeroes it either. An idle pool lets its
+//! buffers go ([`BufferPool::release_when_idle`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ const MAX_BUFFERS: usize = 64;
 pub const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
 /// Freed buffers, ready to be handed out again. Bounded in bytes (their capacity), so a pool
-/// adds at most that much to the node's resident memory beyond what bodies in flight hold.
+/// adds at most that much to the process's resident memory beyond what is in flight.
 #[derive(Debug)]
 pub struct BufferPool {
     free: Mutex<Free>,

@@ -41,6 +41,9 @@ impl Segments {
     pub const MIN: u32 = 1024;
     /// Largest segment size accepted.
     pub const MAX: u32 = 1 << 20;
+    /// The smallest segments accepted: the most tags, so the longest sealed chunk a plaintext
+    /// length can have in any archive.
+    pub const SMALLEST: Segments = Segments(Self::MIN as usize);
 
     /// Segments of `bytes` plaintext bytes: a power of two from [`Segments::MIN`] to
     /// [`Segments::MAX`], else `None`.

@@ -49,9 +49,9 @@ const MAX_CACHE_WRITES: usize = 4;
 /// wait in at most that many writes; written data is sealed by as many writers at once.
 pub(crate) fn sealed_chunks_bytes(chunk_size: u64) -> usize {
     let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
-    let smallest = crate::data::crypto::Segments::new(crate::data::crypto::Segments::MIN)
-        .map_or(chunk, |s| s.sealed_len(chunk));
-    smallest.saturating_mul(MAX_CACHE_WRITES)
+    crate::data::crypto::Segments::SMALLEST
+        .sealed_len(chunk)
+        .saturating_mul(MAX_CACHE_WRITES)
 }
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
 /// Each holds about three chunks of memory while it is decoded and opened, and reads waiting

@@ -70,7 +70,9 @@ impl Uploads {
     }
 
     pub(crate) fn new(concurrency: usize, chunk_size: u64) -> Self {
-        let blob = chunk_size.max(PACK_BYTES) + chunk_size / 64;
+        // The largest blob: a pack, or a chunk sealed alone (in the smallest segments).
+        let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
+        let blob = PACK_BYTES.max(crate::data::crypto::Segments::SMALLEST.sealed_len(chunk) as u64);
         Uploads {
             buffers: netcore::buffers::BufferPool::new(
                 usize::try_from(blob.saturating_mul(concurrency.max(1) as u64))

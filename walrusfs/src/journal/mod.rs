@@ -671,9 +671,10 @@ fn scan_segment(path: &Path, number: u64) -> Result<(Vec<Record>, u64), JournalE
         if first_seq == 0 {
             tracing::warn!(path = %path.display(), cut = total - pos, "journal segment ends in a torn record: cut off");
         } else {
-            // A reused file has its earlier records after the new ones, complete (`leftover`)
-            // or not: the end of the segment, not damage (a record torn by a crash was never
-            // acknowledged either way).
+            // In format 2 a file may have been reused, with its earlier records after the new
+            // ones, complete (`leftover`) or not, and those cannot be told from a torn record:
+            // either way the end of the segment (a record torn by a crash was never
+            // acknowledged).
             tracing::debug!(path = %path.display(), cut = total - pos, leftover, "journal segment ends: the rest cut off");
         }
         file.set_len(pos).map_err(io(path))?;
