@@ -100,6 +100,7 @@ impl Target {
             testnet: self.testnet.clone(),
             committee: self.committee.clone(),
             client_key: self.client_key.clone(),
+            connect_timeout_secs: crate::network::DEFAULT_CONNECT_TIMEOUT_SECS,
         })
     }
 }

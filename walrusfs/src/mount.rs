@@ -286,15 +286,18 @@ fn prefetch(
         let client = args.net.client()?;
         let store = Arc::new(NetworkStore::new(client.clone()));
         let r = async {
-            ensure_archive(&store, key, testnet_key, args.chunk_size).await?;
+            // One quorum read of the root (with nodes gone, each waits a hedge delay).
             if walrusfs::archive::latest_root(&*store, key)
                 .await?
                 .is_none()
             {
-                return Err(ArchiveError::NoArchive {
-                    archive: key.archive_id(),
+                if !testnet_key {
+                    return Err(ArchiveError::NoArchive {
+                        archive: key.archive_id(),
+                    }
+                    .into());
                 }
-                .into());
+                create_testnet_archive(&store, key, args.chunk_size).await?;
             }
             if !state.join(INDEX_DIR).exists() {
                 let snapshot = match args.mode() {
@@ -330,9 +333,18 @@ async fn ensure_archive(
     chunk_size: u32,
 ) -> anyhow::Result<()> {
     if testnet_key && walrusfs::archive::latest_root(store, key).await?.is_none() {
-        walrusfs::archive::init(store, key, chunk_size).await?;
-        tracing::info!(archive = %key.archive_id(), "created the testnet's archive");
+        create_testnet_archive(store, key, chunk_size).await?;
     }
+    Ok(())
+}
+
+async fn create_testnet_archive(
+    store: &NetworkStore,
+    key: &ArchiveKey,
+    chunk_size: u32,
+) -> anyhow::Result<()> {
+    walrusfs::archive::init(store, key, chunk_size).await?;
+    tracing::info!(archive = %key.archive_id(), "created the testnet's archive");
     Ok(())
 }
 
@@ -442,6 +454,10 @@ fn spawn_background(
         ("--publish-interval", args.publish_interval.to_string()),
         ("--follow-interval", args.follow_interval.to_string()),
         ("--lease-secs", args.lease_secs.to_string()),
+        (
+            "--connect-timeout-secs",
+            args.net.connect_timeout_secs.to_string(),
+        ),
         ("--gc-grace-secs", args.gc_grace_secs.to_string()),
         (
             "--repair-interval-secs",
@@ -543,7 +559,7 @@ fn serve(
         // again, coded n / k times over); freed ones kept for the next blobs, a quarter of it.
         let config = netcore::client::ClientConfig {
             sliver_pool_bytes: usize::try_from((args.dirty_mib << 20) / 4).unwrap_or(usize::MAX),
-            ..Default::default()
+            ..args.net.client_config()
         };
         crate::network::connect_with(&committee, &client_key, config)?
     };
@@ -809,8 +825,13 @@ async fn publisher(
             _ = durable.notified() => true,
             _ = stop.changed() => return,
         };
+        // Unmounting makes everything durable (a kick) and then stops this: the release
+        // publishes, so the debounce does not hold the unmount up.
         if kicked {
-            tokio::time::sleep(PUBLISH_DEBOUNCE).await;
+            tokio::select! {
+                _ = tokio::time::sleep(PUBLISH_DEBOUNCE) => {}
+                _ = stop.changed() => return,
+            }
         }
         let maintained = writer.maintain().await;
         metrics::gauge!(netcore::metrics::ARCHIVE_VERSION).set(writer.version().await as f64);
@@ -1097,6 +1118,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             testnet: Some(testnet.clone()),
             committee: None,
             client_key: None,
+            connect_timeout_secs: crate::network::DEFAULT_CONNECT_TIMEOUT_SECS,
         },
         key: KeyArgs::default(),
         state: Some(args.dir.join("fs")),

@@ -27,7 +27,16 @@ pub struct NetworkArgs {
     /// The client key to authenticate to the nodes with (see `walrusfs keygen`).
     #[arg(long)]
     pub client_key: Option<PathBuf>,
+    /// Seconds to wait for a node's handshake before taking it for unreachable (it is then
+    /// skipped for a while). A node slower than a hedge delay to connect is already asked
+    /// last, and waited for no longer than a quorum's answers are.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout_secs: u64,
 }
+
+/// Default of `--connect-timeout-secs`.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 3;
 
 impl NetworkArgs {
     /// The committee file and client key paths these options select.
@@ -42,7 +51,15 @@ impl NetworkArgs {
     /// Loads the committee and key and builds a client. Call inside a tokio runtime.
     pub fn client(&self) -> anyhow::Result<Client> {
         let (committee, key) = self.paths()?;
-        connect(&committee, &key)
+        connect_with(&committee, &key, self.client_config())
+    }
+
+    /// The client configuration these options ask for.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout_secs),
+            ..ClientConfig::default()
+        }
     }
 }
 

@@ -58,18 +58,22 @@ pub struct NetSpace {
 
 impl NetSpace {
     /// Asks every node (health request) and records the answers; returns the file bytes the
-    /// network can take (see [`headroom`]).
+    /// network can take (see [`headroom`]). Waits as long as a quorum read does, not for a
+    /// node that is gone (the mount asks before it serves); a node that did not answer in
+    /// that time keeps what it said last.
     pub async fn poll(&self, client: &Client) -> u64 {
-        let answers = client.health().await;
-        let nodes: Vec<Option<u64>> = answers
+        let answers = client.health_quorum().await;
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let before = std::mem::take(&mut *nodes);
+        *nodes = answers
             .iter()
-            .map(|(_, r)| {
-                r.as_ref()
-                    .ok()
-                    .map(|h| h.free_bytes.min(h.quota_left_bytes.unwrap_or(u64::MAX)))
+            .enumerate()
+            .map(|(i, (_, r))| match r {
+                Ok(h) => Some(h.free_bytes.min(h.quota_left_bytes.unwrap_or(u64::MAX))),
+                Err(netcore::client::NodeError::Timeout) => before.get(i).copied().flatten(),
+                Err(_) => None,
             })
             .collect();
-        *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes.clone();
         let c = client.committee();
         headroom(&nodes, c.params().n, c.params().k, c.write_quorum())
     }

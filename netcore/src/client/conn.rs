@@ -20,6 +20,8 @@ pub(crate) struct NodeConn {
     label: String,
     /// The client's byte counters.
     traffic: std::sync::Arc<super::Traffic>,
+    /// Requests to the node under way.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Bytes written or read per step of a sliver body, so progress is counted as it happens.
@@ -78,6 +80,37 @@ struct Reachability {
     /// timeout each time its back-off runs out (writes still try it then; a health check or
     /// a write that connects clears this).
     last_connect_failed: bool,
+    /// When the connect attempt in progress started, if one is: a node that has not finished
+    /// its handshake within a hedge delay is asked last too (see [`NodeConn::suspect`]).
+    connecting_since: Option<Instant>,
+}
+
+/// Clears [`Reachability::connecting_since`] when a connect attempt is dropped before it ends.
+struct ConnectInProgress<'a>(&'a std::sync::Mutex<Reachability>);
+
+impl Drop for ConnectInProgress<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connecting_since = None;
+    }
+}
+
+/// Counts one request under way in a node's [`NodeConn::in_flight`] while it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn count(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl NodeConn {
@@ -96,7 +129,13 @@ impl NodeConn {
             state: Default::default(),
             reach: Default::default(),
             seen: Default::default(),
+            in_flight: Default::default(),
         }
+    }
+
+    /// Requests to the node under way.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What this client has seen of the node.
@@ -165,11 +204,27 @@ impl NodeConn {
         self.reach().down_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Whether reads should ask this node last: it is backing off, or its last connect
-    /// failed and none has succeeded since.
-    pub(crate) fn suspect(&self) -> bool {
+    /// Whether reads should ask this node last: it is backing off, its last connect failed
+    /// and none has succeeded since, or a connect has been in progress for `slow` or longer.
+    /// The last is what a node that is gone looks like to a client that just started: its
+    /// packets go unanswered until the connect timeout, and until then a read asking it first
+    /// would wait a hedge delay per chunk.
+    pub(crate) fn suspect(&self, slow: Duration) -> bool {
         let r = self.reach();
-        r.last_connect_failed || r.down_until.is_some_and(|t| Instant::now() < t)
+        let now = Instant::now();
+        r.last_connect_failed
+            || r.down_until.is_some_and(|t| now < t)
+            || r.connecting_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= slow)
+    }
+
+    /// Whether a connection to the node is established and open.
+    pub(crate) fn connected(&self) -> Option<quinn::Connection> {
+        let st = self.state.try_lock().ok()?;
+        st.conn
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     async fn connection(&self, cfg: &ClientConfig) -> Result<quinn::Connection, NodeError> {
@@ -180,9 +235,16 @@ impl NodeConn {
                 return Ok(c.clone());
             }
         }
-        if self.reach().down_until.is_some_and(|t| Instant::now() < t) {
-            return Err(NodeError::BackingOff);
+        {
+            let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+            if reach.down_until.is_some_and(|t| Instant::now() < t) {
+                return Err(NodeError::BackingOff);
+            }
+            reach.connecting_since = Some(Instant::now());
         }
+        // A connect abandoned midway (its request was dropped: a hedged read that got its
+        // answer elsewhere) is no longer in progress.
+        let _in_progress = ConnectInProgress(&self.reach);
         let attempt = async {
             let connecting = self
                 .endpoint
@@ -210,6 +272,7 @@ impl NodeConn {
                 *self.reach.lock().unwrap_or_else(|p| p.into_inner()) = Reachability {
                     down_until: Some(Instant::now() + cfg.backoff),
                     last_connect_failed: true,
+                    connecting_since: None,
                 };
                 Err(e)
             }
@@ -251,6 +314,7 @@ impl NodeConn {
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
         let start = Instant::now();
+        let _counted = InFlight::count(&self.in_flight);
         let outcome = self
             .exchange(cfg, request, body, expect_body, deadline)
             .await;

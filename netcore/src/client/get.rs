@@ -169,7 +169,7 @@ impl Client {
         let k = self.inner.committee.k;
         let mut order = Vec::with_capacity(self.inner.nodes.len());
         for node in &self.inner.nodes {
-            let down = node.suspect();
+            let down = node.suspect(self.inner.config.hedge_delay);
             let rank = (down, systematic && node.info.index >= k);
             order.push((rank, node.info.index));
         }

@@ -35,8 +35,29 @@ use crate::committee::Committee;
 use crate::identity::Identity;
 use crate::wire::{BlobStatus, HealthInfo, Request, Response};
 
-/// How long [`Client::close`] waits for nodes to acknowledge the close.
+/// How often [`Client::finish_background`] looks whether only nodes that look gone are left.
+const GONE_POLL: Duration = Duration::from_millis(20);
+
+/// How long [`Client::close`] waits at most for its connections to drain (see [`close_grace`]).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long [`Client::close`] waits for the endpoint to go idle, given each node's connection
+/// round-trip time (`None`: no connection established). A closed connection sends its close
+/// at once and drains for three probe timeouts, repeating the close to a peer that still
+/// talks; waiting for that is a good-faith effort that nodes hear of it rather than keep the
+/// connection until their idle timeout. When every node is connected, that is what the
+/// endpoint waits for (at most [`CLOSE_GRACE`]). A connect still in progress or abandoned (a
+/// node that is gone) drains for seconds with nobody to hear it: then the wait covers only
+/// the established connections' drain, about `3 × (3 × rtt + max ack delay)`.
+fn close_grace(rtts: &[Option<Duration>]) -> Duration {
+    if rtts.iter().all(Option::is_some) {
+        return CLOSE_GRACE;
+    }
+    let rtt = rtts.iter().flatten().max().copied().unwrap_or_default();
+    // quinn's default max ack delay, and a margin for the endpoint's driver to run.
+    let probe = 3 * rtt + Duration::from_millis(25);
+    (3 * probe + Duration::from_millis(25)).min(CLOSE_GRACE)
+}
 
 /// Client tuning. Defaults suit a LAN or loopback committee.
 #[derive(Debug, Clone)]
@@ -230,14 +251,17 @@ impl Client {
 
     /// Each node's health, in index order.
     pub async fn health(&self) -> Vec<(SliverIndex, Result<HealthInfo, NodeError>)> {
-        self.each_node(
-            || Request::Health,
-            |r| match r {
-                Response::Health(h) => Ok(h),
-                other => Err(other),
-            },
-        )
-        .await
+        self.each_node(|| Request::Health, pick_health, None).await
+    }
+
+    /// [`Client::health`] that waits for every node only as long as a quorum read does:
+    /// until every node answered, or `n - f` did and the rest had a hedge delay more. A node
+    /// still unanswered then (one that is gone costs a connect timeout otherwise) is reported
+    /// as [`NodeError::Timeout`].
+    pub async fn health_quorum(&self) -> Vec<(SliverIndex, Result<HealthInfo, NodeError>)> {
+        let quorum = usize::from(self.inner.committee.write_quorum());
+        self.each_node(|| Request::Health, pick_health, Some(quorum))
+            .await
     }
 
     /// Sliver bytes moved so far.
@@ -268,6 +292,7 @@ impl Client {
                 Response::Status(s) => Ok(s),
                 other => Err(other),
             },
+            None,
         )
         .await
     }
@@ -311,44 +336,256 @@ impl Client {
 
     /// Waits (at most `limit`) for sliver sends still running after `put` reached its quorum,
     /// so the remaining nodes get their slivers before the process exits.
+    ///
+    /// Sends to nodes that look gone (see [`Client::only_gone_nodes_busy`]) are not waited for: they
+    /// would end only at the connect timeout, with nothing stored.
     pub async fn finish_background(&self, limit: Duration) {
         let mut set = self.inner.background.lock().await;
-        let drain = async { while set.join_next().await.is_some() {} };
-        if tokio::time::timeout(limit, drain).await.is_err() {
-            tracing::warn!("background sliver sends still running after {limit:?}; abandoning");
-            set.abort_all();
+        let drain = async {
+            // Seen twice in a row: a send between two requests has none under way for a moment.
+            let mut seen_gone = 0;
+            loop {
+                tokio::select! {
+                    next = set.join_next() => if next.is_none() { return true },
+                    () = tokio::time::sleep(GONE_POLL) => {
+                        seen_gone = if self.only_gone_nodes_busy() { seen_gone + 1 } else { 0 };
+                        if seen_gone >= 2 {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(limit, drain).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("abandoning background sends to nodes that look gone");
+                set.abort_all();
+            }
+            Err(_) => {
+                tracing::warn!("background sliver sends still running after {limit:?}; abandoning");
+                set.abort_all();
+            }
         }
+    }
+
+    /// Whether every node but those `answered` looks gone (see [`conn::NodeConn::suspect`]
+    /// with a hedge delay): a quorum read then need not give them a hedge delay more.
+    pub(crate) fn all_suspect_but(&self, answered: impl Iterator<Item = SliverIndex>) -> bool {
+        let answered: Vec<SliverIndex> = answered.collect();
+        let slow = self.inner.config.hedge_delay;
+        self.inner
+            .nodes
+            .iter()
+            .all(|n| answered.contains(&n.info.index) || n.suspect(slow))
+    }
+
+    /// Whether every node with a request under way looks gone: a connect to it has failed, or
+    /// has been in progress for a hedge delay (a node that is up answers a handshake sooner).
+    fn only_gone_nodes_busy(&self) -> bool {
+        let slow = self.inner.config.hedge_delay;
+        self.inner
+            .nodes
+            .iter()
+            .all(|n| n.in_flight() == 0 || n.suspect(slow))
     }
 
     /// Finishes background sends (at most `limit`), then closes every connection gracefully
     /// so nodes release their per-connection state at once instead of at idle timeout.
     pub async fn close(&self, limit: Duration) {
         self.finish_background(limit).await;
+        let rtts: Vec<Option<Duration>> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|n| n.connected().map(|c| c.rtt()))
+            .collect();
         self.inner.endpoint.close(0u32.into(), b"client done");
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(close_grace(&rtts), self.inner.endpoint.wait_idle()).await;
     }
 
-    async fn each_node<T, M, P>(&self, make: M, pick: P) -> Vec<(SliverIndex, Result<T, NodeError>)>
+    /// Sends a request to every node, each answer picked by `pick`. Waits for every node, or
+    /// with `quorum`, until that many answered well and the rest had a hedge delay more
+    /// (unanswered ones are then [`NodeError::Timeout`]). In index order.
+    async fn each_node<T, M, P>(
+        &self,
+        make: M,
+        pick: P,
+        quorum: Option<usize>,
+    ) -> Vec<(SliverIndex, Result<T, NodeError>)>
     where
         M: Fn() -> Request,
         P: Fn(Response) -> Result<T, Response> + Copy,
     {
         let deadline = self.inner.config.request_deadline(0);
-        let futs = self.inner.nodes.iter().map(|node| {
-            let req = make();
-            async move {
-                let r = async {
-                    let (resp, _) = node
-                        .request(&self.inner.config, req, None, deadline)
-                        .await?;
-                    pick(resp).map_err(|other| {
-                        NodeError::Unexpected(format!("{other:?}").chars().take(200).collect())
-                    })
+        let mut running: futures::stream::FuturesUnordered<_> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|node| {
+                let req = make();
+                async move {
+                    let r = async {
+                        let (resp, _) = node
+                            .request(&self.inner.config, req, None, deadline)
+                            .await?;
+                        pick(resp).map_err(|other| {
+                            NodeError::Unexpected(format!("{other:?}").chars().take(200).collect())
+                        })
+                    }
+                    .await;
+                    (node.info.index, r)
                 }
-                .await;
-                (node.info.index, r)
+            })
+            .collect();
+        let mut answers: Vec<(SliverIndex, Result<T, NodeError>)> = Vec::new();
+        let grace = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(grace);
+        let mut grace_armed = false;
+        loop {
+            tokio::select! {
+                next = futures::StreamExt::next(&mut running) => match next {
+                    Some(answer) => answers.push(answer),
+                    None => break,
+                },
+                () = &mut grace, if grace_armed => break,
             }
-        });
-        futures::future::join_all(futs).await
+            let good = answers.iter().filter(|(_, r)| r.is_ok()).count();
+            if !grace_armed && quorum.is_some_and(|q| good >= q) {
+                if self.all_suspect_but(answers.iter().map(|(i, _)| *i)) {
+                    break;
+                }
+                grace_armed = true;
+                grace
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.inner.config.hedge_delay);
+            }
+        }
+        for node in &self.inner.nodes {
+            if !answers.iter().any(|(i, _)| *i == node.info.index) {
+                answers.push((node.info.index, Err(NodeError::Timeout)));
+            }
+        }
+        answers.sort_by_key(|(i, _)| *i);
+        answers
+    }
+}
+
+fn pick_health(r: Response) -> Result<HealthInfo, Response> {
+    match r {
+        Response::Health(h) => Ok(h),
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::committee::NodeInfo;
+
+    #[test]
+    fn closing_waits_for_draining_only_when_every_node_is_connected() {
+        let ms = Duration::from_millis;
+        assert_eq!(close_grace(&[Some(ms(1)), Some(ms(2))]), CLOSE_GRACE);
+        assert_eq!(close_grace(&[]), CLOSE_GRACE);
+        // A node gone: the established connections' drain, 3 probe timeouts of 3 RTT + 25 ms.
+        assert_eq!(close_grace(&[Some(ms(2)), None]), ms(3 * (6 + 25) + 25));
+        assert_eq!(close_grace(&[None, None]), ms(3 * 25 + 25));
+        // A far node: never more than the cap.
+        assert_eq!(close_grace(&[Some(ms(400)), None]), CLOSE_GRACE);
+    }
+
+    /// UDP sockets that take every packet and answer none: nodes that are gone (a stopped
+    /// node on loopback looks the same to QUIC, which ignores ICMP).
+    fn black_holes(n: usize) -> Vec<std::net::UdpSocket> {
+        (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect()
+    }
+
+    fn client_of(holes: &[std::net::UdpSocket], config: ClientConfig) -> Client {
+        let nodes = holes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| NodeInfo {
+                index: i as SliverIndex,
+                address: s.local_addr().unwrap(),
+                public_key: Identity::generate().unwrap().public_key(),
+            })
+            .collect();
+        let committee = Committee::new(2, nodes).unwrap();
+        Client::new(committee, &Identity::generate().unwrap(), config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_node_still_connecting_after_a_hedge_delay_is_asked_last() {
+        let holes = black_holes(4);
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(60),
+            hedge_delay: Duration::from_millis(100),
+            ..ClientConfig::default()
+        };
+        let client = client_of(&holes, config);
+        assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
+        // Connects to nodes 0 and 1 start (and hang: nothing answers).
+        let probing: Vec<_> = [0usize, 1]
+            .into_iter()
+            .map(|i| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let node = &c.inner.nodes[i];
+                    let _ = node
+                        .request(
+                            &c.inner.config,
+                            Request::Health,
+                            None,
+                            Duration::from_secs(60),
+                        )
+                        .await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Connecting for less than a hedge delay: not suspect yet.
+        assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
+        assert!(!client.only_gone_nodes_busy());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(client.read_order(true), vec![2, 3, 0, 1]);
+        assert!(client.only_gone_nodes_busy());
+        assert!(client.all_suspect_but([2, 3].into_iter()));
+        assert!(!client.all_suspect_but([2].into_iter()));
+        // A connect given up (its request dropped) is no longer in progress.
+        for p in probing {
+            p.abort();
+            let _ = p.await;
+        }
+        assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
+        assert!(client.only_gone_nodes_busy(), "nothing is under way");
+    }
+
+    #[tokio::test]
+    async fn a_quorum_health_read_with_every_node_gone_says_unreachable_then_skipped() {
+        // Every node gone: no quorum, so the bounded read waits like the full one, for the
+        // connect timeout (1 s here), and reports each node as unreachable.
+        let holes = black_holes(4);
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(1),
+            hedge_delay: Duration::from_millis(100),
+            ..ClientConfig::default()
+        };
+        let client = client_of(&holes, config);
+        let answers = client.health_quorum().await;
+        assert_eq!(answers.len(), 4);
+        assert!(answers
+            .iter()
+            .all(|(_, r)| matches!(r, Err(NodeError::Connect(_)))));
+        // Now backing off: answered at once, as skipped.
+        let start = std::time::Instant::now();
+        let answers = client.health_quorum().await;
+        assert!(start.elapsed() < Duration::from_millis(500));
+        assert!(answers
+            .iter()
+            .all(|(_, r)| matches!(r, Err(NodeError::BackingOff))));
+        client.close(Duration::from_secs(1)).await;
     }
 }

@@ -101,7 +101,7 @@ impl Client {
             .fetch_range(blob_id, metadata, index, start, end)
             .boxed()
             .fuse();
-        if !node.suspect() {
+        if !node.suspect(self.inner.config.hedge_delay) {
             tokio::select! {
                 (_, r) = &mut direct => match r {
                     Ok(v) => return Ok(cut(v.into_data())),

@@ -75,6 +75,10 @@ impl Client {
                 () = &mut grace, if grace_armed => break,
             }
             if !grace_armed && answers.answered() >= quorum {
+                let heard = answers.answers.iter().map(|(i, _)| *i);
+                if self.all_suspect_but(heard.chain(failures.iter().map(|f| f.node))) {
+                    break;
+                }
                 grace_armed = true;
                 grace
                     .as_mut()
