@@ -581,6 +581,24 @@ fn testnet_down_stops_the_nodes_of_a_renamed_binary() {
         }
     }
     let _reap = Reap(pids.clone());
+    // Named relative to another working directory, they are the same nodes.
+    let out = std::process::Command::new(&bin)
+        .current_dir(work.path())
+        .args(["testnet", "status", "--dir", "net"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("4 of 4 nodes up"), "{out:?}");
+    for pid in &pids {
+        assert!(
+            status.contains(&format!(" {pid} ")),
+            "pid {pid} not shown: {status}"
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("not a walrusfs node"),
+        "{out:?}"
+    );
     let out = run(&["testnet", "down"]);
     assert!(out.contains("stopped 4 node(s)"), "{out}");
     for pid in pids {

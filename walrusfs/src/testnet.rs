@@ -228,9 +228,19 @@ fn running_pid(ndir: &Path) -> Option<i32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let named = String::from_utf8_lossy(&cmdline).contains("walrusfs");
-    let this_node = args
-        .windows(2)
-        .any(|w| w[0] == b"--dir" && Path::new(std::ffi::OsStr::from_bytes(w[1])) == ndir);
+    // The same directory however either side spelled it (relative to its working directory).
+    let here = std::fs::canonicalize(ndir).ok();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let this_node = args.windows(2).any(|w| {
+        let dir = Path::new(std::ffi::OsStr::from_bytes(w[1]));
+        w[0] == b"--dir"
+            && (dir == ndir
+                || here.is_some()
+                    && cwd
+                        .as_ref()
+                        .and_then(|cwd| std::fs::canonicalize(cwd.join(dir)).ok())
+                        == here)
+    });
     if named || this_node {
         Some(pid)
     } else {
@@ -290,7 +300,8 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
     let rt = runtime()?;
     let health = rt.block_on(async {
         let client = connect(&dir.join(COMMITTEE_FILE), &dir.join(CLIENT_KEY_FILE))?;
-        let health = client.health().await;
+        // As long as a quorum read waits: a stopped node would cost the connect timeout.
+        let health = client.health_quorum().await;
         client.close(Duration::from_secs(1)).await;
         anyhow::Ok(health)
     })?;
@@ -300,7 +311,8 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
     );
     let mut up = 0;
     for ((index, h), node) in health.into_iter().zip(&committee.nodes) {
-        let pid = running_pid(&node_dir(dir, index)).map_or("-".to_string(), |p| p.to_string());
+        let running = running_pid(&node_dir(dir, index));
+        let pid = running.map_or("-".to_string(), |p| p.to_string());
         match h {
             Ok(h) => {
                 up += 1;
@@ -309,6 +321,11 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
                     node.address, "up", h.blobs, h.sliver_bytes
                 );
             }
+            // Running but not answering within a quorum read's wait: slow, not known down.
+            Err(netcore::client::NodeError::Timeout) if running.is_some() => println!(
+                "{index:<5} {:<22} {:<5} {pid:>8} {:>8} {:>14}",
+                node.address, "slow", "-", "-"
+            ),
             Err(_) => println!(
                 "{index:<5} {:<22} {:<5} {pid:>8} {:>8} {:>14}",
                 node.address, "down", "-", "-"
