@@ -295,6 +295,108 @@ fn nodes_that_are_gone_cost_no_connect_timeout_to_mount_read_write_or_unmount() 
 }
 
 #[test]
+fn with_more_than_f_nodes_gone_a_read_only_mount_reads_what_k_nodes_hold() {
+    // Three of seven nodes gone: no quorum for the root (n - f = 5), but every chunk is still
+    // readable from k = 3 of the four left. A writer is refused, saying what can be done; a
+    // read-only mount serves the newest version the nodes that answer hold, and says so.
+    let m = Mount::new();
+    let a = random_bytes((9 << 20) + 77, 31);
+    write_synced(&m.join("a"), &a);
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/small"), b"small file\n").unwrap();
+    m.unmount();
+    for i in 0..3 {
+        m.net().kill(i);
+    }
+    // Where the mount must fail, it waits for the connect timeout of the nodes that are gone
+    // (the default 3 s); where it succeeds, 60 s, which nothing may wait for.
+    let mount_args = |state: &str, read_only: bool| {
+        let mut args = vec![
+            "mount",
+            "--testnet",
+            m.net().dir_str(),
+            "--state",
+            state,
+            "--connect-timeout-secs",
+            if read_only { "60" } else { "3" },
+        ];
+        if read_only {
+            args.push("--read-only");
+        }
+        args.push(m.path().to_str().unwrap());
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let state = m.state().to_str().unwrap().to_owned();
+    let args = mount_args(&state, false);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = m.net().cli(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a writer mounted without a quorum: {out:?}"
+    );
+    assert!(
+        err.contains("only 4 nodes answered, 5 needed") && err.contains("--read-only"),
+        "{err}"
+    );
+    assert!(!m.is_mounted());
+
+    // Read-only, with the state directory the writer left, and with a fresh one (the index
+    // restored from what the four nodes hold). A 60 s connect timeout: nothing waits for it.
+    let other = tempfile::tempdir().unwrap();
+    let fresh = other.path().join("state").to_str().unwrap().to_owned();
+    for state in [state.clone(), fresh] {
+        let start = std::time::Instant::now();
+        let args = mount_args(&state, true);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = m.net().cli(&args);
+        let took = start.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "read-only mount with 4 of 7 nodes: {out:?}"
+        );
+        assert!(
+            err.contains("too few nodes answer for a quorum"),
+            "the mount did not say its version may not be the latest: {err}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "read-only mount took {took:?}"
+        );
+        assert_file(&m.join("a"), &a, "read with 3 of 7 nodes gone");
+        assert_eq!(fs::read(m.join("d/small")).unwrap(), b"small file\n");
+        assert_errno(
+            fs::write(m.join("d/new"), b"x"),
+            libc::EROFS,
+            "write to a read-only mount",
+        );
+        let mnt = m.path().to_str().unwrap();
+        m.net().cli_ok(&["unmount", mnt]);
+    }
+
+    // Two left, fewer than k: nothing can be read, and the mount says so.
+    m.net().kill(3);
+    m.net().kill(4);
+    let args = mount_args(&state, true);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let timeout = args.iter().position(|a| *a == "60").unwrap();
+    args[timeout] = "3";
+    let out = m.net().cli(&args);
+    assert!(
+        !out.status.success(),
+        "read-only mount with 2 of 7 nodes: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only 2 nodes answered, 3 needed"),
+        "{out:?}"
+    );
+    m.net().up_again();
+    m.mount_again();
+    assert_file(&m.join("a"), &a, "after the nodes came back");
+}
+
+#[test]
 fn kill9_after_fsync_loses_nothing_fsynced() {
     let m = Mount::new();
     fs::create_dir(m.join("d")).unwrap();

@@ -286,9 +286,11 @@ fn prefetch(
         let client = args.net.client()?;
         let store = Arc::new(NetworkStore::new(client.clone()));
         let r = async {
+            let read_only = args.mode() != Mode::Writer;
             // One quorum read of the root (with nodes gone, each waits a hedge delay).
-            if walrusfs::archive::latest_root(&*store, key)
-                .await?
+            if walrusfs::archive::latest_root_for(&*store, key, read_only)
+                .await
+                .map_err(|e| writer_hint(e, read_only))?
                 .is_none()
             {
                 if !testnet_key {
@@ -310,6 +312,7 @@ fn prefetch(
                     key.clone(),
                     &state.join(INDEX_DIR),
                     snapshot.as_deref(),
+                    read_only,
                     root_options(args.chunk_size),
                     &bar,
                 )
@@ -323,6 +326,20 @@ fn prefetch(
         client.close(Duration::from_secs(5)).await;
         r
     })
+}
+
+/// `e`, and for a writer whose root read lacked a quorum, what a reader can still do.
+fn writer_hint(e: ArchiveError, read_only: bool) -> anyhow::Error {
+    // The network layer's error is text by then; its quorum failure reads "N nodes answered".
+    let no_quorum = matches!(&e, ArchiveError::Network(m) if m.contains("nodes answered"));
+    if no_quorum && !read_only {
+        anyhow::anyhow!(
+            "{e}\n(a writer needs n - f nodes; `--read-only` mounts the archive as the nodes \
+             that answer hold it, with k of them)"
+        )
+    } else {
+        e.into()
+    }
 }
 
 /// Creates a testnet's archive on first use.
@@ -581,7 +598,8 @@ fn serve(
                     root_options(args.chunk_size),
                     cfg,
                 )
-                .await?;
+                .await
+                .map_err(|e| writer_hint(e, false))?;
                 Side::Writer(Arc::new(writer))
             }
             Mode::Follower | Mode::Snapshot(_) => {
@@ -594,6 +612,7 @@ fn serve(
                     key.clone(),
                     &index_dir,
                     snapshot,
+                    true,
                     root_options(args.chunk_size),
                     &walrusfs::archive::restore::Quiet,
                 )

@@ -111,12 +111,15 @@ pub enum ClientError {
         /// Why each other node failed.
         failures: Failures,
     },
-    /// Fewer than `n - f` nodes answered a root read: the latest version cannot be known.
+    /// Fewer nodes than needed (`n - f`, or what [`Client::get_root_from`] was given) answered
+    /// a root read: the latest version cannot be known.
+    ///
+    /// [`Client::get_root_from`]: super::Client::get_root_from
     #[error("archive root: only {answered} nodes answered, {needed} needed ({failures})")]
     RootUnavailable {
         /// Nodes that answered.
         answered: u16,
-        /// Answers needed (`n - f`).
+        /// Answers needed.
         needed: u16,
         /// Why the other nodes failed.
         failures: Failures,

@@ -27,6 +27,23 @@ impl Client {
     /// another archive's) counts as a failure, not an answer.
     pub async fn get_root(&self, archive: &PublicKey) -> Result<RootAnswers, ClientError> {
         let quorum = usize::from(self.inner.committee.write_quorum());
+        self.get_root_from(archive, quorum).await
+    }
+
+    /// [`Client::get_root`] content with `enough` answers instead of `n - f`: it waits as
+    /// that does, but stops as soon as `enough` nodes answered and every node yet to answer
+    /// looks gone (a connect failed, or has been in progress for a hedge delay), and fails
+    /// only with fewer than `enough`. With fewer than `n - f` answers, the highest version
+    /// among them may not be the latest: the nodes that did not answer may hold a newer one,
+    /// and those that did may withhold it. Only for a reader that says so (a read-only mount
+    /// while more than `f` nodes are away).
+    pub async fn get_root_from(
+        &self,
+        archive: &PublicKey,
+        enough: usize,
+    ) -> Result<RootAnswers, ClientError> {
+        let quorum = usize::from(self.inner.committee.write_quorum());
+        let enough = enough.clamp(1, quorum);
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(0);
         let mut running: FuturesUnordered<_> = self
@@ -73,6 +90,13 @@ impl Client {
                     None => break,
                 },
                 () = &mut grace, if grace_armed => break,
+                () = tokio::time::sleep(super::GONE_POLL),
+                    if !grace_armed && answers.answered() >= enough => {
+                    let heard = answers.answers.iter().map(|(i, _)| *i);
+                    if self.all_suspect_but(heard.chain(failures.iter().map(|f| f.node))) {
+                        break;
+                    }
+                }
             }
             if !grace_armed && answers.answered() >= quorum {
                 let heard = answers.answers.iter().map(|(i, _)| *i);
@@ -85,10 +109,10 @@ impl Client {
                     .reset(tokio::time::Instant::now() + cfg.hedge_delay);
             }
         }
-        if answers.answered() < quorum {
+        if answers.answered() < enough {
             return Err(ClientError::RootUnavailable {
                 answered: answers.answered() as u16,
-                needed: quorum as u16,
+                needed: enough as u16,
                 failures: Failures(failures),
             });
         }

@@ -9,7 +9,7 @@ use netcore::identity::PublicKey;
 use super::body::IndexChain;
 use super::key::{ArchiveKey, IndexKey};
 use super::restore::{fetch_record, Progress};
-use super::{latest_root, ArchiveError, LocalState, Result, Role};
+use super::{latest_root_for, ArchiveError, LocalState, Result, Role};
 use crate::data::store::BlobStore;
 use crate::index::{Index, IndexOptions, RecordEntry, TreeId};
 
@@ -61,18 +61,24 @@ pub struct Replica<B: BlobStore> {
     index: Arc<Index>,
     /// The snapshot followed, if any (then nothing changes after open).
     snapshot: Option<String>,
+    /// Whether a root read of fewer than `n - f` nodes (but `k` or more) will do when no more
+    /// answer (see [`super::latest_root_for`]).
+    degraded_ok: bool,
     state: tokio::sync::Mutex<LocalState>,
 }
 
 impl<B: BlobStore> Replica<B> {
     /// Opens the copy in `index_dir` of the archive's latest index (or of snapshot
     /// `snapshot`), fetching what it lacks. `options` own the root directory of an archive
-    /// that has no index yet.
+    /// that has no index yet. With `degraded_ok`, when fewer than `n - f` nodes answer, the
+    /// newest root of `k` or more will do (see [`super::latest_root_for`]), now and whenever
+    /// it follows.
     pub async fn open(
         store: Arc<B>,
         key: ArchiveKey,
         index_dir: &std::path::Path,
         snapshot: Option<&str>,
+        degraded_ok: bool,
         options: IndexOptions,
         progress: &dyn Progress,
     ) -> Result<Self> {
@@ -108,6 +114,7 @@ impl<B: BlobStore> Replica<B> {
             archive,
             index,
             snapshot: snapshot.map(str::to_owned),
+            degraded_ok,
             state: tokio::sync::Mutex::new(local),
         };
         replica.update(options, progress).await?;
@@ -144,7 +151,9 @@ impl<B: BlobStore> Replica<B> {
         options: IndexOptions,
         progress: &dyn Progress,
     ) -> Result<Option<Changed>> {
-        let Some((version, body)) = latest_root(&*self.store, &self.key).await? else {
+        let Some((version, body)) =
+            latest_root_for(&*self.store, &self.key, self.degraded_ok).await?
+        else {
             return Err(ArchiveError::NoArchive {
                 archive: self.archive,
             });

@@ -114,6 +114,16 @@ pub trait BlobStore: Send + Sync + 'static {
         &self,
         archive: PublicKey,
     ) -> impl Future<Output = Result<RootAnswers, StoreError>> + Send;
+    /// [`BlobStore::read_root`] content with `k` answers instead of `n - f` when more than `f`
+    /// nodes are away, for a read-only reader; also says whether `n - f` answered. With fewer,
+    /// the highest version among the answers may not be the latest (see
+    /// `Client::get_root_from`). Stores without such a notion read as usual.
+    fn read_root_degraded(
+        &self,
+        archive: PublicKey,
+    ) -> impl Future<Output = Result<(RootAnswers, bool), StoreError>> + Send {
+        async move { Ok((self.read_root(archive).await?, true)) }
+    }
     /// Writes a root record; succeeds once `n - f` nodes stored it durably.
     fn write_root(
         &self,
@@ -189,6 +199,19 @@ impl BlobStore for NetworkStore {
 
     async fn read_root(&self, archive: PublicKey) -> Result<RootAnswers, StoreError> {
         Ok(self.client.get_root(&archive).await?)
+    }
+
+    async fn read_root_degraded(
+        &self,
+        archive: PublicKey,
+    ) -> Result<(RootAnswers, bool), StoreError> {
+        let committee = self.client.committee();
+        let answers = self
+            .client
+            .get_root_from(&archive, usize::from(committee.k))
+            .await?;
+        let quorum = answers.answered() >= usize::from(committee.write_quorum());
+        Ok((answers, quorum))
     }
 
     async fn write_root(&self, record: RootRecord) -> Result<(), RootWriteError> {
