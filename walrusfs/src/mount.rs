@@ -288,11 +288,16 @@ fn prefetch(
         let r = async {
             let read_only = args.mode() != Mode::Writer;
             // One quorum read of the root (with nodes gone, each waits a hedge delay).
-            if walrusfs::archive::latest_root_for(&*store, key, read_only)
+            let (latest, degraded) = walrusfs::archive::latest_root_for(&*store, key, read_only)
                 .await
-                .map_err(|e| writer_hint(e, read_only))?
-                .is_none()
-            {
+                .map_err(|e| writer_hint(e, read_only))?;
+            // Said here, on the terminal (restoring a fresh index below says it itself).
+            if let (Some((version, _)), true) = (&latest, degraded) {
+                if state.join(INDEX_DIR).exists() {
+                    walrusfs::archive::warn_degraded_root(*version);
+                }
+            }
+            if latest.is_none() {
                 if !testnet_key {
                     return Err(ArchiveError::NoArchive {
                         archive: key.archive_id(),

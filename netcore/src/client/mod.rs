@@ -584,7 +584,11 @@ mod tests {
         let client = client_of(&holes, config);
         let start = std::time::Instant::now();
         let answers = client.health_quorum().await;
-        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(answers.len(), 4);
         assert!(answers
             .iter()

@@ -248,33 +248,34 @@ pub async fn latest_root<B: crate::data::store::BlobStore>(
 }
 
 /// [`latest_root`], or for a reader that only reads (`degraded_ok`) while more than `f` nodes
-/// are away, the highest version among the answers of `k` nodes or more, with a warning: the
-/// nodes that are away may hold a newer one. Data is readable from any `k` nodes, so an
-/// archive stays readable (though perhaps not at its latest version) while more than `f` are
-/// away. The nodes that are gone cost no connect timeout here (see `Client::get_root_from`).
+/// are away, the highest version among the answers of `k` nodes or more; the flag says which
+/// (`true`: fewer than `n - f` answered, so the nodes that are away may hold a newer one, and
+/// the caller should say so). Data is readable from any `k` nodes, so an archive stays
+/// readable (though perhaps not at its latest version) while more than `f` are away. Nodes
+/// that are gone cost no connect timeout here (see `Client::get_root_from`).
 pub async fn latest_root_for<B: crate::data::store::BlobStore>(
     store: &B,
     key: &ArchiveKey,
     degraded_ok: bool,
-) -> Result<Option<(u64, RootBody)>> {
+) -> Result<(Option<(u64, RootBody)>, bool)> {
     if !degraded_ok {
-        return latest_root(store, key).await;
+        return Ok((latest_root(store, key).await?, false));
     }
     let (answers, quorum) = store
         .read_root_degraded(key.archive_id())
         .await
         .map_err(|e| ArchiveError::Network(e.to_string()))?;
-    let latest = pick_latest(&answers, key)?;
-    if let (Some((version, _)), false) = (&latest, quorum) {
-        tracing::warn!(
-            version,
-            answered = answers.answered(),
-            "too few nodes answer for a quorum; reading version {version}, the newest that \
-             {} nodes hold: a newer one may be on the nodes that are away",
-            answers.answered()
-        );
-    }
-    Ok(latest)
+    Ok((pick_latest(&answers, key)?, !quorum))
+}
+
+/// Says that version `version` was read from fewer than `n - f` nodes (see
+/// [`latest_root_for`]).
+pub fn warn_degraded_root(version: u64) {
+    tracing::warn!(
+        version,
+        "too few nodes answer for a quorum; reading version {version}, the newest that the \
+         nodes that answer hold: a newer one may be on the nodes that are away"
+    );
 }
 
 fn pick_latest(

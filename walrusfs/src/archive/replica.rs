@@ -64,6 +64,8 @@ pub struct Replica<B: BlobStore> {
     /// Whether a root read of fewer than `n - f` nodes (but `k` or more) will do when no more
     /// answer (see [`super::latest_root_for`]).
     degraded_ok: bool,
+    /// Whether the last root read was of fewer than `n - f` nodes (said once per spell).
+    degraded: std::sync::atomic::AtomicBool,
     state: tokio::sync::Mutex<LocalState>,
 }
 
@@ -115,6 +117,7 @@ impl<B: BlobStore> Replica<B> {
             index,
             snapshot: snapshot.map(str::to_owned),
             degraded_ok,
+            degraded: Default::default(),
             state: tokio::sync::Mutex::new(local),
         };
         replica.update(options, progress).await?;
@@ -151,9 +154,18 @@ impl<B: BlobStore> Replica<B> {
         options: IndexOptions,
         progress: &dyn Progress,
     ) -> Result<Option<Changed>> {
-        let Some((version, body)) =
-            latest_root_for(&*self.store, &self.key, self.degraded_ok).await?
-        else {
+        let (latest, degraded) = latest_root_for(&*self.store, &self.key, self.degraded_ok).await?;
+        let was = self
+            .degraded
+            .swap(degraded, std::sync::atomic::Ordering::Relaxed);
+        match (&latest, degraded, was) {
+            (Some((version, _)), true, false) => super::warn_degraded_root(*version),
+            (Some((version, _)), false, true) => {
+                tracing::info!(version, "a quorum of nodes answers again")
+            }
+            _ => {}
+        }
+        let Some((version, body)) = latest else {
             return Err(ArchiveError::NoArchive {
                 archive: self.archive,
             });
