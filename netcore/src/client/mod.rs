@@ -338,8 +338,8 @@ impl Client {
     /// Waits (at most `limit`) for sliver sends still running after `put` reached its quorum,
     /// so the remaining nodes get their slivers before the process exits.
     ///
-    /// Sends to nodes that look gone (see [`Client::only_gone_nodes_busy`]) are not waited for: they
-    /// would end only at the connect timeout, with nothing stored.
+    /// Sends to nodes that look gone (see [`Client::only_gone_nodes_busy`]) are not waited
+    /// for: they would end only at the connect timeout, with nothing stored.
     pub async fn finish_background(&self, limit: Duration) {
         let mut set = self.inner.background.lock().await;
         let drain = async {
@@ -406,8 +406,9 @@ impl Client {
     }
 
     /// Sends a request to every node, each answer picked by `pick`. Waits for every node, or
-    /// with `quorum`, until that many answered well and the rest had a hedge delay more
-    /// (unanswered ones are then [`NodeError::Timeout`]). In index order.
+    /// with `quorum`, until that many answered well and the rest had a hedge delay more, or
+    /// until only nodes that look gone are left (unanswered ones are then
+    /// [`NodeError::Timeout`]). In index order.
     async fn each_node<T, M, P>(
         &self,
         make: M,
