@@ -58,6 +58,9 @@ pub enum DiskCacheError {
     /// Another `DiskCache`, in this or another process, has the directory open.
     #[error("disk cache directory {0} is already in use by another cache")]
     Locked(PathBuf),
+    /// An entry given whole ([`DiskCache::insert_entry`]) whose header does not describe it.
+    #[error("disk cache: an entry's header does not match its value")]
+    BadEntry,
 }
 
 /// Builds a closure that wraps an `io::Error` with what was being done and to which path.
@@ -279,7 +282,33 @@ impl DiskCache {
     /// place; if only deleting an evicted file failed, the new value is cached and the stray
     /// file is cleaned up by the next [`open`](Self::open).
     pub fn insert(&self, key: DiskKey, value: &[u8]) -> Result<bool, DiskCacheError> {
-        let size = HEADER_LEN as u64 + value.len() as u64;
+        self.insert_parts(key, &[&encode_header(value, self.summed), value])
+    }
+
+    /// Bytes of an entry's header: [`DiskCache::insert_entry`] takes them before the value.
+    pub const ENTRY_HEADER_LEN: usize = HEADER_LEN;
+
+    /// The header that goes before `value` in an entry of this cache (see
+    /// [`DiskCache::insert_entry`]).
+    pub fn entry_header(&self, value: &[u8]) -> [u8; HEADER_LEN] {
+        encode_header(value, self.summed)
+    }
+
+    /// [`DiskCache::insert`] of an entry laid out by the caller in one buffer:
+    /// [`DiskCache::entry_header`] of the value, then the value. A buffer whose start is
+    /// aligned for `O_DIRECT` (see [`crate::direct::ALIGN`]) is then written without a copy.
+    /// An entry whose header does not describe the bytes after it is refused
+    /// ([`DiskCacheError::BadEntry`]) and nothing is written.
+    pub fn insert_entry(&self, key: DiskKey, entry: &[u8]) -> Result<bool, DiskCacheError> {
+        let (header, value) = entry.split_at(HEADER_LEN.min(entry.len()));
+        if header != self.entry_header(value) {
+            return Err(DiskCacheError::BadEntry);
+        }
+        self.insert_parts(key, &[entry])
+    }
+
+    fn insert_parts(&self, key: DiskKey, parts: &[&[u8]]) -> Result<bool, DiskCacheError> {
+        let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if size > self.capacity {
             self.remove(&key)?;
             return Ok(false);
@@ -289,7 +318,7 @@ impl DiskCache {
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = write_entry(&self.direct, &temp, value, self.summed) {
+        if let Err(e) = self.direct.write_new(&temp, parts).map(drop) {
             // Best effort: a leftover is deleted by the next `open` anyway.
             let _ = fs::remove_file(&temp);
             return Err(io_err("write", &temp)(e));
@@ -388,19 +417,6 @@ impl std::fmt::Debug for DiskCache {
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
-}
-
-/// Writes header and payload to a new file at `path` (which must not exist), around the page
-/// cache when large (see [`crate::direct`]).
-fn write_entry(
-    direct: &crate::direct::DirectWrites,
-    path: &Path,
-    value: &[u8],
-    summed: bool,
-) -> io::Result<()> {
-    direct
-        .write_new(path, &[&encode_header(value, summed), value])
-        .map(drop)
 }
 
 /// Reads and checks a whole entry; any failure (including damage, as `InvalidData`) means the

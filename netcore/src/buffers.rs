@@ -54,6 +54,23 @@ impl BufferPool {
         self.adopt(data)
     }
 
+    /// An empty buffer with room for `len` bytes whose contents start at an address that is a
+    /// multiple of `align` (a power of two), so that an `O_DIRECT` write can go straight from
+    /// it (see `cache::direct`) instead of through a copy. Fill it by appending to
+    /// [`Pooled::vec_mut`]: the zeros before that start (fewer than `align`) are in the vector
+    /// but not in the buffer's contents.
+    pub fn take_aligned(self: &Arc<Self>, len: usize, align: usize) -> Pooled {
+        let room = len + align;
+        let mut data = self.pick(room).unwrap_or_default();
+        data.clear();
+        data.reserve_exact(room);
+        let pad = data.as_ptr().align_offset(align).min(align - 1);
+        data.resize(pad, 0);
+        let mut pooled = self.adopt(data);
+        pooled.start = pad;
+        pooled
+    }
+
     /// A buffer of exactly `len` bytes to be overwritten: a kept one holds what it held
     /// before (only bytes it never held are zeroed), a new one zeros.
     pub fn take_filled(self: &Arc<Self>, len: usize) -> Pooled {
@@ -87,6 +104,7 @@ impl BufferPool {
     pub fn adopt(self: &Arc<Self>, data: Vec<u8>) -> Pooled {
         Pooled {
             data,
+            start: 0,
             pool: Arc::downgrade(self),
         }
     }
@@ -142,6 +160,8 @@ impl BufferPool {
 #[derive(Debug)]
 pub struct Pooled {
     data: Vec<u8>,
+    /// Where the contents start in `data` (see [`BufferPool::take_aligned`]).
+    start: usize,
     pool: std::sync::Weak<BufferPool>,
 }
 
@@ -150,11 +170,13 @@ impl Pooled {
     pub fn unpooled(data: Vec<u8>) -> Self {
         Pooled {
             data,
+            start: 0,
             pool: std::sync::Weak::new(),
         }
     }
 
-    /// The buffer itself, to fill.
+    /// The buffer itself, to fill (after an aligned buffer's leading zeros, which are not
+    /// part of the contents).
     pub fn vec_mut(&mut self) -> &mut Vec<u8> {
         &mut self.data
     }
@@ -164,22 +186,29 @@ impl Pooled {
         std::mem::replace(self, Pooled::unpooled(Vec::new()))
     }
 
-    /// The buffer, no longer the pool's (see [`BufferPool::adopt`] to hand it back).
+    /// The buffer, no longer the pool's (see [`BufferPool::adopt`] to hand it back); an
+    /// aligned one loses its leading zeros (a move of its contents).
     pub fn into_vec(mut self) -> Vec<u8> {
-        std::mem::take(&mut self.data)
+        let mut data = std::mem::take(&mut self.data);
+        data.drain(..self.start.min(data.len()));
+        data
+    }
+
+    fn contents(&self) -> &[u8] {
+        self.data.get(self.start..).unwrap_or_default()
     }
 }
 
 impl std::ops::Deref for Pooled {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.data
+        self.contents()
     }
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.contents()
     }
 }
 
@@ -304,6 +333,28 @@ mod tests {
         let a = pool.take(1024);
         drop(pool);
         drop(a);
+    }
+
+    #[test]
+    fn an_aligned_buffer_holds_its_contents_at_an_aligned_address_every_time() {
+        let pool = BufferPool::new(8 << 20);
+        for round in 0..3u8 {
+            let mut a = pool.take_aligned(100_000, 4096);
+            assert!(a.is_empty(), "round {round}: a new buffer has no contents");
+            a.vec_mut().extend(std::iter::repeat_n(round, 100_000));
+            assert_eq!(a.len(), 100_000);
+            assert_eq!(a.as_ptr() as usize % 4096, 0, "round {round}: not aligned");
+            assert!(a.iter().all(|b| *b == round));
+            // Handed back and out again (the same allocation, its pad worked out anew).
+            drop(a);
+        }
+        let mut a = pool.take_aligned(10, 4096);
+        a.vec_mut().extend_from_slice(b"0123456789");
+        assert_eq!(
+            a.into_vec(),
+            b"0123456789",
+            "into_vec drops the leading zeros"
+        );
     }
 
     impl Pooled {

@@ -413,3 +413,53 @@ fn concurrent_inserts_and_gets_stay_consistent() {
         .sum();
     assert_eq!(on_disk, stats.bytes);
 }
+
+#[test]
+fn an_entry_laid_out_by_its_caller_reads_back_and_a_wrong_header_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for summed in [false, true] {
+        let dir = tmp.path().join(format!("summed-{summed}"));
+        let cache = if summed {
+            DiskCache::open(&dir, 64 << 20).unwrap()
+        } else {
+            DiskCache::open_unsummed(&dir, 64 << 20).unwrap()
+        };
+        let value: Vec<u8> = (0..crate::direct::DIRECT_MIN * 5 + 77)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        // Laid out at an address aligned for O_DIRECT, as the mount does (written straight
+        // from it), and at one that is not (through the copy): the same entry either way.
+        let mut store =
+            vec![0u8; DiskCache::ENTRY_HEADER_LEN + value.len() + 2 * crate::direct::ALIGN];
+        let aligned = store.as_ptr().align_offset(crate::direct::ALIGN);
+        for (n, at) in [(1u8, aligned), (2, aligned + 1)] {
+            let end = at + DiskCache::ENTRY_HEADER_LEN + value.len();
+            store[at..at + DiskCache::ENTRY_HEADER_LEN]
+                .copy_from_slice(&cache.entry_header(&value));
+            store[at + DiskCache::ENTRY_HEADER_LEN..end].copy_from_slice(&value);
+            assert!(cache.insert_entry(key(n), &store[at..end]).is_ok());
+            assert_eq!(
+                cache.get(&key(n)).unwrap().as_deref(),
+                Some(&value[..]),
+                "summed {summed}, entry {n}"
+            );
+            assert_eq!(
+                fs::metadata(cache.entry_path(&key(n))).unwrap().len(),
+                entry(value.len())
+            );
+        }
+        // A header for other bytes (here: one byte short) is refused, and nothing is written.
+        let mut wrong = cache.entry_header(&value[1..]).to_vec();
+        wrong.extend_from_slice(&value);
+        assert!(matches!(
+            cache.insert_entry(key(3), &wrong),
+            Err(DiskCacheError::BadEntry)
+        ));
+        assert!(matches!(
+            cache.insert_entry(key(3), &wrong[..3]),
+            Err(DiskCacheError::BadEntry)
+        ));
+        assert_eq!(cache.get(&key(3)).unwrap(), None);
+        assert!(!cache.entry_path(&key(3)).exists());
+    }
+}

@@ -278,7 +278,7 @@ impl<B: BlobStore> Fs<B> {
                 chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
                 disk_cache,
                 cache_writes: Default::default(),
-                cache_buffers: netcore::buffers::BufferPool::new(read::sealed_chunks_bytes(
+                cache_buffers: netcore::buffers::BufferPool::new(read::cache_entries_bytes(
                     chunk_size,
                 )),
                 seal_buffers: netcore::buffers::BufferPool::new(read::sealed_chunks_bytes(

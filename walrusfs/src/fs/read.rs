@@ -53,6 +53,16 @@ pub(crate) fn sealed_chunks_bytes(chunk_size: u64) -> usize {
         .sealed_len(chunk)
         .saturating_mul(MAX_CACHE_WRITES)
 }
+/// Bytes the pool of disk-cache entries keeps: [`MAX_CACHE_WRITES`] entries, each a sealed
+/// chunk (see [`sealed_chunks_bytes`]) with its header, aligned for `O_DIRECT`.
+pub(crate) fn cache_entries_bytes(chunk_size: u64) -> usize {
+    let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
+    crate::data::crypto::Segments::SMALLEST
+        .sealed_len(chunk)
+        .saturating_add(cache::DiskCache::ENTRY_HEADER_LEN + cache::direct::ALIGN)
+        .saturating_mul(MAX_CACHE_WRITES)
+}
+
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
 /// Each holds about three chunks of memory while it is decoded and opened, and reads waiting
 /// for the network do not hold FUSE's threads, so without a bound parallel readers take
@@ -478,14 +488,15 @@ impl<B: BlobStore> Fs<B> {
         })
     }
 
-    /// Keeps a fetched sealed chunk in the on-disk cache, off the reader's path: written (and
-    /// checksummed) by a blocking task while the reader goes on. Best effort: with
+    /// Keeps a fetched sealed chunk in the on-disk cache, off the reader's path: written by a
+    /// blocking task while the reader goes on (no checksum: the AEAD authenticates what is
+    /// read back, see `DiskCache::open_unsummed`). Best effort: with
     /// [`MAX_CACHE_WRITES`] already waiting, the chunk is not cached (a cold sequential
     /// stream then does not queue up writes the cache would evict anyway).
     fn cache_on_disk(&self, key: cache::DiskKey, sealed: &[u8]) {
-        if self.inner.disk_cache.is_none() {
+        let Some(disk) = &self.inner.disk_cache else {
             return;
-        }
+        };
         let pending = &self.inner.cache_writes;
         if pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_CACHE_WRITES {
             pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -495,13 +506,19 @@ impl<B: BlobStore> Fs<B> {
         let pending = pending.clone();
         // The chunk is opened in place next, so the cache gets a copy: into a buffer of an
         // earlier write, not a fresh one whose pages the kernel would fault in and zero (half
-        // of the mount's page faults in a cold read).
-        let mut copy = self.inner.cache_buffers.take(sealed.len());
-        copy.vec_mut().extend_from_slice(sealed);
-        let sealed = copy;
+        // of the mount's page faults in a cold read). Laid out as the cache's entry (the
+        // header, no checksum in the mount's cache) at an address aligned for `O_DIRECT`, so
+        // this is the only copy: the file is written straight from it.
+        let header = disk.entry_header(sealed);
+        let mut entry = self
+            .inner
+            .cache_buffers
+            .take_aligned(header.len() + sealed.len(), cache::direct::ALIGN);
+        entry.vec_mut().extend_from_slice(&header);
+        entry.vec_mut().extend_from_slice(sealed);
         self.inner.rt.spawn_blocking(move || {
             if let Some(disk) = &fs.inner.disk_cache {
-                if let Err(e) = disk.insert(key, &sealed) {
+                if let Err(e) = disk.insert_entry(key, &entry) {
                     tracing::debug!("disk cache insert failed: {e}");
                 }
             }

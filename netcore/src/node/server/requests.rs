@@ -255,7 +255,10 @@ async fn store_sliver(
     }
     // INV: memory held for sliver bodies never exceeds max_inflight_bytes.
     let _permit = acquire_budget(state, len, true).await?;
-    let mut body = state.buffers.take(len as usize);
+    // Aligned, so the store writes it to its file straight from here (`cache::direct`).
+    let mut body = state
+        .buffers
+        .take_aligned(len as usize, cache::direct::ALIGN);
     wire::read_body_into(recv, body.vec_mut(), len as usize)
         .await
         .map_err(|e| WireError::InvalidRequest(format!("sliver body: {e}")))?;
