@@ -293,7 +293,8 @@ impl NodeConn {
 
     /// Sends one request (with an optional raw body) and reads the response; a `Sliver`
     /// response's body is read too, if it is exactly `expect_body` bytes long (the caller knows
-    /// the sliver length from verified metadata, so a node cannot make it allocate more).
+    /// the sliver length from verified metadata, so a node cannot make it allocate more), into
+    /// a buffer with room for `room` bytes if more (a caller that appends to it next).
     pub(crate) async fn request(
         &self,
         cfg: &ClientConfig,
@@ -301,7 +302,7 @@ impl NodeConn {
         body: Option<bytes::Bytes>,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
-        self.request_expecting(cfg, request, body, None, deadline)
+        self.request_expecting(cfg, request, body, None, 0, deadline)
             .await
     }
 
@@ -311,12 +312,13 @@ impl NodeConn {
         request: wire::Request,
         body: Option<bytes::Bytes>,
         expect_body: Option<u64>,
+        room: usize,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
         let start = Instant::now();
         let _counted = InFlight::count(&self.in_flight);
         let outcome = self
-            .exchange(cfg, request, body, expect_body, deadline)
+            .exchange(cfg, request, body, expect_body, room, deadline)
             .await;
         self.record(&outcome, start.elapsed());
         outcome
@@ -328,6 +330,7 @@ impl NodeConn {
         request: wire::Request,
         body: Option<bytes::Bytes>,
         expect_body: Option<u64>,
+        room: usize,
         deadline: Duration,
     ) -> Result<(Response, Option<Vec<u8>>), NodeError> {
         let conn = self.connection(cfg).await?;
@@ -367,7 +370,7 @@ impl NodeConn {
                     // Appended from quinn's own buffers: no zeroed buffer to read into first
                     // (that memset was 3% of the mount's CPU in a cold read).
                     let expected = expected as usize;
-                    let mut data = Vec::with_capacity(expected);
+                    let mut data = Vec::with_capacity(expected.max(room));
                     while data.len() < expected {
                         let want = (expected - data.len()).min(BODY_STEP);
                         let chunk = recv

@@ -106,6 +106,7 @@ impl Client {
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(sliver_len);
         let hedge = cfg.hedge_after(sliver_len);
+        let blob_room = usize::try_from(metadata.blob_len).unwrap_or(0);
         let order = self.read_order(true);
         let (slivers, failures) = hedged(order, usize::from(k), 0, hedge, |index| {
             let node = &self.inner.nodes[usize::from(index)];
@@ -115,8 +116,11 @@ impl Client {
                         blob_id: *blob_id,
                         index,
                     };
+                    // Sliver 0 becomes the blob's buffer, the others appended to it
+                    // (`decode`): room for all of them, so it is not moved as it grows.
+                    let room = if index == 0 { blob_room } else { 0 };
                     let (resp, body) = node
-                        .request_expecting(cfg, req, None, Some(sliver_len), deadline)
+                        .request_expecting(cfg, req, None, Some(sliver_len), room, deadline)
                         .await?;
                     match (resp, body) {
                         (Response::Sliver { .. }, Some(data)) => {

@@ -170,7 +170,7 @@ impl Client {
             let len = end - start;
             let deadline = cfg.request_deadline(len);
             let (resp, body) = node
-                .request_expecting(cfg, req, None, Some(len), deadline)
+                .request_expecting(cfg, req, None, Some(len), 0, deadline)
                 .await?;
             match (resp, body) {
                 (Response::Range { proof, .. }, Some(data)) => {

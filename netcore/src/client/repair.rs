@@ -197,7 +197,7 @@ async fn check_node(
     let index = node.info.index;
     let req = Request::GetSliver { blob_id, index };
     match node
-        .request_expecting(cfg, req, None, Some(sliver_len), deadline)
+        .request_expecting(cfg, req, None, Some(sliver_len), 0, deadline)
         .await
     {
         Ok((Response::Sliver { .. }, Some(data))) => {
