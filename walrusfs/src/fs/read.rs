@@ -53,6 +53,7 @@ pub(crate) fn sealed_chunks_bytes(chunk_size: u64) -> usize {
         .sealed_len(chunk)
         .saturating_mul(MAX_CACHE_WRITES)
 }
+
 /// Bytes the pool of disk-cache entries keeps: [`MAX_CACHE_WRITES`] entries, each a sealed
 /// chunk (see [`sealed_chunks_bytes`]) with its header, aligned for `O_DIRECT`.
 pub(crate) fn cache_entries_bytes(chunk_size: u64) -> usize {
