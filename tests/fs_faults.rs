@@ -308,28 +308,19 @@ fn with_more_than_f_nodes_gone_a_read_only_mount_reads_what_k_nodes_hold() {
     for i in 0..3 {
         m.net().kill(i);
     }
-    // Where the mount must fail, it waits for the connect timeout of the nodes that are gone
-    // (the default 3 s); where it succeeds, 60 s, which nothing may wait for.
-    let mount_args = |state: &str, read_only: bool| {
-        let mut args = vec![
-            "mount",
-            "--testnet",
-            m.net().dir_str(),
-            "--state",
-            state,
-            "--connect-timeout-secs",
-            if read_only { "60" } else { "3" },
-        ];
-        if read_only {
-            args.push("--read-only");
-        }
+    // `walrusfs mount` of `state` at the mountpoint with `options`. Where the mount must fail,
+    // it waits for the connect timeout of the nodes that are gone (the default 3 s); where it
+    // succeeds, 60 s, which nothing may wait for.
+    const FAILING: [&str; 2] = ["--connect-timeout-secs", "3"];
+    const READ_ONLY: [&str; 3] = ["--connect-timeout-secs", "60", "--read-only"];
+    let mount = |state: &str, options: &[&str]| {
+        let mut args = vec!["mount", "--testnet", m.net().dir_str(), "--state", state];
+        args.extend_from_slice(options);
         args.push(m.path().to_str().unwrap());
-        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        m.net().cli(&args)
     };
     let state = m.state().to_str().unwrap().to_owned();
-    let args = mount_args(&state, false);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = m.net().cli(&args);
+    let out = mount(&state, &FAILING);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -347,9 +338,7 @@ fn with_more_than_f_nodes_gone_a_read_only_mount_reads_what_k_nodes_hold() {
     let fresh = other.path().join("state").to_str().unwrap().to_owned();
     for state in [state.clone(), fresh] {
         let start = std::time::Instant::now();
-        let args = mount_args(&state, true);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = m.net().cli(&args);
+        let out = mount(&state, &READ_ONLY);
         let took = start.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -377,10 +366,11 @@ fn with_more_than_f_nodes_gone_a_read_only_mount_reads_what_k_nodes_hold() {
 
     // A read-only mount made while three are away says so once they are back (it follows
     // every second here), and serves on.
-    let args = mount_args(&state, true);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.splice(1..1, ["--follow-interval", "1"]);
-    m.net().cli_ok(&args);
+    let out = mount(
+        &state,
+        &[&READ_ONLY[..], &["--follow-interval", "1"]].concat(),
+    );
+    assert!(out.status.success(), "{out:?}");
     m.net().up_again();
     let log = m.state().join("mount.log");
     let back = wait_until(Duration::from_secs(60), || {
@@ -398,11 +388,7 @@ fn with_more_than_f_nodes_gone_a_read_only_mount_reads_what_k_nodes_hold() {
     for i in 0..5 {
         m.net().kill(i);
     }
-    let args = mount_args(&state, true);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let timeout = args.iter().position(|a| *a == "60").unwrap();
-    args[timeout] = "3";
-    let out = m.net().cli(&args);
+    let out = mount(&state, &[&FAILING[..], &["--read-only"]].concat());
     assert!(
         !out.status.success(),
         "read-only mount with 2 of 7 nodes: {out:?}"

@@ -60,13 +60,9 @@ impl BufferPool {
     /// [`Pooled::vec_mut`]: the zeros before that start (fewer than `align`) are in the vector
     /// but not in the buffer's contents.
     pub fn take_aligned(self: &Arc<Self>, len: usize, align: usize) -> Pooled {
-        let room = len + align;
-        let mut data = self.pick(room).unwrap_or_default();
-        data.clear();
-        data.reserve_exact(room);
-        let pad = data.as_ptr().align_offset(align).min(align - 1);
-        data.resize(pad, 0);
-        let mut pooled = self.adopt(data);
+        let mut pooled = self.take(len + align);
+        let pad = pooled.data.as_ptr().align_offset(align).min(align - 1);
+        pooled.data.resize(pad, 0);
         pooled.start = pad;
         pooled
     }

@@ -35,7 +35,8 @@ use crate::committee::Committee;
 use crate::identity::Identity;
 use crate::wire::{BlobStatus, HealthInfo, Request, Response};
 
-/// How often [`Client::finish_background`] looks whether only nodes that look gone are left.
+/// How often [`Client::finish_background`] and [`Client::gather`] look whether only nodes
+/// that look gone are left.
 const GONE_POLL: Duration = Duration::from_millis(20);
 
 /// How long [`Client::close`] waits at most for its connections to drain (see [`close_grace`]).
@@ -251,7 +252,8 @@ impl Client {
 
     /// Each node's health, in index order.
     pub async fn health(&self) -> Vec<(SliverIndex, Result<HealthInfo, NodeError>)> {
-        self.each_node(|| Request::Health, pick_health, None).await
+        self.each_node(|| Request::Health, pick_health, Wait::All)
+            .await
     }
 
     /// [`Client::health`] that waits for every node only as long as a quorum read does:
@@ -261,8 +263,8 @@ impl Client {
     /// [`NodeError::Timeout`].
     pub async fn health_quorum(&self) -> Vec<(SliverIndex, Result<HealthInfo, NodeError>)> {
         let quorum = usize::from(self.inner.committee.write_quorum());
-        self.each_node(|| Request::Health, pick_health, Some(quorum))
-            .await
+        let wait = Wait::Quorum { enough: 0, quorum };
+        self.each_node(|| Request::Health, pick_health, wait).await
     }
 
     /// Sliver bytes moved so far.
@@ -293,7 +295,7 @@ impl Client {
                 Response::Status(s) => Ok(s),
                 other => Err(other),
             },
-            None,
+            Wait::All,
         )
         .await
     }
@@ -372,7 +374,7 @@ impl Client {
 
     /// Whether every node but those `answered` looks gone (see [`conn::NodeConn::suspect`]
     /// with a hedge delay): a quorum read then need not give them a hedge delay more.
-    pub(crate) fn all_suspect_but(&self, answered: impl Iterator<Item = SliverIndex>) -> bool {
+    fn all_suspect_but(&self, answered: impl Iterator<Item = SliverIndex>) -> bool {
         let answered: Vec<SliverIndex> = answered.collect();
         let slow = self.inner.config.hedge_delay;
         self.inner
@@ -405,62 +407,81 @@ impl Client {
         let _ = tokio::time::timeout(close_grace(&rtts), self.inner.endpoint.wait_idle()).await;
     }
 
-    /// Sends a request to every node, each answer picked by `pick`. Waits for every node, or
-    /// with `quorum`, until that many answered well and the rest had a hedge delay more, or
-    /// until only nodes that look gone are left (unanswered ones are then
-    /// [`NodeError::Timeout`]). In index order.
+    /// Sends a request to every node, each answer picked by `pick`; see [`Client::gather`].
     async fn each_node<T, M, P>(
         &self,
         make: M,
         pick: P,
-        quorum: Option<usize>,
+        wait: Wait,
     ) -> Vec<(SliverIndex, Result<T, NodeError>)>
     where
         M: Fn() -> Request,
         P: Fn(Response) -> Result<T, Response> + Copy,
     {
-        let deadline = self.inner.config.request_deadline(0);
+        let cfg = &self.inner.config;
+        let deadline = cfg.request_deadline(0);
+        self.gather(
+            |node| {
+                let req = make();
+                async move {
+                    let (resp, _) = node.request(cfg, req, None, deadline).await?;
+                    pick(resp).map_err(|other| {
+                        NodeError::Unexpected(format!("{other:?}").chars().take(200).collect())
+                    })
+                }
+            },
+            wait,
+        )
+        .await
+    }
+
+    /// Asks every node at once (`ask`) and gathers the answers, in index order. How long it
+    /// waits is `wait`'s; a node not waited for is [`NodeError::Timeout`].
+    pub(crate) async fn gather<'a, T, Fut>(
+        &'a self,
+        ask: impl Fn(&'a conn::NodeConn) -> Fut,
+        wait: Wait,
+    ) -> Vec<(SliverIndex, Result<T, NodeError>)>
+    where
+        Fut: std::future::Future<Output = Result<T, NodeError>> + 'a,
+    {
         let mut running: futures::stream::FuturesUnordered<_> = self
             .inner
             .nodes
             .iter()
             .map(|node| {
-                let req = make();
-                async move {
-                    let r = async {
-                        let (resp, _) = node
-                            .request(&self.inner.config, req, None, deadline)
-                            .await?;
-                        pick(resp).map_err(|other| {
-                            NodeError::Unexpected(format!("{other:?}").chars().take(200).collect())
-                        })
-                    }
-                    .await;
-                    (node.info.index, r)
-                }
+                let answer = ask(node);
+                async move { (node.info.index, answer.await) }
             })
             .collect();
+        let (enough, quorum) = match wait {
+            Wait::All => (usize::MAX, usize::MAX),
+            Wait::Quorum { enough, quorum } => (enough, quorum),
+        };
         let mut answers: Vec<(SliverIndex, Result<T, NodeError>)> = Vec::new();
         let grace = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(grace);
         let mut grace_armed = false;
+        let mut good = 0;
         loop {
             tokio::select! {
                 next = futures::StreamExt::next(&mut running) => match next {
-                    Some(answer) => answers.push(answer),
+                    Some(answer) => {
+                        good += usize::from(answer.1.is_ok());
+                        answers.push(answer);
+                    }
                     None => break,
                 },
                 () = &mut grace, if grace_armed => break,
-                // Fewer than a quorum at hand and only nodes that look gone left: waiting
-                // for them would end at their connect timeout, with nothing.
-                () = tokio::time::sleep(GONE_POLL), if quorum.is_some() && !grace_armed => {
+                // Only nodes that look gone left: waiting for them would end at their connect
+                // timeout, with nothing.
+                () = tokio::time::sleep(GONE_POLL), if !grace_armed && good >= enough => {
                     if self.all_suspect_but(answers.iter().map(|(i, _)| *i)) {
                         break;
                     }
                 }
             }
-            let good = answers.iter().filter(|(_, r)| r.is_ok()).count();
-            if !grace_armed && quorum.is_some_and(|q| good >= q) {
+            if !grace_armed && good >= quorum {
                 if self.all_suspect_but(answers.iter().map(|(i, _)| *i)) {
                     break;
                 }
@@ -478,6 +499,22 @@ impl Client {
         answers.sort_by_key(|(i, _)| *i);
         answers
     }
+}
+
+/// How long [`Client::gather`] waits for the nodes' answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// For every node.
+    All,
+    /// As a quorum read: until `quorum` nodes answered well and the rest had a hedge delay
+    /// more; and once `enough` answered well (`quorum` or fewer), not at all for nodes that
+    /// look gone (see [`conn::NodeConn::suspect`]).
+    Quorum {
+        /// Good answers after which nodes that look gone are not waited for.
+        enough: usize,
+        /// Good answers after which the rest get a hedge delay more.
+        quorum: usize,
+    },
 }
 
 fn pick_health(r: Response) -> Result<HealthInfo, Response> {
@@ -512,7 +549,14 @@ mod tests {
             .collect()
     }
 
-    fn client_of(holes: &[std::net::UdpSocket], config: ClientConfig) -> Client {
+    /// A client of a committee at `holes`, with a 60 s connect timeout (nothing may wait for
+    /// it) and a 100 ms hedge delay.
+    fn client_of(holes: &[std::net::UdpSocket]) -> Client {
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(60),
+            hedge_delay: Duration::from_millis(100),
+            ..ClientConfig::default()
+        };
         let nodes = holes
             .iter()
             .enumerate()
@@ -529,12 +573,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_still_connecting_after_a_hedge_delay_is_asked_last() {
         let holes = black_holes(4);
-        let config = ClientConfig {
-            connect_timeout: Duration::from_secs(60),
-            hedge_delay: Duration::from_millis(100),
-            ..ClientConfig::default()
-        };
-        let client = client_of(&holes, config);
+        let client = client_of(&holes);
         assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
         // Connects to nodes 0 and 1 start (and hang: nothing answers).
         let probing: Vec<_> = [0usize, 1]
@@ -577,12 +616,7 @@ mod tests {
         // Every node gone, a 60 s connect timeout: the read ends once each has been connecting
         // for a hedge delay, each unanswered; the full read would wait out the timeout.
         let holes = black_holes(4);
-        let config = ClientConfig {
-            connect_timeout: Duration::from_secs(60),
-            hedge_delay: Duration::from_millis(100),
-            ..ClientConfig::default()
-        };
-        let client = client_of(&holes, config);
+        let client = client_of(&holes);
         let start = std::time::Instant::now();
         let answers = client.health_quorum().await;
         assert!(

@@ -1,11 +1,8 @@
 //! Root record reads and writes across the committee (see [`crate::root`] for the quorum rule).
 
-use std::time::Duration;
-
-use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, warn};
 
-use super::{Client, ClientError, Failures, NodeError, NodeFailure};
+use super::{Client, ClientError, Failures, NodeError, NodeFailure, Wait};
 use crate::codec::SliverIndex;
 use crate::identity::PublicKey;
 use crate::root::{RootAnswers, RootRecord};
@@ -22,7 +19,8 @@ pub struct RootWrite {
 
 impl Client {
     /// Reads an archive's root record from every node. Returns once every node answered, or at
-    /// least `n - f` did and the rest had a hedge delay more; fails if fewer than `n - f` nodes
+    /// least `n - f` did and the rest had a hedge delay more (none if each of them has failed
+    /// to connect or been connecting for a hedge delay); fails if fewer than `n - f` nodes
     /// answered. A node returning a record that does not verify for `archive` (forged, or
     /// another archive's) counts as a failure, not an answer.
     pub async fn get_root(&self, archive: &PublicKey) -> Result<RootAnswers, ClientError> {
@@ -46,12 +44,11 @@ impl Client {
         let enough = enough.clamp(1, quorum);
         let cfg = &self.inner.config;
         let deadline = cfg.request_deadline(0);
-        let mut running: FuturesUnordered<_> = self
-            .inner
-            .nodes
-            .iter()
-            .map(|node| async move {
-                let r = async {
+        let mut answers = RootAnswers::default();
+        let mut failures = Vec::new();
+        let gathered = self
+            .gather(
+                |node| async move {
                     let req = Request::GetRoot { archive: *archive };
                     let (resp, _) = node.request(cfg, req, None, deadline).await?;
                     match resp {
@@ -69,44 +66,17 @@ impl Client {
                         },
                         other => Err(super::conn::unexpected(other)),
                     }
-                }
-                .await;
-                (node.info.index, r)
-            })
-            .collect();
-        let mut answers = RootAnswers::default();
-        let mut failures = Vec::new();
-        let grace = tokio::time::sleep(Duration::from_secs(3600));
-        tokio::pin!(grace);
-        let mut grace_armed = false;
-        loop {
-            tokio::select! {
-                next = running.next() => match next {
-                    Some((node, Ok(r))) => answers.answers.push((node, r)),
-                    Some((node, Err(error))) => {
-                        debug!(node, "root read failed: {error}");
-                        failures.push(NodeFailure { node, error });
-                    }
-                    None => break,
                 },
-                () = &mut grace, if grace_armed => break,
-                () = tokio::time::sleep(super::GONE_POLL),
-                    if !grace_armed && answers.answered() >= enough => {
-                    let heard = answers.answers.iter().map(|(i, _)| *i);
-                    if self.all_suspect_but(heard.chain(failures.iter().map(|f| f.node))) {
-                        break;
-                    }
+                Wait::Quorum { enough, quorum },
+            )
+            .await;
+        for (node, r) in gathered {
+            match r {
+                Ok(r) => answers.answers.push((node, r)),
+                Err(error) => {
+                    debug!(node, "root read failed: {error}");
+                    failures.push(NodeFailure { node, error });
                 }
-            }
-            if !grace_armed && answers.answered() >= quorum {
-                let heard = answers.answers.iter().map(|(i, _)| *i);
-                if self.all_suspect_but(heard.chain(failures.iter().map(|f| f.node))) {
-                    break;
-                }
-                grace_armed = true;
-                grace
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + cfg.hedge_delay);
             }
         }
         if answers.answered() < enough {

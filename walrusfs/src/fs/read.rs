@@ -57,11 +57,8 @@ pub(crate) fn sealed_chunks_bytes(chunk_size: u64) -> usize {
 /// Bytes the pool of disk-cache entries keeps: [`MAX_CACHE_WRITES`] entries, each a sealed
 /// chunk (see [`sealed_chunks_bytes`]) with its header, aligned for `O_DIRECT`.
 pub(crate) fn cache_entries_bytes(chunk_size: u64) -> usize {
-    let chunk = usize::try_from(chunk_size).unwrap_or(usize::MAX);
-    crate::data::crypto::Segments::SMALLEST
-        .sealed_len(chunk)
-        .saturating_add(cache::DiskCache::ENTRY_HEADER_LEN + cache::direct::ALIGN)
-        .saturating_mul(MAX_CACHE_WRITES)
+    let entry_extra = cache::DiskCache::ENTRY_HEADER_LEN + cache::direct::ALIGN;
+    sealed_chunks_bytes(chunk_size).saturating_add(entry_extra * MAX_CACHE_WRITES)
 }
 
 /// Whole chunks fetched from the network at once, readahead included: two per core, 4 to 16.
