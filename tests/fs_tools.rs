@@ -1,4 +1,5 @@
-//! Real tools on a real walrusfs mount: `cp -a`, `rsync`, `tar`, `git` and `sqlite3` each do
+//! Real tools on a real walrusfs mount: `cp -a`, `rsync`, `tar`, `git`, `sqlite3`, and the
+//! backup tools `restic` and `borg` (repositories on the mount, checked after a remount) each do
 //! their ordinary job and the result is checked against the source (with `diff -r` and an
 //! exact tree comparison of names, kinds, contents, modes, mtimes and hard links).
 //!
@@ -380,6 +381,151 @@ fn sqlite_transactions_survive_remount() {
         .filter(|n| n.ends_with("-journal"))
         .collect();
     assert!(leftovers.is_empty(), "stale journals: {leftovers:?}");
+}
+
+/// Runs `program ARGS` in `dir` with `env` set; asserts success and returns stdout.
+#[track_caller]
+fn run_env(dir: &Path, env: &[(&str, &Path)], program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert_ok(&out, &format!("{program} {}", args.join(" ")))
+}
+
+/// A backup tool's second snapshot: one file changed in place, one added, one removed.
+fn change_source_tree(src: &Path) {
+    let big = src.join("src/nested/deeper/big.bin");
+    let mut data = fs::read(&big).unwrap();
+    data[12_345] ^= 0x5a;
+    fs::write(&big, &data).unwrap();
+    fs::write(src.join("added.txt"), b"in the second snapshot only\n").unwrap();
+    fs::remove_file(src.join("README")).unwrap();
+}
+
+#[test]
+fn restic_backs_up_checks_and_restores_through_the_mount() {
+    require("restic");
+    let m = Mount::new();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    fs::create_dir(&src).unwrap();
+    make_source_tree(&src);
+    let password = local.path().join("password");
+    fs::write(&password, "walrusfs-test\n").unwrap();
+    let cache = local.path().join("restic-cache");
+    let repo = m.join("restic-repo");
+    let env = [
+        ("RESTIC_PASSWORD_FILE", password.as_path()),
+        ("RESTIC_CACHE_DIR", cache.as_path()),
+        ("RESTIC_REPOSITORY", repo.as_path()),
+    ];
+    let restic = |args: &[&str]| run_env(local.path(), &env, "restic", args);
+    restic(&["init", "-q"]);
+    restic(&["backup", "-q", "--tag", "first", src.to_str().unwrap()]);
+    let first_copy = local.path().join("first");
+    run_ok(
+        Path::new("/"),
+        "cp",
+        &["-a", src.to_str().unwrap(), first_copy.to_str().unwrap()],
+    );
+    change_source_tree(&src);
+    restic(&["backup", "-q", "--tag", "second", src.to_str().unwrap()]);
+
+    // Everything restic wrote (packs, indexes, snapshots, locks come and go) survives a
+    // remount, and every byte of every pack still matches its hash.
+    m.remount();
+    restic(&["check", "--read-data"]);
+    for (tag, expected) in [("first", &first_copy), ("second", &src)] {
+        let target = local.path().join(format!("restored-{tag}"));
+        restic(&[
+            "restore",
+            "-q",
+            "latest",
+            "--tag",
+            tag,
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        // restic restores a snapshot under the absolute path it was taken from.
+        let restored = target.join(src.strip_prefix("/").unwrap());
+        diff_r(expected, &restored);
+        assert_same_tree(
+            &snapshot(&restored),
+            &snapshot(expected),
+            Compare {
+                hard_links: false,
+                ..PRESERVED
+            },
+            &format!("restic restore of the {tag} snapshot"),
+        );
+    }
+}
+
+#[test]
+fn borg_creates_checks_and_extracts_through_the_mount() {
+    require("borg");
+    let m = Mount::new();
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    fs::create_dir(&src).unwrap();
+    make_source_tree(&src);
+    // Borg keeps its key cache, config and security state under BORG_BASE_DIR: a temp dir,
+    // so the test neither reads nor leaves state in the home directory.
+    let base = local.path().join("borg-base");
+    let passphrase = local.path().join("passphrase");
+    fs::write(&passphrase, "walrusfs-test").unwrap();
+    let repo = m.join("borg-repo");
+    let env = [("BORG_BASE_DIR", base.as_path())];
+    let pass = format!("cat {}", passphrase.display());
+    let borg = |args: &[&str]| {
+        let out = Command::new("borg")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("BORG_PASSCOMMAND", &pass)
+            .current_dir(local.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run borg: {e}"));
+        assert_ok(&out, &format!("borg {}", args.join(" ")))
+    };
+    let repo_s = repo.to_str().unwrap();
+    borg(&["init", "--encryption", "repokey", repo_s]);
+    // Archive the tree relative to `local` (borg stores the paths it was given).
+    borg(&["create", &format!("{repo_s}::first"), "tree"]);
+    let first_copy = local.path().join("first");
+    run_ok(
+        Path::new("/"),
+        "cp",
+        &["-a", src.to_str().unwrap(), first_copy.to_str().unwrap()],
+    );
+    change_source_tree(&src);
+    borg(&["create", &format!("{repo_s}::second"), "tree"]);
+
+    // The repository's segments, index and hints survive a remount and verify, data included.
+    m.remount();
+    borg(&["check", "--verify-data", repo_s]);
+    for (name, expected) in [("first", &first_copy), ("second", &src)] {
+        let target = local.path().join(format!("extracted-{name}"));
+        fs::create_dir(&target).unwrap();
+        let out = Command::new("borg")
+            .args(["extract", &format!("{repo_s}::{name}")])
+            .envs(env.iter().copied())
+            .env("BORG_PASSCOMMAND", &pass)
+            .current_dir(&target)
+            .output()
+            .unwrap();
+        assert_ok(&out, &format!("borg extract ::{name}"));
+        let extracted = target.join("tree");
+        diff_r(expected, &extracted);
+        assert_same_tree(
+            &snapshot(&extracted),
+            &snapshot(expected),
+            PRESERVED,
+            &format!("borg extract of the {name} archive"),
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ install_run_deps() {
 
 install_test_deps() {
   install_run_deps
-  apt_install rsync:rsync git:git sqlite3:sqlite3 tar:tar
+  apt_install rsync:rsync git:git sqlite3:sqlite3 tar:tar restic:restic borg:borgbackup
   # A second machine in the archive tests is a network namespace (ip netns, nsenter).
   apt_install ip:iproute2 nsenter:util-linux
 }

@@ -335,9 +335,7 @@ fn prefetch(
 
 /// `e`, and for a writer whose root read lacked a quorum, what a reader can still do.
 fn writer_hint(e: ArchiveError, read_only: bool) -> anyhow::Error {
-    // The network layer's error is text by then; its quorum failure reads "N nodes answered".
-    let no_quorum = matches!(&e, ArchiveError::Network(m) if m.contains("nodes answered"));
-    if no_quorum && !read_only {
+    if matches!(e, ArchiveError::TooFewAnswered(_)) && !read_only {
         anyhow::anyhow!(
             "{e}\n(a writer needs n - f nodes; `--read-only` mounts the archive as the nodes \
              that answer hold it, with k of them)"

@@ -146,6 +146,9 @@ pub enum ArchiveError {
     /// The network could not do what was asked.
     #[error("storage network: {0}")]
     Network(String),
+    /// Too few nodes answered a root read for it to know the archive's latest version.
+    #[error("storage network: {0}")]
+    TooFewAnswered(String),
     /// The local index failed.
     #[error(transparent)]
     Index(#[from] crate::index::IndexError),
@@ -243,7 +246,7 @@ pub async fn latest_root<B: crate::data::store::BlobStore>(
     let answers = store
         .read_root(key.archive_id())
         .await
-        .map_err(|e| ArchiveError::Network(e.to_string()))?;
+        .map_err(root_read_error)?;
     pick_latest(&answers, key)
 }
 
@@ -264,8 +267,17 @@ pub async fn latest_root_for<B: crate::data::store::BlobStore>(
     let (answers, quorum) = store
         .read_root_degraded(key.archive_id())
         .await
-        .map_err(|e| ArchiveError::Network(e.to_string()))?;
+        .map_err(root_read_error)?;
     Ok((pick_latest(&answers, key)?, !quorum))
+}
+
+/// A failed root read as an archive error: [`ArchiveError::TooFewAnswered`] when that is why.
+fn root_read_error(e: crate::data::store::StoreError) -> ArchiveError {
+    if e.too_few_answered {
+        ArchiveError::TooFewAnswered(e.message)
+    } else {
+        ArchiveError::Network(e.message)
+    }
 }
 
 /// Says that version `version` was read from fewer than `n - f` nodes (see
@@ -345,4 +357,28 @@ pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::store::StoreError;
+    use netcore::client::{ClientError, Failures};
+
+    #[test]
+    fn a_root_read_short_of_answers_is_told_apart_from_other_network_errors() {
+        let short = ClientError::RootUnavailable {
+            answered: 4,
+            needed: 5,
+            failures: Failures(Vec::new()),
+        };
+        let e = root_read_error(StoreError::from(short));
+        assert!(matches!(&e, ArchiveError::TooFewAnswered(_)), "{e:?}");
+        assert!(
+            e.to_string().contains("only 4 nodes answered, 5 needed"),
+            "{e}"
+        );
+        let other = root_read_error(StoreError::new("connection reset"));
+        assert!(matches!(&other, ArchiveError::Network(_)), "{other:?}");
+    }
 }

@@ -32,6 +32,8 @@ pub struct StoreError {
     /// A put that failed may still have left slivers on some nodes: this blob should be
     /// deleted (queued for garbage collection) so they do not leak.
     pub partial_blob: Option<BlobId>,
+    /// A root read to which too few nodes answered for what it needed.
+    pub too_few_answered: bool,
 }
 
 impl StoreError {
@@ -40,6 +42,7 @@ impl StoreError {
         StoreError {
             message: message.into(),
             partial_blob: None,
+            too_few_answered: false,
         }
     }
 }
@@ -53,6 +56,7 @@ impl From<ClientError> for StoreError {
         StoreError {
             message: e.to_string(),
             partial_blob,
+            too_few_answered: matches!(e, ClientError::RootUnavailable { .. }),
         }
     }
 }
@@ -299,17 +303,14 @@ impl BlobStore for MemoryStore {
             netcore::codec::encode(params, data).map_err(|e| StoreError::new(e.to_string()))?;
         announce(&enc.blob_id).map_err(StoreError::new)?;
         if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(StoreError {
-                message: "injected put failure".into(),
-                partial_blob: None,
-            });
+            return Err(StoreError::new("injected put failure"));
         }
         let mut blobs = self.blobs.lock().map_err(|_| StoreError::new("poisoned"))?;
         blobs.insert(enc.blob_id, data.to_vec());
         if self.partial_puts.load(Ordering::SeqCst) {
             return Err(StoreError {
-                message: "injected partial put".into(),
                 partial_blob: Some(enc.blob_id),
+                ..StoreError::new("injected partial put")
             });
         }
         Ok(StoredBlob {
