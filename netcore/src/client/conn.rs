@@ -12,8 +12,9 @@ pub(crate) struct NodeConn {
     pub(crate) info: NodeInfo,
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    state: tokio::sync::Mutex<ConnState>,
-    reach: std::sync::Mutex<Reachability>,
+    /// Shared with a connect attempt's task, which outlives the request that started it.
+    state: std::sync::Arc<tokio::sync::Mutex<ConnState>>,
+    reach: std::sync::Arc<std::sync::Mutex<Reachability>>,
     /// What this client has seen of the node (for `walrusfs status`).
     seen: std::sync::Mutex<Seen>,
     /// The node's index as a metrics label.
@@ -85,10 +86,11 @@ struct Reachability {
     connecting_since: Option<Instant>,
 }
 
-/// Clears [`Reachability::connecting_since`] when a connect attempt is dropped before it ends.
-struct ConnectInProgress<'a>(&'a std::sync::Mutex<Reachability>);
+/// Clears [`Reachability::connecting_since`] when a connect attempt's task ends, also if it is
+/// dropped before it records an outcome (its runtime shutting down).
+struct ConnectInProgress(std::sync::Arc<std::sync::Mutex<Reachability>>);
 
-impl Drop for ConnectInProgress<'_> {
+impl Drop for ConnectInProgress {
     fn drop(&mut self) {
         self.0
             .lock()
@@ -229,7 +231,7 @@ impl NodeConn {
 
     async fn connection(&self, cfg: &ClientConfig) -> Result<quinn::Connection, NodeError> {
         // Holding the lock across the connect makes concurrent requests share one attempt.
-        let mut st = self.state.lock().await;
+        let mut st = self.state.clone().lock_owned().await;
         if let Some(c) = &st.conn {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
@@ -242,41 +244,49 @@ impl NodeConn {
             }
             reach.connecting_since = Some(Instant::now());
         }
-        // A connect abandoned midway (its request was dropped: a hedged read that got its
-        // answer elsewhere) is no longer in progress.
-        let _in_progress = ConnectInProgress(&self.reach);
-        let attempt = async {
-            let connecting = self
-                .endpoint
-                .connect_with(self.config.clone(), self.info.address, CERT_SUBJECT)
-                .map_err(|e| NodeError::Connect(e.to_string()))?;
-            connecting
-                .await
-                .map_err(|e| NodeError::Connect(e.to_string()))
-        };
-        let result = match tokio::time::timeout(cfg.connect_timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(NodeError::Connect(format!(
-                "no handshake within {:?}",
-                cfg.connect_timeout
-            ))),
-        };
-        match result {
-            Ok(c) => {
-                st.conn = Some(c.clone());
-                *self.reach.lock().unwrap_or_else(|p| p.into_inner()) = Reachability::default();
-                Ok(c)
-            }
-            Err(e) => {
-                st.conn = None;
-                *self.reach.lock().unwrap_or_else(|p| p.into_inner()) = Reachability {
-                    down_until: Some(Instant::now() + cfg.backoff),
+        // The attempt runs as a task of its own, holding the lock, and records its outcome
+        // whether or not the request that started it still waits: a hedged read that got its
+        // answer elsewhere drops its request, and a node that is gone must then go on looking
+        // gone (connecting, then failed) instead of being tried afresh, for another hedge
+        // delay, by the next read.
+        let endpoint = self.endpoint.clone();
+        let config = self.config.clone();
+        let address = self.info.address;
+        let (timeout, backoff) = (cfg.connect_timeout, cfg.backoff);
+        let reach = self.reach.clone();
+        let attempt = tokio::spawn(async move {
+            let in_progress = ConnectInProgress(reach);
+            let connect = async {
+                endpoint
+                    .connect_with(config, address, CERT_SUBJECT)
+                    .map_err(|e| NodeError::Connect(e.to_string()))?
+                    .await
+                    .map_err(|e| NodeError::Connect(e.to_string()))
+            };
+            let result = match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r,
+                Err(_) => Err(NodeError::Connect(format!(
+                    "no handshake within {timeout:?}"
+                ))),
+            };
+            st.conn = result.as_ref().ok().cloned();
+            *in_progress.0.lock().unwrap_or_else(|p| p.into_inner()) = match &result {
+                Ok(_) => Reachability::default(),
+                Err(_) => Reachability {
+                    down_until: Some(Instant::now() + backoff),
                     last_connect_failed: true,
                     connecting_since: None,
-                };
-                Err(e)
-            }
-        }
+                },
+            };
+            // The outcome is recorded (the guard finds nothing left to clear), and only then may
+            // a request waiting for the lock look at it.
+            drop(in_progress);
+            drop(st);
+            result
+        });
+        attempt
+            .await
+            .map_err(|e| NodeError::Connect(format!("connect attempt failed: {e}")))?
     }
 
     /// Forgets the connection after a transport failure so the next request reconnects.

@@ -552,8 +552,13 @@ mod tests {
     /// A client of a committee at `holes`, with a 60 s connect timeout (nothing may wait for
     /// it) and a 100 ms hedge delay.
     fn client_of(holes: &[std::net::UdpSocket]) -> Client {
+        client_with_timeout(holes, Duration::from_secs(60))
+    }
+
+    /// [`client_of`] with another connect timeout.
+    fn client_with_timeout(holes: &[std::net::UdpSocket], connect_timeout: Duration) -> Client {
         let config = ClientConfig {
-            connect_timeout: Duration::from_secs(60),
+            connect_timeout,
             hedge_delay: Duration::from_millis(100),
             ..ClientConfig::default()
         };
@@ -602,13 +607,41 @@ mod tests {
         assert!(client.only_gone_nodes_busy());
         assert!(client.all_suspect_but([2, 3].into_iter()));
         assert!(!client.all_suspect_but([2].into_iter()));
-        // A connect given up (its request dropped) is no longer in progress.
+        // A connect whose request was given up goes on, so the node still looks gone: the
+        // next read does not ask it first and wait another hedge delay.
         for p in probing {
             p.abort();
             let _ = p.await;
         }
-        assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
-        assert!(client.only_gone_nodes_busy(), "nothing is under way");
+        assert_eq!(client.read_order(true), vec![2, 3, 0, 1]);
+        assert!(client.only_gone_nodes_busy(), "no request is under way");
+        client.close(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_connect_given_up_by_its_request_ends_as_a_failed_connect() {
+        // A connect timeout of 300 ms: the request is dropped after 150 ms, and the attempt
+        // goes on to fail, which marks the node as one whose last connect failed.
+        let holes = black_holes(2);
+        let client = client_with_timeout(&holes, Duration::from_millis(300));
+        let node = &client.inner.nodes[0];
+        let asked = tokio::time::timeout(
+            Duration::from_millis(150),
+            node.request(
+                &client.inner.config,
+                Request::Health,
+                None,
+                Duration::from_secs(60),
+            ),
+        )
+        .await;
+        assert!(asked.is_err(), "a black hole answered: {asked:?}");
+        assert!(node.suspect(Duration::from_millis(100)), "connecting");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(node.backing_off(), "the attempt failed and was recorded");
+        assert!(node.suspect(Duration::from_secs(60)));
+        assert!(!client.inner.nodes[1].suspect(Duration::from_millis(100)));
+        client.close(Duration::from_secs(1)).await;
     }
 
     #[tokio::test]
@@ -628,9 +661,10 @@ mod tests {
         assert!(answers
             .iter()
             .all(|(_, r)| matches!(r, Err(NodeError::Timeout))));
-        // The connects were given up with their requests: nothing is left under way.
-        assert_eq!(client.read_order(true), vec![0, 1, 2, 3]);
+        // No request is left under way; the connects go on (until the connect timeout), so
+        // every node still looks gone.
         assert!(client.only_gone_nodes_busy());
+        assert!(client.all_suspect_but(std::iter::empty()));
         client.close(Duration::from_secs(1)).await;
     }
 }
