@@ -458,8 +458,27 @@ impl super::Codec {
             });
         }
         // Reed-Solomon needs shards of an even length; granules are, and so is a sliver's end.
+        chosen.sort_by_key(|r| r.index);
+        let sources: Vec<usize> = chosen.iter().map(|r| usize::from(r.index)).collect();
+        if let Some(c) = self.restore_coefficients(n, k, usize::from(target), &sources)? {
+            let data: Vec<&[u8]> = chosen.iter().map(|r| &r.data[..]).collect();
+            return Ok(self.combine(&c, &data, len));
+        }
+        self.decode_range(n, k, target, &chosen, len)
+    }
+
+    /// [`Codec::restore_range`] by a full Reed-Solomon decode of the ranges (`chosen`: `k`
+    /// distinct ranges of `len` bytes).
+    fn decode_range(
+        &mut self,
+        n: usize,
+        k: usize,
+        target: SliverIndex,
+        chosen: &[&VerifiedRange],
+        len: usize,
+    ) -> Result<Vec<u8>, CodecError> {
         let decoder = self.rs_decoder(k, n - k, len)?;
-        for r in &chosen {
+        for r in chosen {
             let i = usize::from(r.index);
             if i < k {
                 decoder
