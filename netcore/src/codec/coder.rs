@@ -153,11 +153,7 @@ impl Codec {
             if c != 1 {
                 engine.mul(&mut term, log[usize::from(c)]);
             }
-            for (s, t) in sum.iter_mut().zip(&term) {
-                for (a, b) in s.iter_mut().zip(t) {
-                    *a ^= b;
-                }
-            }
+            reed_solomon_simd::engine::utils::xor(&mut sum, &term);
         }
         from_blocks(&sum, len)
     }
