@@ -27,6 +27,10 @@ pub struct Codec {
     restore_coefficients: std::collections::HashMap<RestorePattern, Vec<GfElement>>,
     /// GF(2^16) arithmetic for [`Codec::combine`], made on first use.
     engine: Option<DefaultEngine>,
+    /// [`Codec::combine_into`]'s work buffer for one term, kept between blobs.
+    term: Vec<[u8; 64]>,
+    /// [`Codec::combine_into`]'s results, kept between blobs.
+    sums: Vec<Vec<[u8; 64]>>,
 }
 
 /// Which sliver is rebuilt from which others: `(n, k, target, sources in ascending order)`.
@@ -140,22 +144,51 @@ impl Codec {
         sources: &[&[u8]],
         len: usize,
     ) -> Vec<u8> {
+        self.combine_into(0, coefficients, sources, len);
+        self.combined(0, len).to_vec()
+    }
+
+    /// [`Codec::combine`] into result buffer `slot` (read it with [`Codec::combined`]), with
+    /// buffers kept between calls: a chunk-sized combination in fresh memory would have every
+    /// page of it faulted in and zeroed per chunk.
+    pub(crate) fn combine_into(
+        &mut self,
+        slot: usize,
+        coefficients: &[GfElement],
+        sources: &[&[u8]],
+        len: usize,
+    ) {
         let engine = self.engine.get_or_insert_with(DefaultEngine::new);
         let log = &tables::get_exp_log().log;
         let blocks = len.div_ceil(64);
-        let mut sum = vec![[0u8; 64]; blocks];
-        let mut term = vec![[0u8; 64]; blocks];
+        if self.sums.len() <= slot {
+            self.sums.resize_with(slot + 1, Vec::new);
+        }
+        let sum = &mut self.sums[slot];
+        sum.clear();
+        sum.resize(blocks, [0; 64]);
+        self.term.resize(blocks, [0; 64]);
+        let term = &mut self.term[..blocks];
         for (&c, data) in coefficients.iter().zip(sources) {
             if c == 0 {
                 continue;
             }
-            to_blocks(data, &mut term);
+            to_blocks(data, term);
             if c != 1 {
-                engine.mul(&mut term, log[usize::from(c)]);
+                engine.mul(term, log[usize::from(c)]);
             }
-            reed_solomon_simd::engine::utils::xor(&mut sum, &term);
+            reed_solomon_simd::engine::utils::xor(sum, term);
         }
-        from_blocks(&sum, len)
+        // Undo the partial last block's layout in place: its high bytes follow its low ones.
+        let tail = len % 64;
+        if tail > 0 {
+            sum[len / 64].copy_within(BLOCK_SYMBOLS..BLOCK_SYMBOLS + tail / 2, tail / 2);
+        }
+    }
+
+    /// The `len` bytes [`Codec::combine_into`] left in `slot`.
+    pub(crate) fn combined(&self, slot: usize, len: usize) -> &[u8] {
+        &self.sums[slot].as_flattened()[..len]
     }
 }
 
@@ -173,20 +206,6 @@ fn to_blocks(data: &[u8], blocks: &mut [[u8; 64]]) {
         block[..lo.len()].copy_from_slice(lo);
         block[BLOCK_SYMBOLS..BLOCK_SYMBOLS + hi.len()].copy_from_slice(hi);
     }
-}
-
-/// The inverse of [`to_blocks`]: `len` bytes.
-fn from_blocks(blocks: &[[u8; 64]], len: usize) -> Vec<u8> {
-    let whole = len / 64;
-    let tail = len % 64;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(blocks[..whole].as_flattened());
-    if tail > 0 {
-        let block = &blocks[whole];
-        out.extend_from_slice(&block[..tail / 2]);
-        out.extend_from_slice(&block[BLOCK_SYMBOLS..BLOCK_SYMBOLS + tail / 2]);
-    }
-    out
 }
 
 impl fmt::Debug for Codec {

@@ -88,9 +88,65 @@ impl Codec {
         self.restore(&mut slots, k, n - k, sliver_len, blob_len)
     }
 
-    /// Restores the missing systematic slivers with Reed-Solomon from exactly `k` of the present
-    /// slivers (systematic ones first: they cost the decoder nothing to use) and assembles the blob.
+    /// Restores the missing systematic slivers from exactly `k` of the present slivers
+    /// (systematic ones first: they cost nothing to use) and assembles the blob. Each missing
+    /// one is a fixed GF(2^16) combination of those `k` ([`Codec::restore_coefficients`]),
+    /// cheaper than the RS library's decode, which also evaluates its erasure polynomial over
+    /// the whole field every time; with more than 32 originals, the library decodes.
     fn restore(
+        &mut self,
+        slots: &mut [Option<VerifiedSliver>],
+        k: usize,
+        recovery: usize,
+        sliver_len: usize,
+        blob_len: usize,
+    ) -> Result<Vec<u8>, CodecError> {
+        let sources: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].is_some())
+            .take(k)
+            .collect();
+        let missing: Vec<usize> = (0..k).filter(|&i| slots[i].is_none()).collect();
+        let mut coefficients = Vec::with_capacity(missing.len());
+        for &target in &missing {
+            match self.restore_coefficients(k + recovery, k, target, &sources)? {
+                Some(c) => coefficients.push(c),
+                None => return self.restore_by_decoding(slots, k, recovery, sliver_len, blob_len),
+            }
+        }
+        {
+            let data: Vec<&[u8]> = sources
+                .iter()
+                .filter_map(|&i| slots[i].as_ref().map(VerifiedSliver::data))
+                .collect();
+            for (slot, c) in coefficients.iter().enumerate() {
+                self.combine_into(slot, c, &data, sliver_len);
+            }
+        }
+        // Own sliver 0 if we have it (saves a copy); everything else is borrowed.
+        let first = slots[0].take().map(VerifiedSliver::into_data);
+        let mut parts = Vec::with_capacity(k);
+        for (index, slot) in slots
+            .iter()
+            .enumerate()
+            .take(k)
+            .skip(usize::from(first.is_some()))
+        {
+            let part = match slot {
+                Some(sliver) => sliver.data(),
+                None => {
+                    let m = missing.iter().position(|&i| i == index).ok_or_else(|| {
+                        CodecError::ReedSolomon(format!("systematic sliver {index} not restored"))
+                    })?;
+                    self.combined(m, sliver_len)
+                }
+            };
+            parts.push(part);
+        }
+        assemble(first, parts.into_iter(), blob_len)
+    }
+
+    /// [`Codec::restore`] by the RS library's decode.
+    fn restore_by_decoding(
         &mut self,
         slots: &mut [Option<VerifiedSliver>],
         k: usize,
