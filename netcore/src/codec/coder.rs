@@ -16,8 +16,10 @@ use super::types::CodecError;
 /// throwaway `Codec` per call.
 ///
 /// Memory: holds the RS work buffers of the last blob it coded (up to about `n` slivers' worth
-/// for the encoder and `2 * n` for the decoder) until dropped, so keep one per worker thread,
-/// not one per blob, and drop it with the worker.
+/// for the encoder and `2 * n` for the decoder, which with at most 32 originals only ever
+/// decodes 64-byte shards) and the buffers of the last rebuild of missing slivers (one per
+/// missing systematic sliver, and one more) until dropped, so keep one per worker thread, not
+/// one per blob, and drop it with the worker.
 #[derive(Default)]
 pub struct Codec {
     rs_encoder: Option<ReedSolomonEncoder>,

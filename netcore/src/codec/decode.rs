@@ -122,27 +122,11 @@ impl Codec {
                 self.combine_into(slot, c, &data, sliver_len);
             }
         }
-        // Own sliver 0 if we have it (saves a copy); everything else is borrowed.
-        let first = slots[0].take().map(VerifiedSliver::into_data);
-        let mut parts = Vec::with_capacity(k);
-        for (index, slot) in slots
-            .iter()
-            .enumerate()
-            .take(k)
-            .skip(usize::from(first.is_some()))
-        {
-            let part = match slot {
-                Some(sliver) => sliver.data(),
-                None => {
-                    let m = missing.iter().position(|&i| i == index).ok_or_else(|| {
-                        CodecError::ReedSolomon(format!("systematic sliver {index} not restored"))
-                    })?;
-                    self.combined(m, sliver_len)
-                }
-            };
-            parts.push(part);
-        }
-        assemble(first, parts.into_iter(), blob_len)
+        let this = &*self;
+        assemble_restored(slots, k, blob_len, |index| {
+            let m = missing.iter().position(|&i| i == index)?;
+            Some(this.combined(m, sliver_len))
+        })
     }
 
     /// [`Codec::restore`] by the RS library's decode.
@@ -173,26 +157,37 @@ impl Codec {
             fed += 1;
         }
         let result = decoder.decode().map_err(rs_error)?;
-
-        // Own sliver 0 if we have it (saves a copy); everything else is borrowed.
-        let first = slots[0].take().map(VerifiedSliver::into_data);
-        let mut parts = Vec::with_capacity(k);
-        for (index, slot) in slots
-            .iter()
-            .enumerate()
-            .take(k)
-            .skip(usize::from(first.is_some()))
-        {
-            let part = match slot {
-                Some(sliver) => sliver.data(),
-                None => result.restored_original(index).ok_or_else(|| {
-                    CodecError::ReedSolomon(format!("systematic sliver {index} not restored"))
-                })?,
-            };
-            parts.push(part);
-        }
-        assemble(first, parts.into_iter(), blob_len)
+        assemble_restored(slots, k, blob_len, |index| result.restored_original(index))
     }
+}
+
+/// The blob from the systematic slivers in `slots` and, for the missing ones, what `restored`
+/// gives for their index. Sliver 0's buffer, if present, becomes the blob's (saves a copy);
+/// everything else is borrowed.
+fn assemble_restored<'a>(
+    slots: &'a mut [Option<VerifiedSliver>],
+    k: usize,
+    blob_len: usize,
+    restored: impl Fn(usize) -> Option<&'a [u8]>,
+) -> Result<Vec<u8>, CodecError> {
+    let first = slots[0].take().map(VerifiedSliver::into_data);
+    let slots: &'a [Option<VerifiedSliver>] = slots;
+    let mut parts = Vec::with_capacity(k);
+    for (index, slot) in slots
+        .iter()
+        .enumerate()
+        .take(k)
+        .skip(usize::from(first.is_some()))
+    {
+        let part = match slot {
+            Some(sliver) => sliver.data(),
+            None => restored(index).ok_or_else(|| {
+                CodecError::ReedSolomon(format!("systematic sliver {index} not restored"))
+            })?,
+        };
+        parts.push(part);
+    }
+    assemble(first, parts.into_iter(), blob_len)
 }
 
 /// Concatenates the systematic slivers and cuts the padding off, returning `blob_len` bytes.
