@@ -160,6 +160,7 @@ impl Codec {
         sources: &[&[u8]],
         len: usize,
     ) {
+        debug_assert!(len.is_multiple_of(2) && sources.iter().all(|s| s.len() == len));
         let engine = self.engine.get_or_insert_with(DefaultEngine::new);
         let log = &tables::get_exp_log().log;
         let blocks = len.div_ceil(64);
