@@ -9,9 +9,10 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -385,7 +386,7 @@ fn sqlite_transactions_survive_remount() {
 
 /// Runs `program ARGS` in `dir` with `env` set; asserts success and returns stdout.
 #[track_caller]
-fn run_env(dir: &Path, env: &[(&str, &Path)], program: &str, args: &[&str]) -> String {
+fn run_env(dir: &Path, env: &[(&str, &OsStr)], program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
@@ -395,14 +396,35 @@ fn run_env(dir: &Path, env: &[(&str, &Path)], program: &str, args: &[&str]) -> S
     assert_ok(&out, &format!("{program} {}", args.join(" ")))
 }
 
-/// A backup tool's second snapshot: one file changed in place, one added, one removed.
-fn change_source_tree(src: &Path) {
+/// A backup tool's two snapshots of a source tree made at `src`: `take("first")` of the
+/// tree as made, then, after one file changed in place, one added and one removed,
+/// `take("second")`. Returns each tag with the tree as it was at that snapshot (a copy of
+/// the first state, next to `src`; `src` itself for the second).
+fn two_snapshots(src: &Path, take: impl Fn(&str)) -> [(&'static str, PathBuf); 2] {
+    fs::create_dir(src).unwrap();
+    make_source_tree(src);
+    take("first");
+    let first = src.with_file_name("first");
+    run_ok(
+        Path::new("/"),
+        "cp",
+        &["-a", src.to_str().unwrap(), first.to_str().unwrap()],
+    );
     let big = src.join("src/nested/deeper/big.bin");
     let mut data = fs::read(&big).unwrap();
     data[12_345] ^= 0x5a;
     fs::write(&big, &data).unwrap();
     fs::write(src.join("added.txt"), b"in the second snapshot only\n").unwrap();
     fs::remove_file(src.join("README")).unwrap();
+    take("second");
+    [("first", first), ("second", src.to_owned())]
+}
+
+/// `restored` holds exactly `expected` (`diff -r`, then the tree comparison `compare`).
+#[track_caller]
+fn assert_restored(restored: &Path, expected: &Path, compare: Compare, what: &str) {
+    diff_r(expected, restored);
+    assert_same_tree(&snapshot(restored), &snapshot(expected), compare, what);
 }
 
 #[test]
@@ -411,34 +433,26 @@ fn restic_backs_up_checks_and_restores_through_the_mount() {
     let m = Mount::new();
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("tree");
-    fs::create_dir(&src).unwrap();
-    make_source_tree(&src);
     let password = local.path().join("password");
     fs::write(&password, "walrusfs-test\n").unwrap();
     let cache = local.path().join("restic-cache");
     let repo = m.join("restic-repo");
     let env = [
-        ("RESTIC_PASSWORD_FILE", password.as_path()),
-        ("RESTIC_CACHE_DIR", cache.as_path()),
-        ("RESTIC_REPOSITORY", repo.as_path()),
+        ("RESTIC_PASSWORD_FILE", password.as_os_str()),
+        ("RESTIC_CACHE_DIR", cache.as_os_str()),
+        ("RESTIC_REPOSITORY", repo.as_os_str()),
     ];
     let restic = |args: &[&str]| run_env(local.path(), &env, "restic", args);
     restic(&["init", "-q"]);
-    restic(&["backup", "-q", "--tag", "first", src.to_str().unwrap()]);
-    let first_copy = local.path().join("first");
-    run_ok(
-        Path::new("/"),
-        "cp",
-        &["-a", src.to_str().unwrap(), first_copy.to_str().unwrap()],
-    );
-    change_source_tree(&src);
-    restic(&["backup", "-q", "--tag", "second", src.to_str().unwrap()]);
+    let states = two_snapshots(&src, |tag| {
+        restic(&["backup", "-q", "--tag", tag, src.to_str().unwrap()]);
+    });
 
     // Everything restic wrote (packs, indexes, snapshots, locks come and go) survives a
     // remount, and every byte of every pack still matches its hash.
     m.remount();
     restic(&["check", "--read-data"]);
-    for (tag, expected) in [("first", &first_copy), ("second", &src)] {
+    for (tag, expected) in &states {
         let target = local.path().join(format!("restored-{tag}"));
         restic(&[
             "restore",
@@ -450,11 +464,9 @@ fn restic_backs_up_checks_and_restores_through_the_mount() {
             target.to_str().unwrap(),
         ]);
         // restic restores a snapshot under the absolute path it was taken from.
-        let restored = target.join(src.strip_prefix("/").unwrap());
-        diff_r(expected, &restored);
-        assert_same_tree(
-            &snapshot(&restored),
-            &snapshot(expected),
+        assert_restored(
+            &target.join(src.strip_prefix("/").unwrap()),
+            expected,
             Compare {
                 hard_links: false,
                 ..PRESERVED
@@ -469,59 +481,38 @@ fn borg_creates_checks_and_extracts_through_the_mount() {
     require("borg");
     let m = Mount::new();
     let local = tempfile::tempdir().unwrap();
-    let src = local.path().join("tree");
-    fs::create_dir(&src).unwrap();
-    make_source_tree(&src);
     // Borg keeps its key cache, config and security state under BORG_BASE_DIR: a temp dir,
     // so the test neither reads nor leaves state in the home directory.
     let base = local.path().join("borg-base");
     let passphrase = local.path().join("passphrase");
     fs::write(&passphrase, "walrusfs-test").unwrap();
-    let repo = m.join("borg-repo");
-    let env = [("BORG_BASE_DIR", base.as_path())];
     let pass = format!("cat {}", passphrase.display());
-    let borg = |args: &[&str]| {
-        let out = Command::new("borg")
-            .args(args)
-            .envs(env.iter().copied())
-            .env("BORG_PASSCOMMAND", &pass)
-            .current_dir(local.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run borg: {e}"));
-        assert_ok(&out, &format!("borg {}", args.join(" ")))
-    };
+    let env = [
+        ("BORG_BASE_DIR", base.as_os_str()),
+        ("BORG_PASSCOMMAND", OsStr::new(&pass)),
+    ];
+    let repo = m.join("borg-repo");
     let repo_s = repo.to_str().unwrap();
-    borg(&["init", "--encryption", "repokey", repo_s]);
+    let borg = |dir: &Path, args: &[&str]| run_env(dir, &env, "borg", args);
+    borg(local.path(), &["init", "--encryption", "repokey", repo_s]);
     // Archive the tree relative to `local` (borg stores the paths it was given).
-    borg(&["create", &format!("{repo_s}::first"), "tree"]);
-    let first_copy = local.path().join("first");
-    run_ok(
-        Path::new("/"),
-        "cp",
-        &["-a", src.to_str().unwrap(), first_copy.to_str().unwrap()],
-    );
-    change_source_tree(&src);
-    borg(&["create", &format!("{repo_s}::second"), "tree"]);
+    let states = two_snapshots(&local.path().join("tree"), |name| {
+        borg(
+            local.path(),
+            &["create", &format!("{repo_s}::{name}"), "tree"],
+        );
+    });
 
     // The repository's segments, index and hints survive a remount and verify, data included.
     m.remount();
-    borg(&["check", "--verify-data", repo_s]);
-    for (name, expected) in [("first", &first_copy), ("second", &src)] {
+    borg(local.path(), &["check", "--verify-data", repo_s]);
+    for (name, expected) in &states {
         let target = local.path().join(format!("extracted-{name}"));
         fs::create_dir(&target).unwrap();
-        let out = Command::new("borg")
-            .args(["extract", &format!("{repo_s}::{name}")])
-            .envs(env.iter().copied())
-            .env("BORG_PASSCOMMAND", &pass)
-            .current_dir(&target)
-            .output()
-            .unwrap();
-        assert_ok(&out, &format!("borg extract ::{name}"));
-        let extracted = target.join("tree");
-        diff_r(expected, &extracted);
-        assert_same_tree(
-            &snapshot(&extracted),
-            &snapshot(expected),
+        borg(&target, &["extract", &format!("{repo_s}::{name}")]);
+        assert_restored(
+            &target.join("tree"),
+            expected,
             PRESERVED,
             &format!("borg extract of the {name} archive"),
         );
