@@ -16,7 +16,7 @@ use tracing::debug_span;
 use netcore::metrics as m;
 
 use crate::data::store::BlobStore;
-use crate::fs::{Attr, Fs, FsError, FsResult, RequestCtx};
+use crate::fs::{Attr, Fs, FsError, FsResult, ReadData, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
@@ -503,7 +503,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     ) {
         begin("read");
         let _s = debug_span!("read", ino = ino.0, offset, size).entered();
-        let answer = |reply: ReplyData, read: FsResult<Vec<u8>>| match read {
+        let answer = |reply: ReplyData, read: FsResult<ReadData>| match read {
             Ok(data) => {
                 metrics::counter!(m::READ_BYTES).increment(data.len() as u64);
                 reply.data(&data)

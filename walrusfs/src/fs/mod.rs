@@ -46,6 +46,7 @@ use std::time::Duration;
 
 pub use error::{note_error, recent_errors, FsError, FsResult};
 pub use meta::{Attr, RequestCtx, StatFs};
+pub use read::ReadData;
 
 use crate::data::crypto::DataKey;
 use crate::data::store::BlobStore;

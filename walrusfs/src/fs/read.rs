@@ -27,6 +27,72 @@ enum Source {
     Hole,
 }
 
+/// What a read answers with: the bytes, borrowed from the one chunk they lie in (a buffer, a
+/// cached chunk, a journal record read back) when they do, so a read within a chunk (nearly
+/// every read: the kernel asks at most 1 MiB at a time) is not copied on its way to the kernel;
+/// or assembled from several chunks and holes.
+#[derive(Clone)]
+pub enum ReadData {
+    /// `range` of a chunk's bytes.
+    Shared {
+        /// The bytes of the chunk (from some base offset on).
+        chunk: Arc<Vec<u8>>,
+        /// The part read.
+        range: std::ops::Range<usize>,
+    },
+    /// Bytes assembled for this read.
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Shared { chunk, range } => &chunk[range.clone()],
+            ReadData::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadData({} bytes)", self.len())
+    }
+}
+
+impl PartialEq<[u8]> for ReadData {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&[u8]> for ReadData {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<Vec<u8>> for ReadData {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == **other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for ReadData {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        **self == other[..]
+    }
+}
+
+impl From<ReadData> for Vec<u8> {
+    fn from(d: ReadData) -> Vec<u8> {
+        match d {
+            ReadData::Owned(v) => v,
+            shared => shared.to_vec(),
+        }
+    }
+}
+
 /// How often a read looks its chunks up again when one moved while it was being read (each
 /// move needs a compaction or a newer version committed in between). Bounded: an index that
 /// points at a record that is gone for good (a damaged state directory) fails the read.
@@ -74,18 +140,18 @@ pub(crate) fn fetch_slots() -> usize {
 
 impl<B: BlobStore> Fs<B> {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         self.read_inner(fh, offset, size, true)
     }
 
     /// [`Fs::read`] that never waits for the network: [`FsError::WouldBlock`] (nothing read,
     /// nothing noted) if part of the range is only on the network, not in a buffer, the
     /// journal or the memory cache.
-    pub fn read_nowait(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read_nowait(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         self.read_inner(fh, offset, size, false)
     }
 
-    fn read_inner(&self, fh: u64, offset: u64, size: u32, may_wait: bool) -> FsResult<Vec<u8>> {
+    fn read_inner(&self, fh: u64, offset: u64, size: u32, may_wait: bool) -> FsResult<ReadData> {
         let handle = self.handle(fh)?;
         let ino = handle.ino;
         let cs = self.inner.chunk_size;
@@ -99,7 +165,7 @@ impl<B: BlobStore> Fs<B> {
             None => self.inner.index.get_attr(ino)?.size,
         };
         if offset >= file_size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadData::Owned(Vec::new()));
         }
         let end = file_size.min(offset + u64::from(size));
         let (first, last) = (offset / cs, (end - 1) / cs);
@@ -113,15 +179,15 @@ impl<B: BlobStore> Fs<B> {
             // Before `note_read`: the read that follows, off this thread, is this one.
             return Err(FsError::WouldBlock);
         }
-        let sequential = self.note_read(&handle, offset, end, last);
-        let mut result = self.read_sources(ino, offset, end, sources, !sequential);
+        let sequential = self.note_read(&handle, offset, end, last, file_size);
+        let mut result = self.read_sources(ino, offset, end, sources, !sequential, file_size);
         for _ in 0..MOVED_RETRIES {
             match result {
                 // Look again (a rare race: this may wait for the network even without
                 // `may_wait`).
                 Err(e) if moved_meanwhile(&e) => {
                     let sources = self.sources(ino, file.as_ref(), first, last)?;
-                    result = self.read_sources(ino, offset, end, sources, !sequential);
+                    result = self.read_sources(ino, offset, end, sources, !sequential, file_size);
                 }
                 _ => break,
             }
@@ -129,7 +195,8 @@ impl<B: BlobStore> Fs<B> {
         result
     }
 
-    /// Bytes `offset..end` of `ino` from `sources`, the places of its chunks.
+    /// Bytes `offset..end` of `ino` (a file of `file_size` bytes) from `sources`, the places
+    /// of its chunks.
     fn read_sources(
         &self,
         ino: u64,
@@ -137,15 +204,18 @@ impl<B: BlobStore> Fs<B> {
         end: u64,
         sources: Vec<(u64, Source)>,
         random: bool,
-    ) -> FsResult<Vec<u8>> {
+        file_size: u64,
+    ) -> FsResult<ReadData> {
         let cs = self.inner.chunk_size;
+        let keep = self.keeps_on_disk(!random, file_size);
 
         // Fetch all stored chunks of the range concurrently.
         let fetches = sources.iter().filter_map(|(idx, s)| match s {
             Source::Stored(r) => {
                 let chunk_start = idx * cs;
                 let (from, to) = (offset.max(chunk_start) - chunk_start, end - chunk_start);
-                Some(self.fetch_for_read(ino, *idx, r.clone(), from, to.min(cs), random))
+                let part = (from, to.min(cs));
+                Some(self.fetch_for_read(ino, *idx, r.clone(), part, random, keep))
             }
             _ => None,
         });
@@ -155,7 +225,8 @@ impl<B: BlobStore> Fs<B> {
             .block_on(futures::future::join_all(fetches))
             .into_iter();
 
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let one = sources.len() == 1;
+        let mut out = Vec::new();
         for (idx, source) in sources {
             let chunk_start = idx * cs;
             let from = offset.max(chunk_start) - chunk_start;
@@ -176,6 +247,17 @@ impl<B: BlobStore> Fs<B> {
             let valid = valid.min(base + bytes.len() as u64);
             // Bytes past the chunk's valid length (truncated away, or never written) are zeros.
             let copy_to = to.min(valid);
+            if one && from < copy_to && copy_to == to {
+                // All of it in one chunk's bytes: borrowed, not copied.
+                let range = (from - base) as usize..(copy_to - base) as usize;
+                return Ok(ReadData::Shared {
+                    chunk: bytes,
+                    range,
+                });
+            }
+            if out.capacity() == 0 {
+                out.reserve_exact((end - offset) as usize);
+            }
             if from < copy_to {
                 // INV: a part fetched for this read starts at or before `from` (see
                 // `fetch_for_read`), and `valid` ends within it.
@@ -184,7 +266,7 @@ impl<B: BlobStore> Fs<B> {
             let zeros = to - from.max(copy_to);
             out.resize(out.len() + zeros as usize, 0);
         }
-        Ok(out)
+        Ok(ReadData::Owned(out))
     }
 
     /// The current content of chunk `idx` of an open file whose buffers lack it, cut to the
@@ -214,7 +296,9 @@ impl<B: BlobStore> Fs<B> {
                 };
                 let len = u64::from(r.len);
                 (
-                    self.inner.rt.block_on(self.fetch_chunk(file.ino, idx, r))?,
+                    self.inner
+                        .rt
+                        .block_on(self.fetch_chunk(file.ino, idx, r, true))?,
                     len,
                 )
             }
@@ -283,9 +367,10 @@ impl<B: BlobStore> Fs<B> {
             .collect())
     }
 
-    /// Tracks sequential access and starts readahead of the chunks after `last`. Returns
-    /// whether the read continues the one before (or starts the file).
-    fn note_read(&self, handle: &Handle, offset: u64, end: u64, last: u64) -> bool {
+    /// Tracks sequential access and starts readahead of the chunks after `last` (of a file of
+    /// `file_size` bytes). Returns whether the read continues the one before (or starts the
+    /// file).
+    fn note_read(&self, handle: &Handle, offset: u64, end: u64, last: u64, file_size: u64) -> bool {
         let previous = handle.last_read_end.swap(end, Ordering::Relaxed);
         if previous != offset && offset != 0 {
             handle.seeks.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +390,7 @@ impl<B: BlobStore> Fs<B> {
         else {
             return true;
         };
+        let keep = self.keeps_on_disk(true, file_size);
         for (idx, r) in refs {
             if self.inner.chunk_cache.contains(&(r.blob_id, r.offset)) {
                 continue;
@@ -312,7 +398,7 @@ impl<B: BlobStore> Fs<B> {
             let fs = self.clone();
             let ino = handle.ino;
             self.inner.rt.spawn(async move {
-                if let Err(e) = fs.fetch_chunk(ino, idx, r).await {
+                if let Err(e) = fs.fetch_chunk(ino, idx, r, keep).await {
                     tracing::debug!(ino, chunk = idx, "readahead failed: {e}");
                 }
             });
@@ -320,8 +406,22 @@ impl<B: BlobStore> Fs<B> {
         true
     }
 
-    /// Bytes `from..to` of stored chunk `idx` for a read, as `(base, bytes)`: the bytes of the
-    /// chunk from `base` on, `base <= from`. A `random` read fetches just the segments it
+    /// Whether chunks fetched for a read of a file of `file_size` bytes go into the on-disk
+    /// cache: yes, unless the read is part of a `sequential` stream through a file the cache
+    /// cannot hold. Such a stream would evict its own start, and everything else the cache
+    /// held, before any of it is read again (a video played, a large archive restored); and
+    /// keeping each chunk costs a copy and a disk write (a tenth of the mount's CPU in a
+    /// cold read).
+    fn keeps_on_disk(&self, sequential: bool, file_size: u64) -> bool {
+        self.inner
+            .disk_cache
+            .as_ref()
+            .is_some_and(|disk| !sequential || file_size < disk.capacity())
+    }
+
+    /// Bytes `from..to` (`part`) of stored chunk `idx` for a read, as `(base, bytes)`: the
+    /// bytes of the chunk from `base` on, `base <= from`; fetched chunks go into the on-disk
+    /// cache if `keep` (see [`Fs::fetch_chunk`]). A `random` read fetches just the segments it
     /// needs when that is worth it (see [`Fs::segments_for`]); otherwise, or if that fails,
     /// the whole chunk (`base` 0).
     async fn fetch_for_read(
@@ -329,9 +429,9 @@ impl<B: BlobStore> Fs<B> {
         ino: u64,
         idx: u64,
         r: ChunkRef,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         random: bool,
+        keep: bool,
     ) -> FsResult<(u64, Arc<Vec<u8>>)> {
         if from >= u64::from(r.len) {
             // Past the chunk's valid bytes: zeros, nothing to fetch.
@@ -346,7 +446,7 @@ impl<B: BlobStore> Fs<B> {
                 ),
             }
         }
-        Ok((0, self.fetch_chunk(ino, idx, r).await?))
+        Ok((0, self.fetch_chunk(ino, idx, r, keep).await?))
     }
 
     /// The segments `first..=last` of stored chunk `r` that hold its valid bytes in
@@ -447,12 +547,13 @@ impl<B: BlobStore> Fs<B> {
 
     /// A stored chunk's plaintext (its `stored_len` bytes): from the cache, from a fetch already
     /// in flight, or fetched now (verified by the client, opened with the chunk's key) and
-    /// cached.
+    /// cached in memory, and on disk if `keep` (a fetch already in flight decides that).
     pub(crate) async fn fetch_chunk(
         &self,
         ino: u64,
         idx: u64,
         r: ChunkRef,
+        keep: bool,
     ) -> FsResult<Arc<Vec<u8>>> {
         let key: ChunkKey = (r.blob_id, r.offset);
         if let Some(hit) = self.inner.chunk_cache.get(&key) {
@@ -467,7 +568,7 @@ impl<B: BlobStore> Fs<B> {
             inflight.entry(key).or_default().clone()
         };
         let result = cell
-            .get_or_init(|| self.fetch_uncached(ino, idx, &r))
+            .get_or_init(|| self.fetch_uncached(ino, idx, &r, keep))
             .await
             .clone();
         self.inner
@@ -545,6 +646,7 @@ impl<B: BlobStore> Fs<B> {
         ino: u64,
         idx: u64,
         r: &ChunkRef,
+        keep: bool,
     ) -> Result<Arc<Vec<u8>>, FetchError> {
         let place = r.place(ino, idx);
         let key: ChunkKey = (r.blob_id, r.offset);
@@ -602,7 +704,9 @@ impl<B: BlobStore> Fs<B> {
         } else {
             blob[from..to].to_vec()
         };
-        self.cache_on_disk(disk_key, &sealed);
+        if keep {
+            self.cache_on_disk(disk_key, &sealed);
+        }
         // INV: bytes reach a reader only after the client verified the blob and the AEAD
         // authenticated it for exactly this file, position and version.
         let plain = self

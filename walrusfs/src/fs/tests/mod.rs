@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Fs, FsConfig, FsError, FsParts, RequestCtx};
+use super::{Fs, FsConfig, FsError, FsParts, ReadData, RequestCtx};
 use crate::data::crypto::{DataKey, Segments};
 use crate::data::store::MemoryStore;
 use crate::index::{FileKind, Index, IndexOptions, SetAttr, ROOT_INO};
@@ -173,7 +173,7 @@ impl Setup {
     }
 
     pub(super) fn read_all(&self, fh: u64) -> Vec<u8> {
-        self.fs.read(fh, 0, u32::MAX).unwrap()
+        self.fs.read(fh, 0, u32::MAX).unwrap().into()
     }
 
     /// Drops this filesystem (as a crash would: no shutdown) and opens the same index again.
@@ -781,6 +781,69 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let fs = open_with_disk_cache(dir.path(), &store, &rt);
     read_with_the_network_failing(&fs, &store, ino, &data);
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
+}
+
+/// A read within one chunk answers with the cached chunk's bytes, not a copy; one across
+/// chunks, or over a hole, with bytes assembled for it. Both right.
+#[test]
+fn a_read_within_a_chunk_is_borrowed_and_one_across_chunks_assembled() {
+    let Setup { fs, store, rt, dir } = setup();
+    let data = pattern(2 * CHUNK as usize + 100, 4);
+    let ino = store_file(fs, b"f", &data);
+    let fs = open_fs(dir.path(), store.clone(), &rt, config());
+    let fh = fs.open(ino, false).unwrap();
+    let within = fs.read(fh, 10, 4000).unwrap();
+    assert!(within == data[10..4010]);
+    assert!(matches!(within, ReadData::Shared { .. }), "{within:?}");
+    let across = CHUNK as usize - 50;
+    let both = fs.read(fh, across as u64, 100).unwrap();
+    assert!(both == data[across..across + 100]);
+    assert!(matches!(both, ReadData::Owned(_)), "{both:?}");
+    // Past the end: only what there is.
+    let tail = fs.read(fh, data.len() as u64 - 30, 4096).unwrap();
+    assert!(tail == data[data.len() - 30..]);
+    fs.release(fh).unwrap();
+}
+
+/// A sequential read through a file larger than the on-disk cache does not fill it (the
+/// stream would evict its own start, and all else, before reading any of it again); a read
+/// after a seek still does, and a file the cache can hold is kept (the tests above).
+#[test]
+fn a_stream_through_a_file_larger_than_the_disk_cache_leaves_the_cache_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::default());
+    let open = || {
+        let disk = cache::DiskCache::open_unsummed(dir.path().join("cache"), 3 * u64::from(CHUNK))
+            .unwrap();
+        open_fs_with(dir.path(), store.clone(), &rt, config(), Some(disk))
+    };
+    let data = pattern(4 * CHUNK as usize, 9);
+    let ino = store_file(open(), b"f", &data);
+
+    let fs = open();
+    let fh = fs.open(ino, false).unwrap();
+    let step = CHUNK as usize / 2;
+    for at in (0..data.len()).step_by(step) {
+        let got = fs.read(fh, at as u64, step as u32).unwrap();
+        assert!(got == data[at..at + step], "at {at}");
+    }
+    fs.settle_cache_writes(Duration::from_secs(10));
+    let stats = fs.disk_cache_stats().unwrap();
+    assert_eq!(stats.inserts, 0, "{stats:?}");
+    fs.release(fh).unwrap();
+    crash(fs);
+
+    // The first read of a handle at a seek: a whole chunk, fetched whole, and kept.
+    let fs = open();
+    let fh = fs.open(ino, false).unwrap();
+    let at = 2 * CHUNK as usize;
+    let got = fs.read(fh, at as u64, CHUNK).unwrap();
+    assert!(got == data[at..at + CHUNK as usize]);
+    fs.settle_cache_writes(Duration::from_secs(10));
+    let stats = fs.disk_cache_stats().unwrap();
+    assert!(stats.inserts >= 1, "{stats:?}");
+    fs.release(fh).unwrap();
 }
 
 /// The mount's disk cache keeps no checksum (the AEAD authenticates every chunk read from
