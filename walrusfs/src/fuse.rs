@@ -512,12 +512,16 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         };
         match self.fs.read_nowait(fh.0, offset, size) {
             Err(FsError::WouldBlock) => {
-                // Some of it is only on the network: fetched on a thread of its own (see
-                // `write`), so a slow node or a cold read does not hold one of FUSE's threads.
+                // Some of it is only on the network: read by a task of the runtime, so a slow
+                // node or a cold read does not hold one of FUSE's threads, and the answer
+                // that completes it is handled where it arrives (a thread of the blocking
+                // pool waiting instead cost each such read one more thread woken).
                 let fs = self.fs.clone();
-                self.fs.offload(move || {
+                self.fs.spawn(async move {
+                    let read = fs.read_async(fh.0, offset, size).await;
+                    // Where `errno` looks for it, on the thread that answers.
                     OP.with(|o| o.set("read"));
-                    answer(reply, fs.read(fh.0, offset, size))
+                    answer(reply, read)
                 });
             }
             read => answer(reply, read),

@@ -52,10 +52,13 @@ impl Client {
         metadata.check_id(blob_id)?;
         let slivers = self.gather_slivers(blob_id, metadata).await?;
         // INV: decode sees only VerifiedSliver values, which exist only after verification.
-        Ok(cpu_bound(|| {
-            self.inner
-                .with_codec(metadata.blob_len, |c| c.decode(metadata, blob_id, slivers))
-        })?)
+        Ok(cpu_bound(
+            usize::try_from(metadata.blob_len).unwrap_or(usize::MAX),
+            || {
+                self.inner
+                    .with_codec(metadata.blob_len, |c| c.decode(metadata, blob_id, slivers))
+            },
+        )?)
     }
 
     /// Fetches a blob's metadata from the first node whose answer matches `blob_id`.
@@ -125,7 +128,9 @@ impl Client {
                     match (resp, body) {
                         (Response::Sliver { .. }, Some(data)) => {
                             // INV: a sliver is kept only if it matches its commitment.
-                            let v = cpu_bound(|| metadata.verify_sliver(*blob_id, index, data));
+                            let v = cpu_bound(data.len(), || {
+                                metadata.verify_sliver(*blob_id, index, data)
+                            });
                             v.map_err(|e| {
                                 warn!(node = index, "sliver failed verification: {e}");
                                 NodeError::Verification(e)

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use conn::NodeView;
 pub use error::{ClientError, Failures, NodeError, NodeFailure};
-pub use put::PutOutcome;
+pub use put::{cpu_bound, PutOutcome};
 pub use repair::{Challenge, RepairReport};
 pub use root::RootWrite;
 

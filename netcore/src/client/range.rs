@@ -141,7 +141,8 @@ impl Client {
                 failures: Failures(failures),
             });
         }
-        let restored = cpu_bound(|| {
+        let work = ranges.iter().map(|r| r.data().len()).sum();
+        let restored = cpu_bound(work, || {
             self.inner.with_codec(end - start, |c| {
                 c.restore_range(metadata, blob_id, index, &ranges)
             })

@@ -109,12 +109,15 @@ impl Client {
         // Rebuild the blob from `k` verified slivers and encode it again: the same bytes and
         // parameters give the same slivers, which the blob id then vouches for.
         verified.truncate(usize::from(k));
-        let encoded = cpu_bound(|| {
-            self.inner.with_codec(metadata.blob_len, |c| {
-                let data = c.decode(metadata, &blob_id, verified)?;
-                c.encode(metadata.params, &data)
-            })
-        })?;
+        let encoded = cpu_bound(
+            usize::try_from(metadata.blob_len).unwrap_or(usize::MAX),
+            || {
+                self.inner.with_codec(metadata.blob_len, |c| {
+                    let data = c.decode(metadata, &blob_id, verified)?;
+                    c.encode(metadata.params, &data)
+                })
+            },
+        )?;
         if encoded.blob_id != blob_id {
             return Err(ClientError::Codec(CodecError::BlobIdMismatch {
                 expected: blob_id,
@@ -201,7 +204,7 @@ async fn check_node(
         .await
     {
         Ok((Response::Sliver { .. }, Some(data))) => {
-            match cpu_bound(|| metadata.verify_sliver(blob_id, index, data)) {
+            match cpu_bound(data.len(), || metadata.verify_sliver(blob_id, index, data)) {
                 Ok(v) => Check::Intact(v),
                 Err(e) => Check::Damaged(NodeError::Verification(e)),
             }

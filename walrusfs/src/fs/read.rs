@@ -139,19 +139,38 @@ pub(crate) fn fetch_slots() -> usize {
 }
 
 impl<B: BlobStore> Fs<B> {
-    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    /// Reads up to `size` bytes at `offset` through handle `fh` (not on a thread of the
+    /// runtime: it waits there for the network).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        self.read_inner(fh, offset, size, true)
+        self.inner
+            .rt
+            .block_on(self.read_inner(fh, offset, size, true))
+    }
+
+    /// [`Fs::read`] as a task of the runtime: the fetches it waits for are driven there, so
+    /// an answer from the network wakes no other thread to finish the read.
+    pub async fn read_async(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
+        self.read_inner(fh, offset, size, true).await
     }
 
     /// [`Fs::read`] that never waits for the network: [`FsError::WouldBlock`] (nothing read,
     /// nothing noted) if part of the range is only on the network, not in a buffer, the
     /// journal or the memory cache.
     pub fn read_nowait(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        self.read_inner(fh, offset, size, false)
+        self.inner
+            .rt
+            .block_on(self.read_inner(fh, offset, size, false))
     }
 
-    fn read_inner(&self, fh: u64, offset: u64, size: u32, may_wait: bool) -> FsResult<ReadData> {
+    /// The read; with `may_wait` false it answers [`FsError::WouldBlock`] before anything
+    /// that would wait for the network (the journal and the index are local: read in place).
+    async fn read_inner(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        may_wait: bool,
+    ) -> FsResult<ReadData> {
         let handle = self.handle(fh)?;
         let ino = handle.ino;
         let cs = self.inner.chunk_size;
@@ -180,14 +199,18 @@ impl<B: BlobStore> Fs<B> {
             return Err(FsError::WouldBlock);
         }
         let sequential = self.note_read(&handle, offset, end, last, file_size);
-        let mut result = self.read_sources(ino, offset, end, sources, !sequential, file_size);
+        let mut result = self
+            .read_sources(ino, offset, end, sources, !sequential, file_size)
+            .await;
         for _ in 0..MOVED_RETRIES {
             match result {
                 // Look again (a rare race: this may wait for the network even without
                 // `may_wait`).
                 Err(e) if moved_meanwhile(&e) => {
                     let sources = self.sources(ino, file.as_ref(), first, last)?;
-                    result = self.read_sources(ino, offset, end, sources, !sequential, file_size);
+                    result = self
+                        .read_sources(ino, offset, end, sources, !sequential, file_size)
+                        .await;
                 }
                 _ => break,
             }
@@ -197,7 +220,7 @@ impl<B: BlobStore> Fs<B> {
 
     /// Bytes `offset..end` of `ino` (a file of `file_size` bytes) from `sources`, the places
     /// of its chunks.
-    fn read_sources(
+    async fn read_sources(
         &self,
         ino: u64,
         offset: u64,
@@ -219,11 +242,7 @@ impl<B: BlobStore> Fs<B> {
             }
             _ => None,
         });
-        let mut fetched = self
-            .inner
-            .rt
-            .block_on(futures::future::join_all(fetches))
-            .into_iter();
+        let mut fetched = futures::future::join_all(fetches).await.into_iter();
 
         let one = sources.len() == 1;
         let mut out = Vec::new();
@@ -654,9 +673,16 @@ impl<B: BlobStore> Fs<B> {
         let segments = self.inner.index.segments();
         let disk_key = cache::DiskKey::new(r.blob_id.0, r.offset);
         if let Some(disk) = &self.inner.disk_cache {
-            if let Ok(Some(sealed)) = disk.get(&disk_key) {
+            // A file read and a chunk opened: on a worker of the runtime (readahead, a read
+            // waiting for the network), the worker's other tasks move to another thread
+            // meanwhile (`cpu_bound`).
+            let cached = netcore::client::cpu_bound(plain_len, || {
+                let sealed = disk.get(&disk_key).ok().flatten()?;
+                Some(self.inner.key.open(segments, &place, plain_len, sealed))
+            });
+            if let Some(opened) = cached {
                 // INV: a cached sealed chunk is used only if it authenticates.
-                match self.inner.key.open(segments, &place, plain_len, sealed) {
+                match opened {
                     Ok(plain) => {
                         let plain = Arc::new(plain);
                         self.inner.chunk_cache.insert(key, plain.clone());
@@ -709,11 +735,10 @@ impl<B: BlobStore> Fs<B> {
         }
         // INV: bytes reach a reader only after the client verified the blob and the AEAD
         // authenticated it for exactly this file, position and version.
-        let plain = self
-            .inner
-            .key
-            .open(segments, &place, plain_len, sealed)
-            .map_err(|e| FetchError::Integrity(e.to_string()))?;
+        let plain = netcore::client::cpu_bound(plain_len, || {
+            self.inner.key.open(segments, &place, plain_len, sealed)
+        })
+        .map_err(|e| FetchError::Integrity(e.to_string()))?;
         let plain = Arc::new(plain);
         self.inner.chunk_cache.insert(key, plain.clone());
         Ok(plain)

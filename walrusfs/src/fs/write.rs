@@ -173,6 +173,11 @@ impl<B: BlobStore> Fs<B> {
         drop(self.inner.rt.spawn_blocking(f));
     }
 
+    /// Runs `task` on the runtime (work that waits for the network without blocking).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        drop(self.inner.rt.spawn(task));
+    }
+
     /// Close-time flush of handle `fh`: journals the file's dirty data (and, with
     /// `sync_close`, stores it on the network as [`Fs::fsync`] does).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
