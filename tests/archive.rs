@@ -425,13 +425,8 @@ fn a_root_record_rolled_back_or_forged_on_f_nodes_is_ignored() {
 
     // Forgery: nodes 0 and 1 answer with a forged record far ahead of the real version.
     for i in 0..2u16 {
-        let cfg = archive.net.node_dir(i).join("node.toml");
-        let mut text = fs::read_to_string(&cfg).unwrap();
-        text.push_str("\n[faults]\nforge_roots = true\n");
-        fs::write(&cfg, text).unwrap();
-        archive.net.kill(i);
+        archive.net.misbehave(i, "forge_roots = true");
     }
-    archive.net.up_again();
     let r = archive.mount("after-forgery", &["--read-only"]);
     assert_eq!(
         fs::read(r.join("new")).unwrap(),

@@ -165,16 +165,6 @@ fn corrupted_slivers_are_detected_and_the_read_is_still_correct() {
     );
 }
 
-/// Adds a `[faults]` table to node `i`'s `node.toml` (test builds) and restarts it.
-fn misbehave(net: &Testnet, i: u16, faults: &str) {
-    let path = net.node_dir(i).join("node.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("\n[faults]\n{faults}\n"));
-    std::fs::write(&path, text).unwrap();
-    net.kill(i);
-    net.up_again();
-}
-
 #[test]
 fn lying_slow_flaky_and_refusing_nodes_cannot_spoil_writes_or_reads() {
     let net = Testnet::up(7);
@@ -189,10 +179,10 @@ fn lying_slow_flaky_and_refusing_nodes_cannot_spoil_writes_or_reads() {
         .collect();
     // Node 0 serves other blobs' slivers, node 1 cut and flipped ones; node 2 refuses stores
     // and answers late; node 3 drops every second connection's request.
-    misbehave(&net, 0, "wrong_slivers = true");
-    misbehave(&net, 1, "truncate_slivers = true\ncorrupt_slivers = true");
-    misbehave(&net, 2, "refuse_stores = true\ndelay_ms = 300");
-    misbehave(&net, 3, "drop_every = 2");
+    net.misbehave(0, "wrong_slivers = true");
+    net.misbehave(1, "truncate_slivers = true\ncorrupt_slivers = true");
+    net.misbehave(2, "refuse_stores = true\ndelay_ms = 300");
+    net.misbehave(3, "drop_every = 2");
     // Writes reach n - f = 5 confirmations without node 2.
     let data = random_bytes(3 << 20, 50);
     let id = net.put_bytes(work.path(), &data);
@@ -252,8 +242,8 @@ fn nodes_that_end_an_answer_early_are_read_around() {
     let data = random_bytes((3 << 20) + 777, 81);
     let id = net.put_bytes(work.path(), &data);
     net.wait_all_slivers(&id);
-    misbehave(&net, 0, "short_bodies = true");
-    misbehave(&net, 1, "short_bodies = true");
+    net.misbehave(0, "short_bodies = true");
+    net.misbehave(1, "short_bodies = true");
     for range in [None, Some((100_000u64, 200_000u64))] {
         let mut cmd = std::process::Command::new(common::bin());
         cmd.args(["blob", "get", "--testnet", net.dir_str(), &id, "-o", "-"])
@@ -517,7 +507,7 @@ fn ranged_reads_are_verified_and_survive_lying_and_dead_nodes() {
     );
 
     // Node 0 flips the bytes it serves: its range fails its proof and is rebuilt.
-    misbehave(&net, 0, "corrupt_slivers = true");
+    net.misbehave(0, "corrupt_slivers = true");
     let (ok, bytes, log) = get(5000, 4096);
     assert!(ok, "{log}");
     assert!(bytes == data[5000..9096]);

@@ -287,8 +287,8 @@ fn audit_row(out: &Output, node: u16) -> (u64, u64, u64) {
 #[test]
 fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
     let m = Mount::new();
-    // Files over 1 MiB are stored one blob each: a dozen blobs, each confirmed by 5 of the 7
-    // nodes, so nodes 2 and 4 signed for some of them (all but certainly).
+    // Files over 1 MiB are stored one blob each: a dozen blobs, each confirmed by all 7 nodes
+    // (5 before the upload returns, the others moments later: kept all the same).
     for i in 0..12 {
         fs::write(m.join(format!("f{i}")), random_bytes(1_200_000, 60 + i)).unwrap();
     }
@@ -305,6 +305,10 @@ fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
     assert!(out.status.success(), "a healthy archive: {out:?}");
     let (served, failed, unreachable) = audit_row(&out, 3);
     assert!(served >= 2 && failed == 0 && unreachable == 0, "{out:?}");
+    // Every node holds its slivers now, so every confirmation is in: a sync publishes the
+    // late ones (the first audit saw only the quorums if the slower nodes were slow).
+    let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
 
     // Node 2's slivers rot; node 4 loses its disk.
     for sliver in walk(&m.net().node_dir(2).join("store/blobs"))
@@ -361,4 +365,53 @@ fn audit_scores_every_node_and_names_the_ones_that_lost_or_rotted_slivers() {
     assert!(repair(&m).status.success());
     let out = audit();
     assert!(out.status.success(), "after repair: {out:?}");
+}
+
+/// A node slower than every upload's quorum signs for its slivers after each upload returned;
+/// its confirmations are kept all the same (added to the blobs' proofs when they come in), so
+/// an audit can hold that node to them once it loses its disk.
+#[test]
+fn a_slow_nodes_late_confirmations_are_kept_as_evidence() {
+    let m = Mount::new();
+    // Node 6 answers every request 0.4 s late: the other six reach the quorum of 5 first.
+    m.net().misbehave(6, "delay_ms = 400");
+    // A fresh client: the mount's last attempt at the restarting node may be backing off.
+    m.remount();
+    for i in 0..3 {
+        fs::write(m.join(format!("f{i}")), random_bytes(1_200_000, 90 + i)).unwrap();
+    }
+    let sync = || {
+        let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    sync();
+    // Node 6's confirmations arrive within moments; the next sync publishes them.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    sync();
+    m.net().kill(6);
+    fs::remove_dir_all(m.net().node_dir(6).join("store")).unwrap();
+    m.net().up_again();
+    let out = m.net().cli(&["audit", "--testnet", m.net().dir_str()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "node 6 lost its slivers: {text}");
+    let (served, failed, _) = audit_row(&out, 6);
+    assert!(served == 0 && failed >= 3, "{text}");
+    let committee =
+        netcore::committee::Committee::load(&m.net().dir.path().join("committee.toml")).unwrap();
+    let evidence: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("evidence: node 6 confirmed storing sliver 6 of blob"))
+        .collect();
+    assert!(!evidence.is_empty(), "no evidence against node 6: {text}");
+    for line in evidence {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |w: &str| words.iter().position(|x| *x == w).unwrap() + 1;
+        let blob_id: netcore::codec::BlobId = words[at("blob")].parse().unwrap();
+        let signature = hex::decode(words[at("signature")].trim_end_matches(',')).unwrap();
+        let message = netcore::wire::StorageConfirmation::message(&blob_id, 6);
+        assert!(
+            committee.nodes[6].public_key.verify(&message, &signature),
+            "{line}"
+        );
+    }
 }

@@ -202,6 +202,17 @@ impl Testnet {
         self.up_again();
     }
 
+    /// Adds a `[faults]` table to node `i`'s `node.toml` (test builds of the node) and
+    /// restarts it.
+    pub fn misbehave(&self, i: u16, faults: &str) {
+        let path = self.node_dir(i).join("node.toml");
+        let mut text = std::fs::read_to_string(&path).expect("node.toml");
+        text.push_str(&format!("\n[faults]\n{faults}\n"));
+        std::fs::write(&path, text).expect("write node.toml");
+        self.kill(i);
+        self.up_again();
+    }
+
     /// The pid of node `i` from its pid file.
     pub fn pid(&self, i: u16) -> Option<i32> {
         std::fs::read_to_string(self.node_dir(i).join("node.pid"))

@@ -142,6 +142,9 @@ pub(crate) struct Inner {
     /// Blobs whose reads met a node without a valid sliver (missing, damaged, forged), for
     /// whoever repairs them in the background ([`Client::take_damaged`]).
     damaged: std::sync::Mutex<std::collections::BTreeSet<BlobId>>,
+    /// Confirmations from nodes slower than a put's quorum, which came in after the put
+    /// returned, for whoever keeps the blob's proofs ([`Client::take_late_confirmations`]).
+    late: std::sync::Mutex<Vec<crate::wire::StorageConfirmation>>,
 }
 
 /// Sliver bytes a client has sent and received, counted as they move (a progress bar polls
@@ -156,6 +159,9 @@ pub struct Traffic {
 
 /// Blobs remembered as damaged at most; more are dropped (a repair walk finds them anyway).
 const MAX_DAMAGED: usize = 10_000;
+/// Late confirmations kept at most until taken; more are dropped (they are evidence for
+/// audits, not what makes a blob durable: its quorum of `n - f` was in hand before).
+const MAX_LATE: usize = 10_000;
 
 /// Codecs kept for reuse; beyond this many concurrent users, extra ones are dropped after use.
 const MAX_POOLED_CODECS: usize = 4;
@@ -169,6 +175,14 @@ impl Inner {
         let mut d = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
         if d.len() < MAX_DAMAGED {
             d.insert(blob_id);
+        }
+    }
+
+    /// Keeps a confirmation that came in after its put returned (see [`Client::put`]).
+    pub(crate) fn note_late(&self, c: crate::wire::StorageConfirmation) {
+        let mut late = self.late.lock().unwrap_or_else(|p| p.into_inner());
+        if late.len() < MAX_LATE {
+            late.push(c);
         }
     }
 
@@ -241,6 +255,7 @@ impl Client {
                 codecs: Default::default(),
                 sliver_buffers,
                 damaged: Default::default(),
+                late: Default::default(),
             }),
         })
     }
@@ -281,6 +296,13 @@ impl Client {
     pub fn take_damaged(&self) -> Vec<BlobId> {
         let mut d = self.inner.damaged.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *d).into_iter().collect()
+    }
+
+    /// The verified confirmations of nodes that stored their sliver after the put had its
+    /// quorum and returned, since the last call: a blob's proofs are only complete with
+    /// them, and an audit can only hold a node to a sliver it has its signature for.
+    pub fn take_late_confirmations(&self) -> Vec<crate::wire::StorageConfirmation> {
+        std::mem::take(&mut *self.inner.late.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// What each node holds of `blob_id`, in index order.

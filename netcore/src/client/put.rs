@@ -24,7 +24,8 @@ pub struct PutOutcome {
 
 impl Client {
     /// Stores `data` as one blob. Returns once `n - f` nodes have durably stored their sliver
-    /// and signed for it; slivers for slower nodes keep going in the background.
+    /// and signed for it; slivers for slower nodes keep going in the background, and their
+    /// confirmations are kept for [`Client::take_late_confirmations`].
     pub async fn put(&self, data: &[u8]) -> Result<PutOutcome, ClientError> {
         self.put_announced(data, |_| Ok(())).await
     }
@@ -108,7 +109,16 @@ impl Client {
                 // INV: success only with n - f verified confirmations from distinct nodes.
                 let mut bg = self.inner.background.lock().await;
                 if !tasks.is_empty() {
-                    bg.spawn(async move { while tasks.join_next().await.is_some() {} });
+                    let inner = self.inner.clone();
+                    bg.spawn(async move {
+                        // The slower nodes' confirmations are kept too (verified like the
+                        // others in `store_one`): evidence an audit can use.
+                        while let Some(joined) = tasks.join_next().await {
+                            if let Ok((_, Ok(c))) = joined {
+                                inner.note_late(c);
+                            }
+                        }
+                    });
                 }
                 return Ok(PutOutcome {
                     blob_id,

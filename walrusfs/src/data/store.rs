@@ -133,6 +133,12 @@ pub trait BlobStore: Send + Sync + 'static {
         &self,
         record: RootRecord,
     ) -> impl Future<Output = Result<(), RootWriteError>> + Send;
+    /// Confirmations of nodes that stored their sliver after a put had its quorum and
+    /// returned, since the last call (see `Client::take_late_confirmations`); none from a
+    /// store without nodes.
+    fn take_late_confirmations(&self) -> Vec<netcore::wire::StorageConfirmation> {
+        Vec::new()
+    }
 }
 
 /// The real store: the storage network.
@@ -153,6 +159,10 @@ impl NetworkStore {
 }
 
 impl BlobStore for NetworkStore {
+    fn take_late_confirmations(&self) -> Vec<netcore::wire::StorageConfirmation> {
+        self.client.take_late_confirmations()
+    }
+
     async fn put_announced(
         &self,
         data: &[u8],

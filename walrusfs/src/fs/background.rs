@@ -193,7 +193,19 @@ async fn collector<B: BlobStore>(
 }
 
 impl<B: BlobStore> Fs<B> {
+    /// Adds the confirmations of nodes slower than their uploads' quorum to the blobs'
+    /// proofs (evidence for `walrusfs audit`; published with the index).
+    pub(crate) fn keep_late_confirmations(&self) {
+        let late = self.inner.store.take_late_confirmations();
+        match self.inner.index.add_confirmations(&late) {
+            Ok(added) if added > 0 => tracing::debug!(added, "late storage confirmations kept"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("keeping late storage confirmations failed: {e}"),
+        }
+    }
+
     fn flush_round(&self) {
+        self.keep_late_confirmations();
         // Closes defer the index commits of small files to the next transaction; without one,
         // this is it.
         if let Err(e) = self.inner.index.commit_deferred() {

@@ -318,6 +318,8 @@ impl<B: BlobStore> Fs<B> {
             tracing::error!(chunks, bytes, "data could not be stored on the network: {e}; it stays in the journal and is stored later");
             failed.push(format!("{chunks} chunk(s) not stored on the network: {e}"));
         }
+        // The slower nodes' confirmations that are in by now go out with what follows.
+        self.keep_late_confirmations();
         if let Err(e) = self.flush_index() {
             tracing::error!("index flush failed: {e}");
             failed.push(format!("index flush: {e}"));

@@ -150,6 +150,28 @@ impl Index {
         }
     }
 
+    /// Adds confirmations that came in after their blob was committed (slower nodes', see
+    /// `Client::take_late_confirmations`) to the blobs' proofs, in one transaction: one per
+    /// blob and sliver; those of blobs the index no longer records are dropped. Returns how
+    /// many were new.
+    pub fn add_confirmations(&self, late: &[netcore::wire::StorageConfirmation]) -> Result<usize> {
+        if late.is_empty() {
+            return Ok(0);
+        }
+        let mut by_blob: std::collections::BTreeMap<BlobId, Vec<_>> = Default::default();
+        for c in late {
+            by_blob.entry(c.blob_id).or_default().push(c);
+        }
+        let _w = self.write_lock();
+        self.transact(&Scan::default(), |tx| {
+            let mut added = 0;
+            for (blob, cs) in &by_blob {
+                added += tx.add_proofs(blob, cs)?;
+            }
+            Ok(added)
+        })
+    }
+
     /// Every blob chunk refs point into, with its record, in blob id order (what repair and
     /// audit walk).
     pub fn blobs(&self) -> Result<Vec<(BlobId, BlobInfo)>> {

@@ -502,6 +502,30 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Adds `late` (confirmations of `blob` that came in after it was registered) to its
+    /// proofs, one per sliver; nothing if the blob has no record (dropped meanwhile). Returns
+    /// how many were new.
+    pub fn add_proofs(&self, blob: &BlobId, late: &[&StorageConfirmation]) -> TxResult<usize> {
+        if self.blob(blob)?.is_none() {
+            return Ok(0);
+        }
+        let mut proofs: Vec<StorageConfirmation> = match self.get(TreeId::Proofs, &blob.0)? {
+            Some(v) => ok(decode(&v, "blob proofs"))?,
+            None => Vec::new(),
+        };
+        let before = proofs.len();
+        for c in late {
+            if c.blob_id == *blob && !proofs.iter().any(|p| p.index == c.index) {
+                proofs.push((*c).clone());
+            }
+        }
+        let added = proofs.len() - before;
+        if added > 0 {
+            self.put(TreeId::Proofs, &blob.0, ok(encode(&proofs))?)?;
+        }
+        Ok(added)
+    }
+
     /// Drops a blob's record and its proofs, and queues it for GC.
     fn drop_blob(&self, blob: &BlobId) -> TxResult<()> {
         self.del(TreeId::Blobs, &blob.0)?;

@@ -388,6 +388,38 @@ fn a_blobs_proofs_are_kept_with_it_published_and_dropped_with_it() {
     ix.check().unwrap();
 }
 
+/// Confirmations that come in after a blob was registered join its proofs, once per sliver;
+/// those of a blob the index does not record (dropped meanwhile) are not kept.
+#[test]
+fn late_confirmations_join_their_blobs_proofs_once() {
+    let (_dir, ix) = open();
+    let (id, meta) = metadata_of(fresh_metadata(5000));
+    let (gone, _) = metadata_of(fresh_metadata(6000));
+    let node = |_| netcore::identity::Identity::generate().unwrap();
+    let nodes: Vec<_> = (0..3).map(node).collect();
+    let sign = |i: u16| netcore::wire::StorageConfirmation::sign(&nodes[usize::from(i)], id, i);
+    let quorum = vec![sign(0)];
+    ix.transact(&Scan::default(), |tx| tx.register_blob(&id, &meta, &quorum))
+        .unwrap();
+    let late = vec![
+        sign(1),
+        sign(2),
+        sign(0), // already kept
+        netcore::wire::StorageConfirmation::sign(&nodes[1], gone, 1),
+    ];
+    assert_eq!(ix.add_confirmations(&late).unwrap(), 2);
+    assert_eq!(ix.proofs(&id).unwrap(), vec![sign(0), sign(1), sign(2)]);
+    assert!(ix.proofs(&gone).unwrap().is_empty());
+    // Again: nothing new.
+    assert_eq!(ix.add_confirmations(&late).unwrap(), 0);
+    assert_eq!(ix.add_confirmations(&[]).unwrap(), 0);
+    // Dropped with the blob, late ones included.
+    ix.transact(&Scan::default(), |tx| tx.drop_unreferenced(&[id]))
+        .unwrap();
+    assert!(ix.proofs(&id).unwrap().is_empty());
+    ix.check().unwrap();
+}
+
 /// Sets meta record `key` of `ix` to `value` and flushes.
 fn put_meta(ix: &Index, key: &[u8], value: u32) {
     let value = layout::encode(&value).unwrap();
