@@ -274,6 +274,9 @@ pub struct MemoryStore {
     pub fail_deletes: AtomicBool,
     /// When set, root reads and writes fail (fewer than `n - f` nodes reachable).
     pub fail_roots: AtomicBool,
+    /// Confirmations handed out by the next `take_late_confirmations` (tests play slower
+    /// nodes with them).
+    pub late: Mutex<Vec<netcore::wire::StorageConfirmation>>,
     /// The root records of [`MEMORY_ROOT_NODES`] simulated nodes, by archive.
     roots: Mutex<HashMap<PublicKey, Vec<Option<RootRecord>>>>,
 }
@@ -303,6 +306,13 @@ impl MemoryStore {
 }
 
 impl BlobStore for MemoryStore {
+    fn take_late_confirmations(&self) -> Vec<netcore::wire::StorageConfirmation> {
+        self.late
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
     async fn put_announced(
         &self,
         data: &[u8],

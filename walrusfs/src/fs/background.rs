@@ -30,6 +30,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RECLAIM_TICK: Duration = Duration::from_secs(2);
 /// How often the garbage collector runs when nothing wakes it.
 const GC_TICK: Duration = Duration::from_secs(10);
+/// Calls of `Fs::keep_late_confirmations` (one per flush tick, and one per sync) a late
+/// confirmation waits for its blob's record: 20 ticks, 10 s.
+pub(super) const LATE_WAIT_TICKS: u32 = 20;
 
 /// The background tasks of one filesystem.
 pub(crate) struct Background {
@@ -194,10 +197,42 @@ async fn collector<B: BlobStore>(
 
 impl<B: BlobStore> Fs<B> {
     /// Adds the confirmations of nodes slower than their uploads' quorum to the blobs'
-    /// proofs (evidence for `walrusfs audit`; published with the index).
+    /// proofs (evidence for `walrusfs audit`; published with the index). One whose blob the
+    /// index does not record yet (its upload's commit has not run) waits for a few more
+    /// calls (`LATE_WAIT_TICKS`); a blob that never gets a record (its upload was overtaken
+    /// and the blob freed) does not keep it forever.
     pub(crate) fn keep_late_confirmations(&self) {
-        let late = self.inner.store.take_late_confirmations();
-        match self.inner.index.add_confirmations(&late) {
+        let mut waiting = self
+            .inner
+            .late_waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let late: Vec<_> = std::mem::take(&mut *waiting)
+            .into_iter()
+            .chain(
+                self.inner
+                    .store
+                    .take_late_confirmations()
+                    .into_iter()
+                    .map(|c| (c, 0)),
+            )
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        let index = &self.inner.index;
+        let (known, unknown): (Vec<_>, Vec<_>) = late
+            .into_iter()
+            .partition(|(c, _)| index.blob(&c.blob_id).is_ok_and(|b| b.is_some()));
+        waiting.extend(
+            unknown
+                .into_iter()
+                .filter(|(_, ticks)| *ticks < LATE_WAIT_TICKS)
+                .map(|(c, ticks)| (c, ticks + 1)),
+        );
+        drop(waiting);
+        let known: Vec<_> = known.into_iter().map(|(c, _)| c).collect();
+        match index.add_confirmations(&known) {
             Ok(added) if added > 0 => tracing::debug!(added, "late storage confirmations kept"),
             Ok(_) => {}
             Err(e) => tracing::warn!("keeping late storage confirmations failed: {e}"),

@@ -188,6 +188,10 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) seal_buffers: Arc<netcore::buffers::BufferPool>,
     /// Fetches in flight, so concurrent readers of one chunk share one network read.
     pub(crate) fetching: Mutex<HashMap<ChunkKey, FetchCell>>,
+    /// Late storage confirmations of blobs the index does not record yet (the upload's
+    /// commit follows its put), with the ticks they have waited (see
+    /// `Fs::keep_late_confirmations`).
+    pub(crate) late_waiting: Mutex<Vec<(netcore::wire::StorageConfirmation, u32)>>,
     /// Whole chunks fetched from the network at once at most (see `read::fetch_slots`).
     pub(crate) fetch_slots: tokio::sync::Semaphore,
     /// The uploader's shared state.
@@ -291,6 +295,7 @@ impl<B: BlobStore> Fs<B> {
                 journal: Arc::new(journal),
                 dirty: buffers::DirtyBudget::new(cfg.dirty_budget),
                 awaiting: Mutex::default(),
+                late_waiting: Mutex::default(),
                 uploads: upload::Uploads::new(cfg.upload_concurrency, chunk_size),
                 fetch_slots: tokio::sync::Semaphore::new(read::fetch_slots()),
                 index,

@@ -93,7 +93,7 @@ pub use layout::TreeId;
 use layout::{
     decode, encode, ino_key, meta_key, Counters, FIRST_COOKIE, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
-use scan::Scan;
+pub(crate) use scan::Scan;
 use tx::Trees;
 
 /// The metadata index of one filesystem. See the [module doc](self) for layout and invariants.

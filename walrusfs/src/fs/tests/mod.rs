@@ -783,6 +783,51 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
 }
 
+/// A slower node's confirmation joins its blob's proofs; one that comes in before the blob's
+/// record (the upload's commit follows its put) waits for it, a few ticks at most.
+#[test]
+fn late_confirmations_wait_for_their_blobs_record_a_while() {
+    let Setup { fs, store, rt, dir } = setup();
+    store_file(fs, b"f", &pattern(5000, 8));
+    let fs = open_fs(dir.path(), store.clone(), &rt, config());
+    let (stored, _) = fs.index().blobs().unwrap().into_iter().next().unwrap();
+    let meta = |blob_len, seed| netcore::codec::BlobMetadata {
+        params: netcore::codec::EncodingParams::new(7, 3).unwrap(),
+        blob_len,
+        sliver_hashes: vec![[seed; 32]; 7],
+    };
+    let later_meta = meta(7000, 1);
+    let later = later_meta.blob_id();
+    let node = netcore::identity::Identity::generate().unwrap();
+    let sign = |blob, i| netcore::wire::StorageConfirmation::sign(&node, blob, i);
+    store
+        .late
+        .lock()
+        .unwrap()
+        .extend([sign(stored, 5), sign(later, 6)]);
+    fs.keep_late_confirmations();
+    assert_eq!(fs.index().proofs(&stored).unwrap(), vec![sign(stored, 5)]);
+    assert_eq!(fs.inner.late_waiting.lock().unwrap().len(), 1);
+    // The other blob's record arrives (as an upload's commit would bring it): the waiting
+    // confirmation joins it at the next call.
+    fs.index()
+        .transact(&crate::index::Scan::default(), |tx| {
+            tx.register_blob(&later, &later_meta, &[])
+        })
+        .unwrap();
+    fs.keep_late_confirmations();
+    assert_eq!(fs.index().proofs(&later).unwrap(), vec![sign(later, 6)]);
+    assert!(fs.inner.late_waiting.lock().unwrap().is_empty());
+    // One whose blob never gets a record is let go after `LATE_WAIT_TICKS` calls.
+    let never = meta(9000, 2).blob_id();
+    store.late.lock().unwrap().push(sign(never, 1));
+    for _ in 0..=super::background::LATE_WAIT_TICKS {
+        fs.keep_late_confirmations();
+    }
+    assert!(fs.inner.late_waiting.lock().unwrap().is_empty());
+    crash(fs);
+}
+
 /// A read within one chunk answers with the cached chunk's bytes, not a copy; one across
 /// chunks, or over a hole, with bytes assembled for it. Both right.
 #[test]
