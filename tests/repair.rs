@@ -415,3 +415,38 @@ fn a_slow_nodes_late_confirmations_are_kept_as_evidence() {
         );
     }
 }
+
+/// A node restarted under a live mount gets the mount's next writes at once: its new process
+/// answers packets on the old process's connections with a stateless reset the mount can
+/// verify (keys derived from the node's identity), so the mount connects again instead of
+/// waiting out its request timeout (10 s) on a dead connection.
+#[test]
+fn a_node_restarted_under_a_mount_gets_its_next_writes_at_once() {
+    let m = Mount::new();
+    let sync = || {
+        let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    fs::write(m.join("a"), random_bytes(2_000_000, 70)).unwrap();
+    sync();
+    let slivers = || {
+        walk(&m.net().node_dir(6).join("store/blobs"))
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("sliver-"))
+            })
+            .count()
+    };
+    m.net().kill(6);
+    m.net().up_again();
+    let before = slivers();
+    fs::write(m.join("b"), random_bytes(2_000_000, 71)).unwrap();
+    sync();
+    assert!(
+        common::mount::wait_until(std::time::Duration::from_secs(5), || slivers() > before)
+            .is_some(),
+        "node 6 got nothing within 5 s of its restart ({before} slivers):\n{}",
+        m.logs()
+    );
+}

@@ -210,6 +210,23 @@ impl Identity {
         })
     }
 
+    /// The keys a node's QUIC endpoint derives its stateless resets and its connection ids
+    /// from: secret (derived from the private key) and the same across restarts. A node that
+    /// restarts then recognizes the connection ids of its former process as its own and
+    /// answers a packet on one with a reset the client can verify (the token it was given at
+    /// the handshake), so the client connects again at once instead of waiting for requests
+    /// on the dead connection to time out. Returns (reset key, connection id key).
+    pub fn endpoint_keys(&self) -> ([u8; 32], u64) {
+        let reset = blake3::derive_key(
+            "walrusfs 2026-11 node QUIC stateless reset key",
+            &self.pkcs8,
+        );
+        let cid = blake3::derive_key("walrusfs 2026-11 node QUIC connection id key", &self.pkcs8);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&cid[..8]);
+        (reset, u64::from_le_bytes(first))
+    }
+
     /// This identity's public key.
     pub fn public_key(&self) -> PublicKey {
         self.public

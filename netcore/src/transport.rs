@@ -29,13 +29,27 @@ pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSock
     Ok(socket.into())
 }
 
-/// A QUIC endpoint on `addr` (a server if `server` is given) over [`bind_udp`].
+/// A QUIC endpoint on `addr` (a server if `server` is given) over [`bind_udp`]. A server
+/// gives the keys of its stateless resets and connection ids (`Identity::endpoint_keys`: the
+/// same after a restart, so the restarted server can reset its former connections); a
+/// client needs none.
 pub fn endpoint(
     addr: std::net::SocketAddr,
-    server: Option<quinn::ServerConfig>,
+    server: Option<(quinn::ServerConfig, ([u8; 32], u64))>,
 ) -> std::io::Result<quinn::Endpoint> {
+    let (config, server) = match server {
+        Some((server, (reset_key, cid_key))) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(key));
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            (config, Some(server))
+        }
+        None => (quinn::EndpointConfig::default(), None),
+    };
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         bind_udp(addr)?,
         Arc::new(quinn::TokioRuntime),

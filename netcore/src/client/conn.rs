@@ -429,9 +429,9 @@ impl NodeConn {
                 Err(e)
             }
             Err(_) => {
-                // A connection to a node that died (or restarted: its new endpoint cannot
-                // reset our old connection) would swallow every request until the idle
-                // timeout: start over with a fresh one.
+                // A connection to a node that died would swallow every request until the
+                // idle timeout: start over with a fresh one. (A node that restarted resets
+                // its former connections itself: see `Identity::endpoint_keys`.)
                 self.reset(&conn).await;
                 Err(NodeError::Timeout)
             }

@@ -232,7 +232,8 @@ impl Node {
             UNTRUSTED_WINDOW,
         ));
         let addr = state.config.listen;
-        let endpoint = crate::transport::endpoint(addr, Some(server_config))
+        let keys = state.identity.endpoint_keys();
+        let endpoint = crate::transport::endpoint(addr, Some((server_config, keys)))
             .map_err(|source| NodeError::Listen { addr, source })?;
 
         let pid_path = self.dir.join(PID_FILE);
