@@ -141,6 +141,28 @@ impl std::fmt::Debug for Index {
     }
 }
 
+/// How long opening an index waits for sled's file lock: a handle of this process just dropped
+/// releases it only once sled's own threads let go of the database, which on a loaded machine
+/// takes a moment (an index reopened right after it was closed failed with "could not acquire
+/// lock" under the full test suite's load). Another process holding it still fails, after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `config.open()`, retried while the database's lock is held, for up to [`LOCK_WAIT`].
+fn open_waiting_for_lock(config: &sled::Config) -> std::result::Result<sled::Db, sled::Error> {
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Index {
     /// Opens the index in directory `path`, creating it (with a root directory, ino
     /// [`ROOT_INO`], owned as `options` say, and `options.chunk_size`) if it does not exist.
@@ -243,7 +265,7 @@ impl Index {
             // Tests: only the mount's own flushes hand the log to the kernel.
             config = config.flush_every_ms(None);
         }
-        let db = config.open()?;
+        let db = open_waiting_for_lock(&config)?;
         // sled 0.34 keeps its log in `PATH/db`; opened here only to fsync it (see `flush`).
         let log_file =
             std::fs::File::open(path.join("db")).map_err(|e| IndexError::Db(sled::Error::Io(e)))?;

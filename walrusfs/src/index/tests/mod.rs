@@ -276,6 +276,26 @@ fn reopen_persists_everything_and_never_reuses_inodes() {
     ix.check().unwrap();
 }
 
+/// An index another handle holds cannot be opened (sled's lock), after a short wait for a
+/// handle being dropped; one reopened right after its handle was dropped opens.
+#[test]
+fn an_index_held_open_is_refused_and_one_just_closed_reopens() {
+    let (dir, ix) = open();
+    let path = dir.path().join("index");
+    let start = std::time::Instant::now();
+    let e = Index::open(&path, opts()).unwrap_err();
+    assert!(e.to_string().contains("lock"), "{e}");
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(ix);
+    for _ in 0..5 {
+        drop(reopen(&dir));
+    }
+}
+
 #[test]
 fn reopen_keeps_the_chunk_size_it_was_created_with() {
     let (dir, ix) = open();
