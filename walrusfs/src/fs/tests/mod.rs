@@ -743,7 +743,17 @@ fn open_with_disk_cache(
     store: &Arc<MemoryStore>,
     rt: &tokio::runtime::Runtime,
 ) -> Fs<MemoryStore> {
-    let disk = cache::DiskCache::open_unsummed(dir.join("cache"), 64 << 20).unwrap();
+    open_with_disk_cache_of(dir, store, rt, 64 << 20)
+}
+
+/// [`open_with_disk_cache`] with a cache of `capacity` bytes.
+fn open_with_disk_cache_of(
+    dir: &std::path::Path,
+    store: &Arc<MemoryStore>,
+    rt: &tokio::runtime::Runtime,
+    capacity: u64,
+) -> Fs<MemoryStore> {
+    let disk = cache::DiskCache::open_unsummed(dir.join("cache"), capacity).unwrap();
     open_fs_with(dir, store.clone(), rt, config(), Some(disk))
 }
 
@@ -858,11 +868,7 @@ fn a_stream_through_a_file_larger_than_the_disk_cache_leaves_the_cache_alone() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
-    let open = || {
-        let disk = cache::DiskCache::open_unsummed(dir.path().join("cache"), 3 * u64::from(CHUNK))
-            .unwrap();
-        open_fs_with(dir.path(), store.clone(), &rt, config(), Some(disk))
-    };
+    let open = || open_with_disk_cache_of(dir.path(), &store, &rt, 3 * u64::from(CHUNK));
     let data = pattern(4 * CHUNK as usize, 9);
     let ino = store_file(open(), b"f", &data);
 
