@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -18,6 +19,9 @@ use netcore::metrics as m;
 use crate::data::store::BlobStore;
 use crate::fs::{Attr, Fs, FsError, FsResult, ReadData, RequestCtx};
 use crate::index::{FileKind, SetAttr, Timestamp, NAME_MAX};
+
+mod poll;
+pub use poll::DevicePoll;
 
 /// How long the kernel may cache attributes and entries. This mount is the only writer of its
 /// index, so staleness can only come from the kernel's own cache; a second keeps `stat`-heavy
@@ -40,24 +44,37 @@ const READDIR_BATCH: usize = 256;
 /// The `fuser::Filesystem` over a filesystem core.
 pub struct FuseAdapter<B: BlobStore> {
     fs: Fs<B>,
+    poll: Arc<DevicePoll>,
 }
 
 impl<B: BlobStore> FuseAdapter<B> {
-    /// Wraps the core.
-    pub fn new(fs: Fs<B>) -> Self {
-        FuseAdapter { fs }
+    /// Wraps the core; `poll` watches the device after each answer (see [`DevicePoll`]).
+    pub fn new(fs: Fs<B>, poll: Arc<DevicePoll>) -> Self {
+        FuseAdapter { fs, poll }
+    }
+
+    /// Counts a FUSE operation and remembers it as this thread's current one; the returned
+    /// guard, dropped when the handler returns (its answer sent, or a read handed to the
+    /// runtime), watches the device for the next request.
+    fn begin(&self, op: &'static str) -> Answered<'_> {
+        OP.with(|o| o.set(op));
+        metrics::counter!(m::FUSE_OPS, m::LABEL_OP => op).increment(1);
+        Answered(&self.poll)
+    }
+}
+
+/// Lingers on the device when a handler is done (see [`FuseAdapter::begin`]).
+struct Answered<'a>(&'a DevicePoll);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.linger();
     }
 }
 
 thread_local! {
     /// The FUSE operation this thread is answering (a metrics label for its errors).
     static OP: std::cell::Cell<&'static str> = const { std::cell::Cell::new("other") };
-}
-
-/// Counts a FUSE operation and remembers it as this thread's current one.
-fn begin(op: &'static str) {
-    OP.with(|o| o.set(op));
-    metrics::counter!(m::FUSE_OPS, m::LABEL_OP => op).increment(1);
 }
 
 fn errno(e: FsError) -> Errno {
@@ -249,7 +266,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        begin("lookup");
+        let _op = self.begin("lookup");
         let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
         if name.len() > NAME_MAX {
             return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
@@ -265,7 +282,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        begin("getattr");
+        let _op = self.begin("getattr");
         let _s = debug_span!("getattr", ino = ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -291,7 +308,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        begin("setattr");
+        let _op = self.begin("setattr");
         let _s = debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
         let mut perm = mode.map(|m| (m & 0o7777) as u16);
         if size.is_some() && perm.is_none() && req.uid() != 0 {
@@ -336,7 +353,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        begin("readlink");
+        let _op = self.begin("readlink");
         let _s = debug_span!("readlink", ino = ino.0).entered();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
@@ -354,7 +371,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        begin("mknod");
+        let _op = self.begin("mknod");
         let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
         let Some(k) = node_kind(mode) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
@@ -376,7 +393,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        begin("mkdir");
+        let _op = self.begin("mkdir");
         let _s = debug_span!("mkdir", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
         reply_entry(
@@ -394,13 +411,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        begin("unlink");
+        let _op = self.begin("unlink");
         let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        begin("rmdir");
+        let _op = self.begin("rmdir");
         let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
         reply_empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
     }
@@ -413,7 +430,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        begin("symlink");
+        let _op = self.begin("symlink");
         let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
         let target = target.as_os_str().as_bytes().to_vec();
         reply_entry(
@@ -440,7 +457,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        begin("rename");
+        let _op = self.begin("rename");
         let _s = debug_span!(
             "rename",
             parent = parent.0,
@@ -473,13 +490,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        begin("link");
+        let _op = self.begin("link");
         let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        begin("open");
+        let _op = self.begin("open");
         let _s = debug_span!("open", ino = ino.0).entered();
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.fs.open(ino.0, writable) {
@@ -501,7 +518,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        begin("read");
+        let _op = self.begin("read");
         let _s = debug_span!("read", ino = ino.0, offset, size).entered();
         let answer = |reply: ReplyData, read: FsResult<ReadData>| match read {
             Ok(data) => {
@@ -540,7 +557,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        begin("write");
+        let _op = self.begin("write");
         let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
         metrics::counter!(m::WRITTEN_BYTES).increment(data.len() as u64);
         // FUSE_HANDLE_KILLPRIV_V2: the kernel sets this flag when the writer lacks CAP_FSETID.
@@ -576,7 +593,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        begin("flush");
+        let _op = self.begin("flush");
         let _s = debug_span!("flush", ino = ino.0).entered();
         match self.fs.flush_nowait(fh.0) {
             Err(FsError::WouldBlock) => {
@@ -601,7 +618,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        begin("release");
+        let _op = self.begin("release");
         let _s = debug_span!("release", ino = ino.0).entered();
         reply_empty(reply, self.fs.release(fh.0));
     }
@@ -614,7 +631,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        begin("fsync");
+        let _op = self.begin("fsync");
         let _s = debug_span!("fsync", ino = ino.0).entered();
         // An fsync waits for the network: on a thread of its own (see `write`).
         let fs = self.fs.clone();
@@ -625,7 +642,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        begin("opendir");
+        let _op = self.begin("opendir");
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -641,7 +658,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        begin("readdir");
+        let _op = self.begin("readdir");
         let _s = debug_span!("readdir", ino = ino.0, offset).entered();
         let walked = self.walk_dir(ino.0, offset, |child, next, k, name| {
             reply.add(INodeNo(child), next, kind(k), name)
@@ -660,7 +677,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        begin("readdirplus");
+        let _op = self.begin("readdirplus");
         let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
         let walked = self.walk_dir(ino.0, offset, |child, next, _, name| {
             match self.fs.getattr(child) {
@@ -690,7 +707,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        begin("fsyncdir");
+        let _op = self.begin("fsyncdir");
         let _s = debug_span!("fsyncdir", ino = ino.0).entered();
         let fs = self.fs.clone();
         self.fs.offload(move || {
@@ -700,7 +717,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        begin("statfs");
+        let _op = self.begin("statfs");
         match self.fs.statfs() {
             Ok(s) => {
                 let bs = u64::from(STATFS_BSIZE);
@@ -737,7 +754,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        begin("setxattr");
+        let _op = self.begin("setxattr");
         let _s = debug_span!("setxattr", ino = ino.0, ?name).entered();
         // POSIX ACLs are not implemented: storing them as plain attributes would leave the
         // mode bits disagreeing with them (cp -a sets permissions through this attribute and
@@ -755,13 +772,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        begin("getxattr");
+        let _op = self.begin("getxattr");
         let _s = debug_span!("getxattr", ino = ino.0, ?name).entered();
         xattr_reply(reply, size, self.fs.getxattr(ino.0, name.as_bytes()));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        begin("listxattr");
+        let _op = self.begin("listxattr");
         let _s = debug_span!("listxattr", ino = ino.0).entered();
         let list = self.fs.listxattr(ino.0).map(|names| {
             let mut out = Vec::new();
@@ -775,13 +792,13 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        begin("removexattr");
+        let _op = self.begin("removexattr");
         let _s = debug_span!("removexattr", ino = ino.0, ?name).entered();
         reply_empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        begin("access");
+        let _op = self.begin("access");
         // default_permissions: the kernel checks permissions before asking us.
         reply.ok();
     }
@@ -796,7 +813,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        begin("create");
+        let _op = self.begin("create");
         let _s = debug_span!("create", parent = parent.0, ?name).entered();
         let perm = (mode & !umask & 0o7777) as u16;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -825,7 +842,7 @@ impl<B: BlobStore> fuser::Filesystem for FuseAdapter<B> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        begin("fallocate");
+        let _op = self.begin("fallocate");
         let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
         // Space is not reserved on the network ahead of time; plain fallocate only extends the
         // size, as the caller expects. Other modes (punch hole, ...) are not supported.
