@@ -25,6 +25,7 @@
 //! unmount store the journal's records on `n - f` nodes, commit them, and make the index
 //! durable before they return. With `sync_close`, close does what fsync does.
 
+mod awake;
 mod background;
 mod buffers;
 mod compact;
@@ -194,6 +195,8 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) late_waiting: Mutex<Vec<(netcore::wire::StorageConfirmation, u32)>>,
     /// Whole chunks fetched from the network at once at most (see `read::fetch_slots`).
     pub(crate) fetch_slots: tokio::sync::Semaphore,
+    /// Keeps one ranged read's wait for the network awake (see `awake`).
+    pub(crate) awake: awake::Awake,
     /// The uploader's shared state.
     pub(crate) uploads: upload::Uploads,
     /// Wakes the garbage collector.
@@ -298,6 +301,7 @@ impl<B: BlobStore> Fs<B> {
                 late_waiting: Mutex::default(),
                 uploads: upload::Uploads::new(cfg.upload_concurrency, chunk_size),
                 fetch_slots: tokio::sync::Semaphore::new(read::fetch_slots()),
+                awake: awake::Awake::default(),
                 index,
                 store,
                 key,

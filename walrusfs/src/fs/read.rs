@@ -520,10 +520,15 @@ impl<B: BlobStore> Fs<B> {
             .index
             .blob(&r.blob_id)?
             .ok_or_else(|| FsError::Moved(format!("no record of blob {}", r.blob_id)))?;
+        // A random read waits for one round trip: awake (see `awake`).
+        let request =
+            self.inner
+                .store
+                .get_range(r.blob_id, info.metadata, r.offset + start, end - start);
         let sealed = self
             .inner
-            .store
-            .get_range(r.blob_id, info.metadata, r.offset + start, end - start)
+            .awake
+            .wait(request, super::awake::ANSWER_SPIN)
             .await
             .map_err(|e| FsError::Network(e.to_string()))?;
         let place = r.place(ino, idx);

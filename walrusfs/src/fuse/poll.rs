@@ -131,7 +131,9 @@ mod tests {
         poll.attach(r);
         let p = poll.clone();
         let watcher = std::thread::spawn(move || p.linger());
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !poll.watching.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the first thread never watched");
             std::thread::yield_now();
         }
         // A second thread does not wait out the first one's window.
