@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::files::{Handle, OpenFile};
 use super::{ChunkKey, FetchError, Fs, FsError, FsResult};
-use crate::data::crypto::ChunkPlace;
 use crate::data::store::BlobStore;
 use crate::index::types::{ChunkRef, JChunk};
 use crate::journal::{JournalError, Loc};
@@ -260,7 +259,10 @@ impl<B: BlobStore> Fs<B> {
                     let (base, data) = fetched.next().ok_or(FsError::Invalid("fetch count"))??;
                     (base, data, u64::from(r.len))
                 }
-                Source::Journal(j) => (0, self.journal_chunk(ino, idx, &j)?, u64::from(j.len)),
+                Source::Journal(j) => {
+                    let (base, bytes) = self.journal_part(ino, idx, &j, from, to)?;
+                    (base, bytes, u64::from(j.len))
+                }
                 Source::Hole => (0, Arc::new(Vec::new()), 0),
             };
             let valid = valid.min(base + bytes.len() as u64);
@@ -542,6 +544,51 @@ impl<B: BlobStore> Fs<B> {
         Ok(((first * segments.plain()) as u64, Arc::new(plain)))
     }
 
+    /// Bytes `from..to` of a chunk whose latest content is journal record `j`, as `(base,
+    /// bytes)`: the plaintext of just the segments that hold them (`base` where the first one
+    /// starts), read from the journal and opened. A file read back while it is written, or soon
+    /// after, reads a few segments per request, not the whole chunk (a 4 KiB read of a 4 MiB
+    /// chunk read and decrypted all 4 MiB).
+    fn journal_part(
+        &self,
+        ino: u64,
+        idx: u64,
+        j: &JChunk,
+        from: u64,
+        to: u64,
+    ) -> FsResult<(u64, Arc<Vec<u8>>)> {
+        let to = to.min(u64::from(j.len));
+        if from >= to {
+            // Past the chunk's valid bytes: zeros, nothing to read.
+            return Ok((from, Arc::new(Vec::new())));
+        }
+        let segments = self.inner.index.segments();
+        let plain_len = j.stored_len as usize;
+        let first = from as usize / segments.plain();
+        let last = (to as usize - 1) / segments.plain();
+        let start = first * segments.sealed();
+        let end = ((last + 1) * segments.sealed()).min(j.sealed_len as usize);
+        if start >= end {
+            return Err(FsError::Integrity(format!(
+                "journal record {}: {} sealed bytes hold no segment {first}",
+                j.seq, j.sealed_len
+            )));
+        }
+        let sealed = self.inner.journal.read(&Loc {
+            segment: j.segment,
+            offset: j.offset + start as u64,
+            len: (end - start) as u32,
+        })?;
+        // INV: journal bytes reach a reader only if they authenticate for this very chunk and
+        // these very segments (the AAD binds each segment's index and whether it is the last).
+        let plain = self
+            .inner
+            .key
+            .open_segments(segments, &j.place(ino, idx), plain_len, first, sealed)
+            .map_err(|e| FsError::Integrity(format!("journal record {}: {e}", j.seq)))?;
+        Ok(((first * segments.plain()) as u64, Arc::new(plain)))
+    }
+
     /// A journal chunk's plaintext (its `stored_len` bytes), read from the journal and opened.
     fn journal_chunk(&self, ino: u64, idx: u64, j: &JChunk) -> FsResult<Arc<Vec<u8>>> {
         let sealed = self.inner.journal.read(&Loc {
@@ -549,19 +596,13 @@ impl<B: BlobStore> Fs<B> {
             offset: j.offset,
             len: j.sealed_len,
         })?;
-        let place = ChunkPlace {
-            ino,
-            index: idx,
-            version: j.version,
-            salt: j.salt,
-        };
         // INV: journal bytes reach a reader only if they authenticate for this very chunk.
         let plain = self
             .inner
             .key
             .open(
                 self.inner.index.segments(),
-                &place,
+                &j.place(ino, idx),
                 j.stored_len as usize,
                 sealed,
             )

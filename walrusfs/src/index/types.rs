@@ -190,6 +190,19 @@ pub struct JChunk {
     pub salt: [u8; 16],
 }
 
+impl JChunk {
+    /// Where the chunk was sealed: chunk `index` of inode `ino`, with this record's version
+    /// and salt (what opens it).
+    pub fn place(&self, ino: u64, index: u64) -> crate::data::crypto::ChunkPlace {
+        crate::data::crypto::ChunkPlace {
+            ino,
+            index,
+            version: self.version,
+            salt: self.salt,
+        }
+    }
+}
+
 /// A blob waiting to be deleted from the network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcEntry {

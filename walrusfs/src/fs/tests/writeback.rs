@@ -895,3 +895,63 @@ fn a_new_file_renamed_after_its_close_survives_a_crash_before_the_queue_is_appli
     assert_eq!(s.read_all(fh), data);
     s.fs.index().check().unwrap();
 }
+
+#[test]
+fn a_journaled_chunk_is_read_by_the_segments_each_read_needs() {
+    // A chunk whose latest content is in the journal (not yet stored) is read a few segments
+    // at a time: with one of its segments damaged on disk, the reads that need that segment
+    // fail (EIO) and the others do not, which they could not if every read opened the whole
+    // chunk.
+    let s = setup();
+    s.store.fail_puts.store(true, Ordering::SeqCst);
+    let (ino, fh) = s.create("f");
+    let data = pattern(CHUNK as usize + 5000, 6);
+    s.fs.write(fh, 0, &data).unwrap();
+    s.fs.flush(fh).unwrap();
+    s.fs.release(fh).unwrap();
+    // Reopened, so the chunks come from the journal, not from the closed file's buffers.
+    let s = s.reopen();
+    let j =
+        s.fs.index()
+            .jchunk(ino, 0)
+            .unwrap()
+            .expect("chunk 0 is journaled");
+    let seg = Segments::DEFAULT;
+    assert!(
+        CHUNK as usize >= 8 * seg.plain(),
+        "the test needs segments to tell apart"
+    );
+    let prefix = format!("{:016x}.", j.segment);
+    let path = std::fs::read_dir(s.dir.path().join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&prefix)
+        })
+        .expect("the record's segment file");
+    let at = j.offset + 3 * seg.sealed() as u64 + 10;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let fh = s.fs.open(ino, false).unwrap();
+    let p = seg.plain() as u64;
+    let read = |offset: u64, len: u32| s.fs.read(fh, offset, len);
+    // Segments 0, 1, 4..: intact, read and right.
+    assert_eq!(read(0, 2 * p as u32).unwrap(), &data[..2 * p as usize]);
+    assert_eq!(
+        read(4 * p + 7, 100).unwrap(),
+        &data[4 * p as usize + 7..][..100]
+    );
+    // Segment 3, alone or as part of a longer read: refused, never wrong bytes.
+    assert_eq!(read(3 * p + 1, 10).unwrap_err().errno(), libc::EIO);
+    assert_eq!(read(2 * p, 3 * p as u32).unwrap_err().errno(), libc::EIO);
+    // The short second chunk, up to and past the end of the file.
+    let tail = CHUNK as u64 + 4000;
+    assert_eq!(read(tail, 4096).unwrap(), &data[tail as usize..]);
+    assert!(read(data.len() as u64 + 10, 100).unwrap().is_empty());
+}
