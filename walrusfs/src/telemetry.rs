@@ -175,6 +175,13 @@ pub fn caches(fs: &Fs<NetworkStore>) -> Vec<CacheStatus> {
         misses: mem.misses,
         bytes: mem.bytes,
     });
+    let packs = fs.pack_cache_stats();
+    out.push(CacheStatus {
+        name: "pack".into(),
+        hits: packs.hits,
+        misses: packs.misses,
+        bytes: packs.bytes,
+    });
     if let Some(disk) = fs.disk_cache_stats() {
         out.push(CacheStatus {
             name: "disk".into(),

@@ -178,6 +178,12 @@ pub(crate) struct Inner<B: BlobStore> {
     pub(crate) awaiting: Mutex<Vec<(u64, u64)>>,
     /// Verified plaintext chunks by place.
     pub(crate) chunk_cache: cache::MemoryCache<ChunkKey, Arc<Vec<u8>>>,
+    /// Packs of small files fetched whole for one of their chunks, sealed as the client
+    /// verified them, so the chunks of the files written with it are cut from it rather than
+    /// each fetching the whole pack again (see `read::pack_cache_bytes`).
+    pub(crate) pack_cache: cache::MemoryCache<netcore::codec::BlobId, Arc<Vec<u8>>>,
+    /// The pack being fetched into the pack cache, if any (see `read::prefetch_pack`).
+    pub(crate) pack_fetching: Mutex<Option<netcore::codec::BlobId>>,
     /// Sealed chunks (ciphertext only) on local disk, if configured. Entries are not trusted:
     /// the AEAD authenticates each one when it is opened, and a bad one is refetched.
     pub(crate) disk_cache: Option<cache::DiskCache>,
@@ -283,7 +289,11 @@ impl<B: BlobStore> Fs<B> {
         let chunk_size = u64::from(index.chunk_size());
         let fs = Fs {
             inner: Arc::new(Inner {
-                chunk_cache: cache::MemoryCache::new(cfg.chunk_cache_bytes),
+                chunk_cache: cache::MemoryCache::new(
+                    cfg.chunk_cache_bytes - read::pack_cache_bytes(cfg.chunk_cache_bytes),
+                ),
+                pack_cache: cache::MemoryCache::new(read::pack_cache_bytes(cfg.chunk_cache_bytes)),
+                pack_fetching: Mutex::default(),
                 disk_cache,
                 cache_writes: Default::default(),
                 cache_buffers: netcore::buffers::BufferPool::new(read::cache_entries_bytes(
@@ -404,6 +414,11 @@ impl<B: BlobStore> Fs<B> {
     /// Cache counters (hits, misses, bytes) of the plaintext chunk cache.
     pub fn cache_stats(&self) -> cache::CacheStats {
         self.inner.chunk_cache.stats()
+    }
+
+    /// Cache counters of the cache of fetched packs of small files.
+    pub fn pack_cache_stats(&self) -> cache::CacheStats {
+        self.inner.pack_cache.stats()
     }
 
     /// Cache counters of the on-disk sealed-chunk cache, if there is one.

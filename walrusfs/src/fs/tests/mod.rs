@@ -924,8 +924,10 @@ fn a_damaged_disk_cache_entry_fails_authentication_and_is_fetched_again() {
     assert!(damaged >= 2, "{damaged} cache entries");
     let gets = store.gets.load(Ordering::SeqCst);
     read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
+    // Fetched again: here (64 KiB chunks) both share a pack, which comes in once, and the
+    // second chunk is cut from it.
     assert!(
-        store.gets.load(Ordering::SeqCst) >= gets + 2,
+        store.gets.load(Ordering::SeqCst) > gets,
         "the damaged chunks were not fetched again"
     );
     // Cached again, intact: served with the network failing.
