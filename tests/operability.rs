@@ -779,3 +779,55 @@ fn a_seeking_read_moves_its_segment_not_its_chunk() {
         "{received} bytes received for {READS} reads of 4 KiB"
     );
 }
+
+/// Small files written together share a pack; read back in a cold mount, in an order other
+/// than the one they were written in (as `diff -r` or a sorted `find` reads), the first of each
+/// pack costs a ranged read of its own bytes and the pack comes in behind it, and the others
+/// are cut from it: the mount receives about the pack once, not once per file (each file used
+/// to fetch the whole pack: 300 files of 3 KiB moved some 300 packs' worth).
+#[test]
+fn small_files_read_back_cold_move_their_pack_about_once() {
+    let (m, port) = mount_with_metrics();
+    const FILES: usize = 300;
+    let files: Vec<Vec<u8>> = (0..FILES)
+        .map(|i| random_bytes(3000 + i, 500 + i as u64))
+        .collect();
+    std::fs::create_dir(m.join("d")).unwrap();
+    for (i, data) in files.iter().enumerate() {
+        std::fs::write(m.join(format!("d/f{i:03}")), data).unwrap();
+    }
+    sync(&m);
+    m.remount_with(metrics_on(port));
+    let before = scrape(port);
+    // Odd ones first, then even ones, each half backwards.
+    let order = (0..FILES)
+        .filter(|i| i % 2 == 1)
+        .rev()
+        .chain((0..FILES).filter(|i| i % 2 == 0).rev());
+    for i in order {
+        let got = std::fs::read(m.join(format!("d/f{i:03}"))).unwrap();
+        assert!(got == files[i], "file {i}");
+    }
+    let hits = |t: &str| sum(t, "walrusfs_cache_hits_total", &["cache=\"pack\""]);
+    // Cache counters reach the metrics every gauge tick (2 s).
+    let mut after = scrape(port);
+    wait_until(Duration::from_secs(20), || {
+        after = scrape(port);
+        hits(&after) - hits(&before) >= (FILES / 2) as f64
+    })
+    .unwrap_or_else(|| panic!("the files were not cut from their pack:\n{after}"));
+    let name = "walrusfs_client_received_bytes_total";
+    let received = sum(&after, name, &[]) - sum(&before, name, &[]);
+    let written: usize = files.iter().map(Vec::len).sum();
+    eprintln!(
+        "{received} bytes received for {FILES} files of {written} bytes; {} pack cache hits",
+        hits(&after) - hits(&before)
+    );
+    // The pack once (its k systematic slivers: its own size, with proofs and framing), and
+    // the ranges of the files read while it was on its way; each file fetching the pack would
+    // be some 300 times that.
+    assert!(
+        received <= 3.0 * written as f64,
+        "{received} bytes received for {written} bytes of files"
+    );
+}
