@@ -282,6 +282,14 @@ async fn store_sliver(
     Ok(StorageConfirmation::sign(&state.identity, blob_id, index))
 }
 
+/// Ranges up to this size are read on the runtime thread itself: [`blocking`] first hands the
+/// thread's other tasks to another thread, a wake-up that cost a ranged request about a tenth
+/// of its time here (the client's mean for a 4 KiB read, three alternating pairs each: 0.212-
+/// 0.219 -> 0.174-0.199 ms with the nodes' page cache warm, 0.414-0.458 -> 0.373-0.401 ms
+/// cold). A read from disk then holds this thread for one disk access; the runtime's other
+/// threads go on (a node runs one per core unless `--threads` says otherwise).
+const READ_INLINE: u64 = 256 << 10;
+
 /// Bytes `start..end` of a sliver and their proof. The proof comes from the sliver's outboard
 /// (its granules' hashes): cached in memory, else loaded by [`load_outboard`]. A cached
 /// outboard was checked against verified metadata, so with one the read touches only the
@@ -306,10 +314,13 @@ async fn get_range(
         Some((sliver, budget)) => (sliver[start as usize..end as usize].to_vec(), budget),
         None => {
             let budget = acquire_budget(state, end - start, trusted).await?;
-            let data = blocking(state, |s| {
-                s.read_sliver_range(&blob_id, index, sliver_len, start, end)
-            })
-            .await?;
+            let read =
+                |s: &SliverStore| s.read_sliver_range(&blob_id, index, sliver_len, start, end);
+            let data = if end - start <= READ_INLINE {
+                read(&state.store).map_err(wire_error)?
+            } else {
+                blocking(state, read).await?
+            };
             (data, budget)
         }
     };
