@@ -784,7 +784,7 @@ fn a_seeking_read_moves_its_segment_not_its_chunk() {
 /// than the one they were written in (as `diff -r` or a sorted `find` reads), the first of each
 /// pack costs a ranged read of its own bytes and the pack comes in behind it, and the others
 /// are cut from it: the mount receives about the pack once, not once per file (each file used
-/// to fetch the whole pack: 300 files of 3 KiB moved some 300 packs' worth).
+/// to fetch the whole pack, so 300 files would have moved about 300 times their bytes).
 #[test]
 fn small_files_read_back_cold_move_their_pack_about_once() {
     let (m, port) = mount_with_metrics();
