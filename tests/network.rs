@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::quic::{self, exchange, frame};
 use common::{random_bytes, Testnet};
@@ -351,6 +352,28 @@ fn testnet_status_and_clean_shutdown() {
             "node {i} did not stop cleanly: {log}"
         );
     }
+    // A node that cannot start (its port taken by another program) fails `up` at once, and
+    // the error shows why from the node's log.
+    let committee =
+        netcore::committee::Committee::load(&net.dir.path().join("committee.toml")).unwrap();
+    let squatter = std::net::UdpSocket::bind(committee.nodes[1].address).unwrap();
+    let started = Instant::now();
+    let out = net.cli(&["testnet", "up", "--dir", net.dir_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "up succeeded with a node's port taken"
+    );
+    assert!(
+        err.contains("nodes [1] exited while starting") && err.contains("cannot listen on"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a node that exited was waited for: {:?}",
+        started.elapsed()
+    );
+    drop(squatter);
     // Up again restarts all nodes with their data.
     net.up_again();
     net.wait_status(|s| s.contains("4 of 4 nodes up"));

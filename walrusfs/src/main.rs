@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             Ok(Some(args)) => argv = args,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("mount.fuse.walrusfs: {e:#}");
+                eprintln!("mount.fuse.walrusfs: {}", describe(&e));
                 return ExitCode::from(MOUNT_FAILURE);
             }
         }
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("walrusfs: error: {e:#}");
+            eprintln!("walrusfs: error: {}", describe(&e));
             if helper {
                 ExitCode::from(MOUNT_FAILURE)
             } else {
@@ -202,6 +202,26 @@ fn die_quietly_on_closed_pipes() {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: cause`, like `{:#}`, except that a cause
+/// the message before it already ends with is not repeated. Many of our error types (and
+/// some of our dependencies') put their cause in their message and also return it as
+/// `source()`, since they are logged by their message alone; `{:#}` printed such a cause
+/// twice ("...: Address already in use (os error 98): Address already in use (os error 98)").
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// mount(8)'s exit status for a failed mount, which its helpers return too.
 const MOUNT_FAILURE: u8 = 32;
 
@@ -213,4 +233,29 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     id.save(out)?;
     println!("{}", id.public_key());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on 127.0.0.1:9: {source}")]
+    struct Listen {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_reads_as_its_chain_with_no_cause_said_twice() {
+        let io = || std::io::Error::from_raw_os_error(98);
+        let e = anyhow::Error::new(Listen { source: io() }).context("node 3");
+        assert_eq!(
+            describe(&e),
+            format!("node 3: cannot listen on 127.0.0.1:9: {}", io())
+        );
+        // A cause not in the message is shown, as `{:#}` does.
+        let e = anyhow::Error::new(io()).context("cannot open the journal");
+        assert_eq!(describe(&e), format!("{e:#}"));
+        assert_eq!(describe(&anyhow::anyhow!("plain")), "plain");
+    }
 }

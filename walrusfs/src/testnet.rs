@@ -97,6 +97,7 @@ pub fn up(dir: &Path, nodes: Option<u16>, listen_ip: std::net::IpAddr) -> anyhow
         create(dir, nodes.unwrap_or(DEFAULT_NODES), listen_ip)?
     };
     let exe = std::env::current_exe().context("cannot find the walrusfs executable")?;
+    let mut started = Vec::new();
     // The nodes share this machine's cores: each gets its share as threads (at least one).
     // More threads than that only pass each request between threads (on 2 cores, 7 nodes of
     // one thread each answered random 4 KiB reads ~10% sooner than with 2 each, and stored
@@ -126,8 +127,9 @@ pub fn up(dir: &Path, nodes: Option<u16>, listen_ip: std::net::IpAddr) -> anyhow
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().context("cannot start a node process")?;
         tracing::info!(node = node.index, pid = child.id(), "started node");
+        started.push((node.index, child));
     }
-    wait_healthy(dir)?;
+    wait_healthy(dir, &mut started)?;
     println!(
         "testnet up: {} nodes (k = {}), committee {}",
         committee.n,
@@ -144,11 +146,14 @@ fn create(dir: &Path, n: u16, ip: std::net::IpAddr) -> anyhow::Result<Committee>
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let client = Identity::load_or_generate(&dir.join(CLIENT_KEY_FILE))?;
     let mut infos = Vec::new();
+    // Every port stays bound until all are picked, so no two nodes get the same one.
+    let mut held = Vec::new();
     for index in 0..n {
         let ndir = node_dir(dir, index);
         std::fs::create_dir_all(&ndir)?;
         let id = Identity::load_or_generate(&ndir.join(config::KEY_FILE))?;
-        let address = free_udp_port(ip)?;
+        let (address, socket) = free_udp_port(ip)?;
+        held.push(socket);
         let mut config = NodeConfig::new(address, vec![client.public_key()]);
         config.committee = Some(CommitteeSlot {
             index,
@@ -164,14 +169,18 @@ fn create(dir: &Path, n: u16, ip: std::net::IpAddr) -> anyhow::Result<Committee>
     }
     let committee = Committee::new(Committee::default_k(n), infos)?;
     committee.save(&dir.join(COMMITTEE_FILE))?;
+    drop(held);
     Ok(committee)
 }
 
 /// A free UDP address on `ip` for a node. The port is checked free now, and the node binds it
 /// later, so it is taken from below the kernel's ephemeral range: a port the OS hands out for
 /// port 0 (every QUIC client endpoint binds one) could be given to someone else in between,
-/// and the node would then fail to start ("address in use"; seen once in a test run).
-fn free_udp_port(ip: std::net::IpAddr) -> anyhow::Result<std::net::SocketAddr> {
+/// and the node would then fail to start ("address in use"; seen once in a test run). Returns
+/// the socket that holds the port, for the caller to keep until it has picked all it needs.
+fn free_udp_port(
+    ip: std::net::IpAddr,
+) -> anyhow::Result<(std::net::SocketAddr, std::net::UdpSocket)> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
@@ -181,37 +190,85 @@ fn free_udp_port(ip: std::net::IpAddr) -> anyhow::Result<std::net::SocketAddr> {
         for _ in 0..200 {
             let port = rand::random_range(low..=high);
             if let Ok(sock) = std::net::UdpSocket::bind((ip, port)) {
-                return Ok(sock.local_addr()?);
+                return Ok((sock.local_addr()?, sock));
             }
         }
     }
     let sock = std::net::UdpSocket::bind((ip, 0))
         .with_context(|| format!("cannot pick a free UDP port on {ip}"))?;
-    Ok(sock.local_addr()?)
+    Ok((sock.local_addr()?, sock))
 }
 
-fn wait_healthy(dir: &Path) -> anyhow::Result<()> {
+/// Waits until every node answers. A node started here that exits meanwhile ends the wait at
+/// once; either failure says which nodes and shows the end of their logs.
+fn wait_healthy(dir: &Path, started: &mut [(u16, std::process::Child)]) -> anyhow::Result<()> {
     let rt = runtime()?;
     let client_dir = dir.to_owned();
     rt.block_on(async move {
-        let client = connect(&client_dir.join(COMMITTEE_FILE), &client_dir.join(CLIENT_KEY_FILE))?;
+        let client = connect(
+            &client_dir.join(COMMITTEE_FILE),
+            &client_dir.join(CLIENT_KEY_FILE),
+        )?;
         let start = Instant::now();
         loop {
             let health = client.health().await;
-            let down: Vec<_> = health.iter().filter(|(_, r)| r.is_err()).map(|(i, _)| *i).collect();
+            let down: Vec<_> = health
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(i, _)| *i)
+                .collect();
             if down.is_empty() {
                 client.close(Duration::from_secs(1)).await;
                 return Ok(());
             }
+            let exited: Vec<_> = started
+                .iter_mut()
+                .filter_map(|(i, child)| Some((*i, child.try_wait().ok()??)))
+                .collect();
+            if !exited.is_empty() {
+                let mut msg = String::new();
+                for (i, status) in &exited {
+                    msg.push_str(&format!(
+                        "\nnode {i} exited ({status}); the end of its log:\n{}",
+                        log_tail(&client_dir, *i)
+                    ));
+                }
+                let which: Vec<_> = exited.iter().map(|(i, _)| *i).collect();
+                bail!("nodes {which:?} exited while starting{msg}");
+            }
             if start.elapsed() > START_TIMEOUT {
-                bail!(
-                    "nodes {down:?} did not come up within {START_TIMEOUT:?}; see {}/node-<i>/node.log",
-                    client_dir.display()
-                );
+                let mut msg = String::new();
+                for i in &down {
+                    msg.push_str(&format!(
+                        "\nthe end of node {i}'s log:\n{}",
+                        log_tail(&client_dir, *i)
+                    ));
+                }
+                bail!("nodes {down:?} did not come up within {START_TIMEOUT:?}{msg}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
+}
+
+/// The last lines of node `index`'s log (or why there are none), each indented.
+fn log_tail(dir: &Path, index: u16) -> String {
+    const LINES: usize = 8;
+    let path = node_dir(dir, index).join("node.log");
+    match std::fs::read(&path) {
+        Ok(log) => {
+            let text = String::from_utf8_lossy(&log);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LINES)..];
+            format!(
+                "  {}: {} lines; last:\n    {}",
+                path.display(),
+                lines.len(),
+                tail.join("\n    ")
+            )
+        }
+        Err(e) => format!("  cannot read {}: {e}", path.display()),
+    }
 }
 
 /// The pid in `ndir/node.pid` if that process is alive and is a walrusfs node (not a zombie,
