@@ -371,6 +371,8 @@ impl<B: BlobStore> Fs<B> {
         if let Some(bg) = bg {
             self.inner.rt.block_on(bg.shutdown());
         }
+        // Cache fills hold the filesystem (and the cache's directory lock) until written.
+        self.settle_cache_writes(std::time::Duration::from_secs(10));
     }
 
     /// Whether the kernel may remember that a name does not exist: only in a writer's mount,

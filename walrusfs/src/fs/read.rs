@@ -673,7 +673,7 @@ impl<B: BlobStore> Fs<B> {
     /// read back, see `DiskCache::open_unsummed`). Best effort: with
     /// [`MAX_CACHE_WRITES`] already waiting, the chunk is not cached (a cold sequential
     /// stream then does not queue up writes the cache would evict anyway).
-    fn cache_on_disk(&self, key: cache::DiskKey, sealed: &[u8]) {
+    pub(super) fn cache_on_disk(&self, key: cache::DiskKey, sealed: &[u8]) {
         let Some(disk) = &self.inner.disk_cache else {
             return;
         };

@@ -346,11 +346,47 @@ impl<B: BlobStore> Fs<B> {
             }
         };
         tracing::debug!(blob = %blob_id, records = plan.records.len(), committed, bytes = plan.bytes, "stored");
+        if committed > 0 {
+            self.keep_written(blob_id, &plan, &blob);
+        }
         self.inner.reclaim_wake.notify_one();
         if committed == 0 {
             self.inner.gc_wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Keeps the sealed chunks of a blob just stored in the on-disk cache, as a read of them
+    /// would: data read back after it was written, once the kernel's page cache has let go of
+    /// it (a remount, a backup checked after gigabytes more went through), is then read from
+    /// the local disk, not fetched from the nodes. Only records of at least
+    /// [`cache::direct::DIRECT_MIN`] (full chunks and big tails): a small file's read fetches
+    /// its pack once for all its neighbours (the pack cache), and an entry per small file
+    /// would cost a file creation each. Only for files smaller than the cache, the rule of
+    /// reads (`keeps_on_disk`); a file still growing is judged by its size so far. Best
+    /// effort and off the upload's path, as every cache fill is: with the cache's writes
+    /// backed up, a chunk is skipped.
+    fn keep_written(&self, blob_id: BlobId, plan: &Plan, blob: &[u8]) {
+        let Some(capacity) = self.inner.disk_cache.as_ref().map(|d| d.capacity()) else {
+            return;
+        };
+        for (r, &offset) in plan.records.iter().zip(&plan.offsets) {
+            let len = r.jchunk.sealed_len as usize;
+            if len < cache::direct::DIRECT_MIN {
+                continue;
+            }
+            match self.inner.index.get_attr(r.ino) {
+                Ok(attr) if attr.size < capacity => {}
+                _ => continue,
+            }
+            let Some(sealed) = usize::try_from(offset)
+                .ok()
+                .and_then(|at| blob.get(at..at + len))
+            else {
+                continue;
+            };
+            self.cache_on_disk(cache::DiskKey::new(blob_id.0, offset), sealed);
+        }
     }
 
     /// Queues for GC the blobs whose index commit failed, once the index takes the write.

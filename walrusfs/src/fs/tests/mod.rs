@@ -782,8 +782,13 @@ fn disk_cache_serves_sealed_chunks_when_the_network_cannot() {
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let data = pattern(2 * CHUNK as usize, 1);
-    let ino = store_file(open_with_disk_cache(dir.path(), &store, &rt), b"f", &data);
-    // First cold read fills the disk cache from the store.
+    // Written without a disk cache (which a write would fill): the first cold read fills it
+    // from the store.
+    let ino = store_file(
+        open_fs(dir.path(), store.clone(), &rt, config()),
+        b"f",
+        &data,
+    );
     let disk =
         read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
     assert!(disk.inserts >= 2, "{disk:?}");
@@ -870,7 +875,12 @@ fn a_stream_through_a_file_larger_than_the_disk_cache_leaves_the_cache_alone() {
     let store = Arc::new(MemoryStore::default());
     let open = || open_with_disk_cache_of(dir.path(), &store, &rt, 3 * u64::from(CHUNK));
     let data = pattern(4 * CHUNK as usize, 9);
-    let ino = store_file(open(), b"f", &data);
+    // Written without a disk cache (which a write would fill).
+    let ino = store_file(
+        open_fs(dir.path(), store.clone(), &rt, config()),
+        b"f",
+        &data,
+    );
 
     let fs = open();
     let fh = fs.open(ino, false).unwrap();
@@ -897,6 +907,69 @@ fn a_stream_through_a_file_larger_than_the_disk_cache_leaves_the_cache_alone() {
     fs.release(fh).unwrap();
 }
 
+#[test]
+fn chunks_just_written_are_read_back_from_the_disk_cache_not_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::default());
+    // Two full chunks, and a tail too small for an entry of its own.
+    let whole = 2 * CHUNK as usize;
+    let data = pattern(whole + 1000, 9);
+    let fs = open_with_disk_cache(dir.path(), &store, &rt);
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    fs.write(fh, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    fs.release(fh).unwrap();
+    fs.settle_cache_writes(Duration::from_secs(10));
+    let stats = fs.disk_cache_stats().unwrap();
+    assert_eq!(stats.inserts, 2, "{stats:?}");
+    crash(fs);
+    // A fresh process, its memory caches empty: the full chunks come from the disk, not
+    // the network, which fails every get.
+    let fs = open_with_disk_cache(dir.path(), &store, &rt);
+    store.fail_gets.store(true, Ordering::SeqCst);
+    let fh = fs.open(a.ino, false).unwrap();
+    assert!(fs.read(fh, 0, whole as u32).unwrap() == data[..whole]);
+    assert!(fs.disk_cache_stats().unwrap().hits >= 2);
+    // The tail was not kept: it needs the network.
+    assert!(fs.read(fh, whole as u64, 1000).is_err());
+    store.fail_gets.store(false, Ordering::SeqCst);
+    assert!(fs.read(fh, whole as u64, 1000).unwrap() == data[whole..]);
+}
+
+#[test]
+fn a_file_written_larger_than_the_disk_cache_is_not_kept_in_it() {
+    // As with reads (above): a file the cache cannot hold would only push out everything
+    // else in it.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store = Arc::new(MemoryStore::default());
+    let fs = open_with_disk_cache_of(dir.path(), &store, &rt, 3 * u64::from(CHUNK));
+    let data = pattern(4 * CHUNK as usize, 4);
+    let a = fs
+        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh = fs.open(a.ino, true).unwrap();
+    fs.write(fh, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    // A file the cache can hold, written next to it, is kept.
+    let small = pattern(CHUNK as usize, 5);
+    let b = fs
+        .create_node(CTX, ROOT_INO, b"small", FileKind::File, 0o644, 0, None)
+        .unwrap();
+    let fh2 = fs.open(b.ino, true).unwrap();
+    fs.write(fh2, 0, &small).unwrap();
+    fs.fsync(b.ino).unwrap();
+    fs.settle_cache_writes(Duration::from_secs(10));
+    let stats = fs.disk_cache_stats().unwrap();
+    assert_eq!(stats.inserts, 1, "{stats:?}");
+    fs.release(fh).unwrap();
+    fs.release(fh2).unwrap();
+}
+
 /// The mount's disk cache keeps no checksum (the AEAD authenticates every chunk read from
 /// it): an entry damaged on disk at the same length is caught by the AEAD, removed, and the
 /// chunk fetched from the network again.
@@ -906,7 +979,11 @@ fn a_damaged_disk_cache_entry_fails_authentication_and_is_fetched_again() {
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let data = pattern(2 * CHUNK as usize, 5);
-    let ino = store_file(open_with_disk_cache(dir.path(), &store, &rt), b"f", &data);
+    let ino = store_file(
+        open_fs(dir.path(), store.clone(), &rt, config()),
+        b"f",
+        &data,
+    );
     read_to_fill_the_disk_cache(open_with_disk_cache(dir.path(), &store, &rt), ino, &data);
     // Flip one byte in the middle of every entry's payload: same length, no checksum to see it.
     let mut damaged = 0;
