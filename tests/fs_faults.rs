@@ -66,8 +66,8 @@ fn f_node_failures_are_invisible_and_one_more_fails_fsync_but_loses_nothing() {
     let net = m.net();
     let a = random_bytes((6 << 20) + 333, 1);
     write_synced(&m.join("a"), &a);
-    // A cold mount, so reads must go to the nodes (not to the mount's memory).
-    m.remount();
+    // A cold mount, so reads must go to the nodes (not to the mount's memory or disk cache).
+    m.remount_cold();
 
     // f = 2 nodes down, both holding systematic slivers: reads decode from recovery slivers.
     net.kill(0);

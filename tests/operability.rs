@@ -745,8 +745,9 @@ fn a_seeking_read_moves_its_segment_not_its_chunk() {
     let data = random_bytes(16 << 20, 21);
     std::fs::write(m.join("f"), &data).unwrap();
     sync(&m);
-    // Cold: a new mount process has nothing cached (the kernel's cache goes with the mount).
-    m.remount_with(metrics_on(port));
+    // Cold: a new mount process has nothing cached (the kernel's cache goes with the mount),
+    // and its disk cache, which the write filled, is emptied.
+    m.remount_cold_with(metrics_on(port));
     let before = scrape(port);
     let f = File::open(m.join("f")).unwrap();
     // As fio and databases do: no readahead, so each read reaches the mount as it was made.

@@ -198,7 +198,7 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     fs::remove_file(m.state().join("hold-index-log")).unwrap();
     let out = m.net().cli(&["sync", m.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    m.remount();
+    m.remount_cold();
     assert_same_bytes(
         &fs::read(m.join("big")).unwrap(),
         &big,

@@ -216,6 +216,24 @@ impl Mount {
         self.mount(options);
     }
 
+    /// [`Mount::remount`] with the on-disk chunk cache emptied too (writes fill it), so
+    /// that reads must go to the nodes.
+    pub fn remount_cold(&self) {
+        self.remount_cold_with(Options::default());
+    }
+
+    /// [`Mount::remount_with`] with the on-disk chunk cache emptied too.
+    pub fn remount_cold_with(&self, options: Options) {
+        if self.is_mounted() {
+            self.unmount();
+        }
+        let cache = self.state.join("cache");
+        if cache.exists() {
+            std::fs::remove_dir_all(&cache).expect("empty the disk cache");
+        }
+        self.mount(options);
+    }
+
     /// Mounts again after the mount went away (after [`Mount::kill9`], a SIGTERM or a
     /// `fusermount3 -u`).
     pub fn mount_again(&self) {
