@@ -76,6 +76,37 @@ pub(crate) struct Buf {
     /// `Index::applied_ticket`): kept (charged at its length) until the index has it, so reads
     /// and partial writes still find it here.
     sealed: Option<u64>,
+    /// Ranges of `data` zero-filled because a write began past its end, and not written
+    /// since (at most [`MAX_GAPS`]). While there are any, the chunk is not taken for filled:
+    /// writes that arrive out of order (the kernel's write-back sends several at once) would
+    /// otherwise have it journaled with zeros where data is still coming, and the write that
+    /// brings that data would fetch the record back and open it to write into it.
+    gaps: Vec<(usize, usize)>,
+}
+
+/// Gaps a buffer keeps track of; past this many (a writer scattering tiny writes over a
+/// hole), it forgets them and is judged by its length alone.
+const MAX_GAPS: usize = 64;
+
+/// Removes `from..to` from `gaps`.
+fn cover(gaps: &mut Vec<(usize, usize)>, from: usize, to: usize) {
+    if gaps.iter().all(|&(a, b)| b <= from || a >= to) {
+        return;
+    }
+    let mut left = Vec::with_capacity(gaps.len() + 1);
+    for &(a, b) in gaps.iter() {
+        if b <= from || a >= to {
+            left.push((a, b));
+            continue;
+        }
+        if a < from {
+            left.push((a, from));
+        }
+        if b > to {
+            left.push((to, b));
+        }
+    }
+    *gaps = left;
 }
 
 /// What a write did.
@@ -243,6 +274,7 @@ impl FileBuffers {
                 since: now,
                 charged: cs,
                 sealed: None,
+                gaps: Vec::new(),
             }
         });
         if buf.sealed.take().is_some() {
@@ -251,8 +283,10 @@ impl FileBuffers {
             buf.charged = cs;
             buf.since = now;
         }
+        let gaps = &mut buf.gaps;
         let bytes = Arc::make_mut(&mut buf.data);
         let end = in_chunk + src.len();
+        let was_filled = bytes.len() as u64 == cs && gaps.is_empty();
         if end > bytes.capacity() && end >= FULL_RESERVE_FROM.min(cs as usize) {
             // A chunk written this far will most likely be written to its end (a sequential
             // writer): room for all of it at once, instead of doubling, which copied 3 MiB of
@@ -260,13 +294,23 @@ impl FileBuffers {
             bytes.reserve_exact((cs as usize).max(end) - bytes.len());
         }
         if bytes.len() < in_chunk {
-            bytes.resize(in_chunk, 0); // a hole before the write reads as zeros
+            // A hole before the write reads as zeros, unless a write fills it.
+            if gaps.len() < MAX_GAPS {
+                gaps.push((bytes.len(), in_chunk));
+            } else {
+                gaps.clear();
+            }
+            bytes.resize(in_chunk, 0);
         }
         // Over what is there, then appended: the appended part is not zeroed first.
         let overlap = bytes.len().min(end) - in_chunk;
         bytes[in_chunk..in_chunk + overlap].copy_from_slice(&src[..overlap]);
         bytes.extend_from_slice(&src[overlap..]);
-        if bytes.len() as u64 == cs && in_chunk + src.len() == cs as usize {
+        cover(gaps, in_chunk, end);
+        // Filled by this write: a sequential writer reaching the chunk's end, or the last
+        // gap of out-of-order writes closed.
+        let filled = bytes.len() as u64 == cs && gaps.is_empty();
+        if filled && (end == cs as usize || !was_filled) {
             out.full.push(idx);
         }
         let end = idx * cs + (in_chunk + src.len()) as u64;
@@ -414,6 +458,10 @@ impl FileBuffers {
                 let keep = (size % cs) as usize;
                 if buf.data.len() > keep {
                     Arc::make_mut(&mut buf.data).truncate(keep);
+                    buf.gaps.retain_mut(|g| {
+                        g.1 = g.1.min(keep);
+                        g.0 < g.1
+                    });
                 }
             }
         }
@@ -459,6 +507,38 @@ mod tests {
         assert_eq!(&dirty[0].1[..60], &[1; 60]);
         assert_eq!(f.journaled(&[0]), CS);
         assert!(!f.is_dirty(), "journaled with the attributes");
+    }
+
+    #[test]
+    fn writes_out_of_order_fill_a_chunk_only_once_every_gap_is_written() {
+        // As the kernel's write-back may deliver them: the end before the middle.
+        let mut f = fresh();
+        let now = Instant::now();
+        for (at, len) in [(0, 25), (75, 25), (50, 10)] {
+            let w = f.write_chunk(0, at, &vec![at as u8; len], Vec::new(), CS, now);
+            assert!(w.full.is_empty(), "taken for filled after {at}+{len}");
+        }
+        // Into the middle of the remaining gap 25..50 (60..75 too), then the rest.
+        let w = f.write_chunk(0, 30, &[9; 10], Vec::new(), CS, now);
+        assert!(w.full.is_empty());
+        let w = f.write_chunk(0, 60, &[6; 15], Vec::new(), CS, now);
+        assert!(w.full.is_empty());
+        let w = f.write_chunk(0, 25, &[2; 5], Vec::new(), CS, now);
+        assert!(w.full.is_empty());
+        let w = f.write_chunk(0, 40, &[4; 10], Vec::new(), CS, now);
+        assert_eq!(w.full, vec![0], "the last gap closed");
+        let data = &f.dirty(None)[0].1;
+        assert_eq!(data.len(), 100);
+        assert!(data[..25].iter().all(|&b| b == 0) && data[75..].iter().all(|&b| b == 75));
+        assert!(data[25..30].iter().all(|&b| b == 2) && data[30..40].iter().all(|&b| b == 9));
+        // A truncation cuts the gaps with the data: extending again, the gap is past the cut.
+        let mut f = fresh();
+        f.write_chunk(0, 80, &[1; 20], Vec::new(), CS, now);
+        f.truncate(50, CS, Timestamp::default());
+        let w = f.write_chunk(0, 50, &[3; 50], Vec::new(), CS, now);
+        assert!(w.full.is_empty(), "0..50 was never written");
+        let w = f.write_chunk(0, 0, &[5; 50], Vec::new(), CS, now);
+        assert_eq!(w.full, vec![0]);
     }
 
     #[test]
