@@ -78,9 +78,10 @@ pub(crate) struct Buf {
     sealed: Option<u64>,
     /// Ranges of `data` zero-filled because a write began past its end, and not written
     /// since (at most [`MAX_GAPS`]). While there are any, the chunk is not taken for filled:
-    /// writes that arrive out of order (the kernel's write-back sends several at once) would
-    /// otherwise have it journaled with zeros where data is still coming, and the write that
-    /// brings that data would fetch the record back and open it to write into it.
+    /// writes that arrive out of order (a header written last, writers working on a file's
+    /// parts at once) would otherwise have it journaled with zeros where data is still
+    /// coming, and the write that brings that data would fetch the record back and open it
+    /// to write into it.
     gaps: Vec<(usize, usize)>,
 }
 
@@ -511,7 +512,7 @@ mod tests {
 
     #[test]
     fn writes_out_of_order_fill_a_chunk_only_once_every_gap_is_written() {
-        // As the kernel's write-back may deliver them: the end before the middle.
+        // The end before the middle, as a writer filling in a header or a table last does.
         let mut f = fresh();
         let now = Instant::now();
         for (at, len) in [(0, 25), (75, 25), (50, 10)] {
