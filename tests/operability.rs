@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::{wait_until, Mount, Options};
+use common::mount::{assert_same_bytes, wait_until, Mount, Options};
 use common::{bin, random_bytes};
 
 /// `walrusfs status --json` of the mount, parsed.
@@ -778,6 +778,62 @@ fn a_seeking_read_moves_its_segment_not_its_chunk() {
     assert!(
         received >= (READS * 4096) as f64 && received <= (READS * 40 * 1024) as f64,
         "{received} bytes received for {READS} reads of 4 KiB"
+    );
+}
+
+/// Chunks a write stored are kept in the mount's disk cache: read back in a new mount process
+/// (the kernel's cache gone with the old one), a 16 MiB file comes from the local disk, and
+/// almost nothing from the nodes.
+#[test]
+fn a_file_read_back_after_a_remount_comes_from_the_disk_cache_its_write_filled() {
+    let (m, port) = mount_with_metrics();
+    let data = random_bytes(16 << 20, 23);
+    std::fs::write(m.join("f"), &data).unwrap();
+    sync(&m);
+    // Until the journal lets go of the records (once the index saying they are stored is
+    // durable), reads find them there: wait for that, so the read below has only the disk
+    // cache and the nodes to go to.
+    let journal = m.state().join("journal");
+    let segments = || {
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wj"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || segments() == 0).is_some(),
+        "the journal was never reclaimed"
+    );
+    m.remount_with(metrics_on(port));
+    let before = scrape(port);
+    assert_same_bytes(
+        &std::fs::read(m.join("f")).unwrap(),
+        &data,
+        "f after a remount",
+    );
+    let hits = |t: &str| sum(t, "walrusfs_cache_hits_total", &["cache=\"disk\""]);
+    // Each of the 4 chunks is kept unless the cache's writes were backed up when it was
+    // stored (then it is skipped): at least most of them come from the disk. (The cache
+    // counters are exported every 2 s.)
+    let mut after = String::new();
+    let counted = wait_until(Duration::from_secs(20), || {
+        after = scrape(port);
+        hits(&after) - hits(&before) >= 3.0
+    });
+    let name = "walrusfs_client_received_bytes_total";
+    let received = sum(&after, name, &[]) - sum(&before, name, &[]);
+    eprintln!(
+        "{received} bytes received, {} disk cache hits",
+        hits(&after) - hits(&before)
+    );
+    assert!(
+        counted.is_some(),
+        "the written chunks were not in the disk cache:\n{after}"
+    );
+    assert!(
+        received <= (6 << 20) as f64,
+        "{received} bytes fetched for a 16 MiB file written through this state directory"
     );
 }
 
