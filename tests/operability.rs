@@ -793,16 +793,8 @@ fn a_file_read_back_after_a_remount_comes_from_the_disk_cache_its_write_filled()
     // Until the journal lets go of the records (once the index saying they are stored is
     // durable), reads find them there: wait for that, so the read below has only the disk
     // cache and the nodes to go to.
-    let journal = m.state().join("journal");
-    let segments = || {
-        std::fs::read_dir(&journal)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "wj"))
-            .count()
-    };
     assert!(
-        wait_until(Duration::from_secs(60), || segments() == 0).is_some(),
+        wait_until(Duration::from_secs(60), || m.journal_segments() == 0).is_some(),
         "the journal was never reclaimed"
     );
     m.remount_with(metrics_on(port));

@@ -212,16 +212,8 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     // Once every record is stored, the reclaimer deletes every journal segment. A mount
     // starting from that empty journal must number its records past the index's mark, or
     // the replay after a kill takes a close's record for a committed one and drops it.
-    let journal = m.state().join("journal");
-    let segments = || {
-        fs::read_dir(&journal)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "wj"))
-            .count()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while segments() > 0 {
+    while m.journal_segments() > 0 {
         assert!(Instant::now() < deadline, "the journal was never reclaimed");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -234,6 +234,16 @@ impl Mount {
         self.mount(options);
     }
 
+    /// Segment files in the state directory's write-back journal (spare ones not counted):
+    /// none once every record is stored and the index saying so is durable.
+    pub fn journal_segments(&self) -> usize {
+        std::fs::read_dir(self.state.join("journal"))
+            .expect("read the journal directory")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "wj"))
+            .count()
+    }
+
     /// Mounts again after the mount went away (after [`Mount::kill9`], a SIGTERM or a
     /// `fusermount3 -u`).
     pub fn mount_again(&self) {

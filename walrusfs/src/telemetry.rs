@@ -167,29 +167,17 @@ pub fn pending(fs: &Fs<NetworkStore>, clock: &Clock, walk: usize) -> Pending {
 
 /// Cache counters, for status and gauges.
 pub fn caches(fs: &Fs<NetworkStore>) -> Vec<CacheStatus> {
-    let mut out = Vec::new();
-    let mem = fs.cache_stats();
-    out.push(CacheStatus {
-        name: "memory".into(),
-        hits: mem.hits,
-        misses: mem.misses,
-        bytes: mem.bytes,
-    });
-    let packs = fs.pack_cache_stats();
-    out.push(CacheStatus {
-        name: "pack".into(),
-        hits: packs.hits,
-        misses: packs.misses,
-        bytes: packs.bytes,
-    });
-    if let Some(disk) = fs.disk_cache_stats() {
-        out.push(CacheStatus {
-            name: "disk".into(),
-            hits: disk.hits,
-            misses: disk.misses,
-            bytes: disk.bytes,
-        });
-    }
+    let status = |name: &str, s: cache::CacheStats| CacheStatus {
+        name: name.into(),
+        hits: s.hits,
+        misses: s.misses,
+        bytes: s.bytes,
+    };
+    let mut out = vec![
+        status("memory", fs.cache_stats()),
+        status("pack", fs.pack_cache_stats()),
+    ];
+    out.extend(fs.disk_cache_stats().map(|s| status("disk", s)));
     out
 }
 

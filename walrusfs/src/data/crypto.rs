@@ -71,6 +71,20 @@ impl Segments {
     pub fn sealed_len(self, plain_len: usize) -> usize {
         plain_len + TAG_LEN * self.count(plain_len)
     }
+
+    /// The segments `(first, last)` that hold plaintext bytes `from..to` (`from < to`).
+    pub fn covering(self, from: usize, to: usize) -> (usize, usize) {
+        (from / self.0, (to - 1) / self.0)
+    }
+
+    /// Where segments `first..=last` lie in a chunk sealed as `sealed_len` bytes.
+    pub fn sealed_range(
+        self,
+        (first, last): (usize, usize),
+        sealed_len: usize,
+    ) -> std::ops::Range<usize> {
+        first * self.sealed()..((last + 1) * self.sealed()).min(sealed_len)
+    }
 }
 
 const KEY_CONTEXT: &str = "walrusfs 2026-11 chunk key v2";

@@ -496,8 +496,7 @@ impl<B: BlobStore> Fs<B> {
         }
         let segments = self.inner.index.segments();
         let total = segments.count(r.stored_len as usize);
-        let first = from as usize / segments.plain();
-        let last = (to as usize - 1) / segments.plain();
+        let (first, last) = segments.covering(from as usize, to as usize);
         if 2 * (last - first + 1) > total {
             return None;
         }
@@ -530,9 +529,8 @@ impl<B: BlobStore> Fs<B> {
     ) -> FsResult<(u64, Arc<Vec<u8>>)> {
         let plain_len = r.stored_len as usize;
         let segments = self.inner.index.segments();
-        let sealed_len = r.sealed_len(segments);
-        let start = (first * segments.sealed()) as u64;
-        let end = (((last + 1) * segments.sealed()) as u64).min(sealed_len);
+        let range = segments.sealed_range((first, last), r.sealed_len(segments) as usize);
+        let (start, end) = (range.start as u64, range.end as u64);
         let info = self
             .inner
             .index
@@ -580,10 +578,9 @@ impl<B: BlobStore> Fs<B> {
         }
         let segments = self.inner.index.segments();
         let plain_len = j.stored_len as usize;
-        let first = from as usize / segments.plain();
-        let last = (to as usize - 1) / segments.plain();
-        let start = first * segments.sealed();
-        let end = ((last + 1) * segments.sealed()).min(j.sealed_len as usize);
+        let (first, last) = segments.covering(from as usize, to as usize);
+        let std::ops::Range { start, end } =
+            segments.sealed_range((first, last), j.sealed_len as usize);
         if start >= end {
             return Err(FsError::Integrity(format!(
                 "journal record {}: {} sealed bytes hold no segment {first}",

@@ -130,6 +130,13 @@ pub(super) fn crash(fs: Fs<MemoryStore>) {
 /// Creates `name` in the root of `fs` with `data`, fsyncs it and drops `fs` as a crash
 /// would; returns the file's inode number.
 fn store_file(fs: Fs<MemoryStore>, name: &[u8], data: &[u8]) -> u64 {
+    let ino = write_fsynced(&fs, name, data);
+    crash(fs);
+    ino
+}
+
+/// Creates `name` in the root of `fs` with `data` and fsyncs it; returns its inode number.
+fn write_fsynced(fs: &Fs<MemoryStore>, name: &[u8], data: &[u8]) -> u64 {
     let a = fs
         .create_node(CTX, ROOT_INO, name, FileKind::File, 0o644, 0, None)
         .unwrap();
@@ -137,7 +144,6 @@ fn store_file(fs: Fs<MemoryStore>, name: &[u8], data: &[u8]) -> u64 {
     fs.write(fh, 0, data).unwrap();
     fs.fsync(a.ino).unwrap();
     fs.release(fh).unwrap();
-    crash(fs);
     a.ino
 }
 
@@ -916,13 +922,7 @@ fn chunks_just_written_are_read_back_from_the_disk_cache_not_the_network() {
     let whole = 2 * CHUNK as usize;
     let data = pattern(whole + 1000, 9);
     let fs = open_with_disk_cache(dir.path(), &store, &rt);
-    let a = fs
-        .create_node(CTX, ROOT_INO, b"f", FileKind::File, 0o644, 0, None)
-        .unwrap();
-    let fh = fs.open(a.ino, true).unwrap();
-    fs.write(fh, 0, &data).unwrap();
-    fs.fsync(a.ino).unwrap();
-    fs.release(fh).unwrap();
+    let ino = write_fsynced(&fs, b"f", &data);
     fs.settle_cache_writes(Duration::from_secs(10));
     let stats = fs.disk_cache_stats().unwrap();
     assert_eq!(stats.inserts, 2, "{stats:?}");
@@ -931,7 +931,7 @@ fn chunks_just_written_are_read_back_from_the_disk_cache_not_the_network() {
     // the network, which fails every get.
     let fs = open_with_disk_cache(dir.path(), &store, &rt);
     store.fail_gets.store(true, Ordering::SeqCst);
-    let fh = fs.open(a.ino, false).unwrap();
+    let fh = fs.open(ino, false).unwrap();
     assert!(fs.read(fh, 0, whole as u32).unwrap() == data[..whole]);
     assert!(fs.disk_cache_stats().unwrap().hits >= 2);
     // The tail was not kept: it needs the network.
@@ -948,26 +948,12 @@ fn a_file_written_larger_than_the_disk_cache_is_not_kept_in_it() {
     let rt = runtime();
     let store = Arc::new(MemoryStore::default());
     let fs = open_with_disk_cache_of(dir.path(), &store, &rt, 3 * u64::from(CHUNK));
-    let data = pattern(4 * CHUNK as usize, 4);
-    let a = fs
-        .create_node(CTX, ROOT_INO, b"big", FileKind::File, 0o644, 0, None)
-        .unwrap();
-    let fh = fs.open(a.ino, true).unwrap();
-    fs.write(fh, 0, &data).unwrap();
-    fs.fsync(a.ino).unwrap();
+    write_fsynced(&fs, b"big", &pattern(4 * CHUNK as usize, 4));
     // A file the cache can hold, written next to it, is kept.
-    let small = pattern(CHUNK as usize, 5);
-    let b = fs
-        .create_node(CTX, ROOT_INO, b"small", FileKind::File, 0o644, 0, None)
-        .unwrap();
-    let fh2 = fs.open(b.ino, true).unwrap();
-    fs.write(fh2, 0, &small).unwrap();
-    fs.fsync(b.ino).unwrap();
+    write_fsynced(&fs, b"small", &pattern(CHUNK as usize, 5));
     fs.settle_cache_writes(Duration::from_secs(10));
     let stats = fs.disk_cache_stats().unwrap();
     assert_eq!(stats.inserts, 1, "{stats:?}");
-    fs.release(fh).unwrap();
-    fs.release(fh2).unwrap();
 }
 
 /// The mount's disk cache keeps no checksum (the AEAD authenticates every chunk read from
