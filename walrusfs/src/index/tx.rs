@@ -248,10 +248,16 @@ impl Tx<'_> {
         Ok(old)
     }
 
-    /// Removes a key (recording the change if the tree is published); returns the old value.
+    /// Removes a key (recording the change if the tree is published and the key was there);
+    /// returns the old value. Removing a key that is not there changes nothing (sled writes
+    /// nothing for it either), so it is not stamped: a regular file's removal asks to drop
+    /// its symlink target and orphan mark, which it does not have, and the stamps were a
+    /// write each and a needless entry in the next published change set.
     pub fn del(&self, id: TreeId, key: &[u8]) -> TxResult<Option<IVec>> {
         let old = self.tree(id).remove(key)?;
-        self.record(id, key)?;
+        if old.is_some() {
+            self.record(id, key)?;
+        }
         Ok(old)
     }
 

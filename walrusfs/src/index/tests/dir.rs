@@ -234,6 +234,30 @@ fn unlink_and_rmdir_errors() {
     ix.check().unwrap();
 }
 
+/// Removing a regular file stamps for publishing what it removed (its inode, its entry), not
+/// the symlink target and orphan mark it never had.
+#[test]
+fn removing_a_file_stamps_only_the_keys_it_removed() {
+    let (_dir, ix) = open();
+    let f = mkfile(&ix, ROOT_INO, "f");
+    ix.unlink(ROOT_INO, b"f", t(2), &closed).unwrap();
+    let stamped: Vec<(TreeId, Vec<u8>)> = ix
+        .trees
+        .changes
+        .iter()
+        .map(|e| {
+            let key = e.unwrap().0;
+            (TreeId::from_u8(key[0]).unwrap(), key[1..].to_vec())
+        })
+        .collect();
+    let of = |id: TreeId| stamped.iter().filter(move |(t, _)| *t == id).count();
+    assert_eq!(of(TreeId::Symlinks), 0, "{stamped:?}");
+    assert_eq!(of(TreeId::Orphans), 0, "{stamped:?}");
+    assert!(stamped.contains(&(TreeId::Inodes, ino_key(f.ino).to_vec())));
+    assert!(ix.get_attr(f.ino).is_err());
+    ix.check().unwrap();
+}
+
 #[test]
 fn unlink_frees_chunks_xattrs_and_symlink() {
     let (_dir, ix) = open();
