@@ -215,6 +215,29 @@ impl<B: BlobStore> Fs<B> {
                 return Err(FsError::TooLarge);
             }
             if let Some(file) = self.existing_file(ino) {
+                let mut st = file.lock();
+                self.settle(&mut st);
+                let current = if super::files::OpenFile::has_unstored(&st) {
+                    st.buf.size
+                } else {
+                    attr.size
+                };
+                let only_size = SetAttr {
+                    size: None,
+                    ..changes
+                } == SetAttr::default();
+                if only_size && size >= current {
+                    // Growing an open file cuts nothing: it is a write of nothing at `size`,
+                    // committed with the file's data or at its close like a write's size, not
+                    // a transaction of its own (restic's restore `fallocate`s every file it
+                    // creates before writing it; a transaction each took its creation out of
+                    // the index's queue).
+                    st.buf.size = size;
+                    st.buf.touch(Timestamp::now());
+                    drop(st);
+                    return Ok(self.with_pending(attr));
+                }
+                drop(st);
                 // Uploads in flight for chunks beyond the new size are dropped at commit.
                 self.truncate_buffers(&file, size);
                 let mut st = file.lock();
@@ -235,10 +258,12 @@ impl<B: BlobStore> Fs<B> {
             self.settle(&mut st);
             let now = Timestamp::now();
             let deferred = changes.deferrable()
-                && if st.buf.has_dirty() {
-                    // Data is buffered: the change waits to be committed with it, in the same
-                    // transaction (tar sets times, owner and mode of every file it writes,
-                    // before closing it: one index transaction at close instead of four).
+                && if st.buf.has_dirty() || st.buf.attr_dirty {
+                    // Data is buffered, or a size or times not yet committed (a grown file):
+                    // the change waits to be committed with them, in the same transaction (tar
+                    // sets times, owner and mode of every file it writes, before closing it:
+                    // one index transaction at close instead of four). Queued alone, it would
+                    // carry no size, and the pending one would be taken for committed.
                     st.buf.defer(&changes, now);
                     true
                 } else {

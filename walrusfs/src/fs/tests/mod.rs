@@ -309,6 +309,65 @@ fn holes_and_truncation_read_as_zeros() {
     assert!(back[100..].iter().all(|&b| b == 0));
 }
 
+/// Growing an open file (`fallocate`, `ftruncate` up) is a write of nothing at the new size:
+/// committed with the data written after it, or at close with none, and kept when a chmod
+/// comes in between (the chmod waits for it rather than going to the index's queue alone,
+/// which would have let the new size be taken for committed and lost).
+#[test]
+fn growing_an_open_file_is_committed_with_its_data_or_at_close() {
+    let s = setup();
+    let grow = |ino, size| {
+        s.fs.setattr(
+            ino,
+            SetAttr {
+                size: Some(size),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let cs = u64::from(CHUNK);
+    // Grown, a chmod, then written: size, mode and data all arrive.
+    let (a, fha) = s.create("a");
+    assert_eq!(grow(a, 3 * cs + 5).size, 3 * cs + 5);
+    s.fs.setattr(a, chmod(0o600)).unwrap();
+    assert_eq!(s.fs.getattr(a).unwrap().size, 3 * cs + 5);
+    s.fs.write(fha, 0, b"0123456789").unwrap();
+    s.fs.flush(fha).unwrap();
+    s.fs.release(fha).unwrap();
+    // Grown and a chmod, never written: committed at close.
+    let (b, fhb) = s.create("b");
+    grow(b, 100);
+    s.fs.setattr(b, chmod(0o640)).unwrap();
+    s.fs.flush(fhb).unwrap();
+    s.fs.release(fhb).unwrap();
+    // Grown past data written before: the data stays, the rest reads as zeros.
+    let (c, fhc) = s.create("c");
+    s.fs.write(fhc, 0, b"abc").unwrap();
+    grow(c, cs + 1);
+    s.fs.flush(fhc).unwrap();
+    s.fs.release(fhc).unwrap();
+    for (ino, size, perm) in [(a, 3 * cs + 5, 0o600), (b, 100, 0o640), (c, cs + 1, 0o644)] {
+        let attr = s.fs.getattr(ino).unwrap();
+        assert_eq!((attr.size, attr.perm), (size, perm), "inode {ino}");
+    }
+    s.fs.sync_all().unwrap();
+    let s = s.reopen();
+    let check = |name: &str, head: &[u8], size: u64, perm: u16| {
+        let attr = s.fs.lookup(ROOT_INO, name.as_bytes()).unwrap();
+        assert_eq!((attr.size, attr.perm), (size, perm), "{name}");
+        let fh = s.fs.open(attr.ino, false).unwrap();
+        let all = s.read_all(fh);
+        assert_eq!(all.len() as u64, size, "{name}");
+        assert_eq!(&all[..head.len()], head, "{name}");
+        assert!(all[head.len()..].iter().all(|&x| x == 0), "{name}");
+        s.fs.release(fh).unwrap();
+    };
+    check("a", b"0123456789", 3 * cs + 5, 0o600);
+    check("b", b"", 100, 0o640);
+    check("c", b"abc", cs + 1, 0o644);
+}
+
 #[test]
 fn failed_store_makes_fsync_fail_and_keeps_the_data() {
     let s = setup();
