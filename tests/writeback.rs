@@ -212,11 +212,10 @@ fn kill9_with_closed_files_in_the_journal_loses_nothing() {
     // Once every record is stored, the reclaimer deletes every journal segment. A mount
     // starting from that empty journal must number its records past the index's mark, or
     // the replay after a kill takes a close's record for a committed one and drops it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while m.journal_segments() > 0 {
-        assert!(Instant::now() < deadline, "the journal was never reclaimed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        wait_until(Duration::from_secs(60), || m.journal_segments() == 0).is_some(),
+        "the journal was never reclaimed"
+    );
     m.remount();
     let fresh = random_bytes(4000, 81);
     let mut f = create(&m.join("after-reclaim"));
@@ -388,16 +387,6 @@ fn unmount_with_the_network_gone_keeps_the_data_for_the_next_mount() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// The spare journal files in a mount's state directory (dead segments kept to be written over
-/// again, `*.wjs`).
-fn journal_spares(m: &Mount) -> usize {
-    fs::read_dir(m.state().join("journal"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "wjs"))
-        .count()
-}
-
 /// The journal writes new segments over the files of dead ones (journal format 2). A kill -9
 /// with closed files only in such a reused file loses nothing, and the files stored before
 /// (whose records the reused file held) read back unchanged.
@@ -412,10 +401,10 @@ fn kill9_after_journal_files_were_reused_loses_nothing() {
         assert!(out.status.success(), "{out:?}");
     }
     assert!(
-        wait_until(Duration::from_secs(60), || journal_spares(&m) > 0).is_some(),
+        wait_until(Duration::from_secs(60), || m.journal_spares() > 0).is_some(),
         "no journal segment was kept to be reused"
     );
-    let before = journal_spares(&m);
+    let before = m.journal_spares();
     // Nothing can reach the network: what follows is only in the journal, written into a
     // reused file over records of the big files.
     for i in 0..3 {
@@ -430,7 +419,7 @@ fn kill9_after_journal_files_were_reused_loses_nothing() {
         close_checked(f).expect("close with the network down: the journal has it");
     }
     assert!(
-        journal_spares(&m) < before,
+        m.journal_spares() < before,
         "the new records did not go into a reused file"
     );
     m.kill9();

@@ -237,10 +237,20 @@ impl Mount {
     /// Segment files in the state directory's write-back journal (spare ones not counted):
     /// none once every record is stored and the index saying so is durable.
     pub fn journal_segments(&self) -> usize {
+        self.journal_files("wj")
+    }
+
+    /// Spare journal files (dead segments kept to be written over again, `*.wjs`; journal
+    /// format 2).
+    pub fn journal_spares(&self) -> usize {
+        self.journal_files("wjs")
+    }
+
+    fn journal_files(&self, extension: &str) -> usize {
         std::fs::read_dir(self.state.join("journal"))
             .expect("read the journal directory")
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "wj"))
+            .filter(|e| e.path().extension().is_some_and(|x| x == extension))
             .count()
     }
 
